@@ -1,0 +1,72 @@
+"""orchestrator_mp: a lock-free process orchestrator on embedded Redis.
+
+Worker processes share nothing but atomic Redis operations: each owns a
+partition of the keyspace, claims tasks into its own in-flight list, and settles
+them with one atomic step that counts each task exactly once.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import keys
+from .config import Settings
+from .demo import DEMO_TASK, demo
+from .exceptions import (
+    BackendUnavailable,
+    ConfigurationError,
+    DatabaseInUse,
+    Fenced,
+    LockTimeout,
+    OrchestratorError,
+    PayloadError,
+    ServerError,
+    StateError,
+    StopWorker,
+    SupervisorClosed,
+    TaskError,
+    TaskFailed,
+    UnknownTaskError,
+    VersionConflict,
+    WorkerDied,
+)
+from .models import Outcome, Task
+from .orchestrator import ContinuousOrchestrator, open_state
+from .registry import get_task, register_task, registered_names, task
+from .server import EmbeddedServer
+from .state import RedisLockFreeStateManager, StateManager, create_state_manager
+
+__all__ = [
+    "__version__",
+    "keys",
+    "Settings",
+    "ContinuousOrchestrator",
+    "open_state",
+    "EmbeddedServer",
+    "StateManager",
+    "RedisLockFreeStateManager",
+    "create_state_manager",
+    "Task",
+    "Outcome",
+    "task",
+    "register_task",
+    "get_task",
+    "registered_names",
+    "DEMO_TASK",
+    "demo",
+    "OrchestratorError",
+    "ConfigurationError",
+    "TaskError",
+    "UnknownTaskError",
+    "PayloadError",
+    "TaskFailed",
+    "StateError",
+    "VersionConflict",
+    "Fenced",
+    "BackendUnavailable",
+    "LockTimeout",
+    "ServerError",
+    "DatabaseInUse",
+    "WorkerDied",
+    "SupervisorClosed",
+    "StopWorker",
+]

@@ -1,0 +1,96 @@
+"""Settings: every default in one frozen, validated place.
+
+The CLI builds a :class:`Settings` from its arguments; the library takes one (or
+builds it from keyword arguments). Invalid values raise ConfigurationError naming
+the field, what was expected and what was received.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import attrs
+
+from .exceptions import ConfigurationError
+
+STATE_KINDS = ("lockfree",)
+DURABILITY_MODES = ("fast", "strict")
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+
+DEFAULT_DB = "orchestrator_mp.db"
+LOG_LEVEL_ENV = "ORCHESTRATOR_MP_LOG_LEVEL"
+
+
+def _int_at_least(minimum: int) -> Callable[[Any, attrs.Attribute, Any], None]:
+    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            message = f"{attribute.name} must be an integer >= {minimum}, got {value!r}"
+            raise ConfigurationError(message)
+
+    return check
+
+
+def _positive_number(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        message = f"{attribute.name} must be a number > 0, got {value!r}"
+        raise ConfigurationError(message)
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any, attrs.Attribute, Any], None]:
+    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value not in choices:
+            message = f"{attribute.name} must be one of {', '.join(choices)}, got {value!r}"
+            raise ConfigurationError(message)
+
+    return check
+
+
+def _default_log_level() -> str:
+    return os.environ.get(LOG_LEVEL_ENV, "INFO").upper()
+
+
+def default_workers() -> int:
+    return os.cpu_count() or 2
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """Everything a run needs; picklable, so it crosses the fork to workers.
+
+    Attributes:
+        db_path: the embedded server's database file (AOF beside it as ``PATH.aof``).
+        redis_url: an external server instead of the embedded one (None: embedded).
+        workers: worker processes to fork.
+        state: which state manager implementation to use.
+        batch_size: most tasks a worker claims in one round trip when the queue is deep.
+        block_timeout_s: how long an idle worker blocks on an empty queue per call.
+        completions_maxlen: approximate cap of ``work_completions`` and ``work_errors``.
+        events_maxlen: approximate cap of the event, worker-event and metrics streams.
+        max_crashes: deliveries that ended in a worker crash before a task is dead-lettered.
+        max_payload_bytes: largest encoded task accepted at submission.
+        shutdown_timeout_s: how long a warm stop waits for workers before killing them.
+        durability: ``fast`` (appendfsync everysec) or ``strict`` (appendfsync always).
+        log_level: loguru level for stderr.
+        log_json: optional path of a JSON-lines log file.
+    """
+
+    db_path: str = attrs.field(default=DEFAULT_DB, converter=os.fspath)
+    redis_url: str | None = None
+    workers: int = attrs.field(factory=default_workers, validator=_int_at_least(1))
+    state: str = attrs.field(default="lockfree", validator=_one_of(STATE_KINDS))
+    batch_size: int = attrs.field(default=16, validator=_int_at_least(1))
+    block_timeout_s: float = attrs.field(default=0.2, validator=_positive_number)
+    completions_maxlen: int = attrs.field(default=200_000, validator=_int_at_least(1))
+    events_maxlen: int = attrs.field(default=20_000, validator=_int_at_least(1))
+    max_crashes: int = attrs.field(default=3, validator=_int_at_least(1))
+    max_payload_bytes: int = attrs.field(default=1_048_576, validator=_int_at_least(64))
+    shutdown_timeout_s: float = attrs.field(default=10.0, validator=_positive_number)
+    durability: str = attrs.field(default="fast", validator=_one_of(DURABILITY_MODES))
+    log_level: str = attrs.field(
+        factory=_default_log_level, converter=str.upper, validator=_one_of(LOG_LEVELS)
+    )
+    log_json: str | None = None
+
+    def evolve(self, **changes: Any) -> "Settings":
+        """A copy with some fields changed (validated again)."""
+        return attrs.evolve(self, **changes)

@@ -1,0 +1,28 @@
+"""The built-in demo task used by ``run --demo``: sleep, and sometimes fail on purpose."""
+from __future__ import annotations
+
+import math
+import time
+
+from .registry import task
+
+DEMO_TASK = "demo"
+
+
+class DemoFailure(RuntimeError):
+    """Raised by the demo task for its deterministic share of failures."""
+
+
+def should_fail(index: int, fail_rate: float) -> bool:
+    """Exactly floor(count * rate) of the indexes 0..count-1 fail, spread evenly."""
+    return math.floor((index + 1) * fail_rate) > math.floor(index * fail_rate)
+
+
+@task(name=DEMO_TASK)
+def demo(index: int, ms: float = 0.0, fail_rate: float = 0.0) -> int:
+    """Sleep ``ms`` milliseconds; fail when ``index`` falls in the failing share."""
+    if ms > 0:
+        time.sleep(ms / 1000.0)
+    if should_fail(index, fail_rate):
+        raise DemoFailure(f"demo task {index} failed on purpose (fail rate {fail_rate})")
+    return index

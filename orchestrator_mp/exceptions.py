@@ -1,0 +1,123 @@
+"""The whole exception tree of orchestrator_mp, and nothing else.
+
+Every error the library raises on purpose derives from :class:`OrchestratorError`;
+where the meaning overlaps a built-in (a bad value, a missing name) it derives
+from that built-in too, so callers may catch either.
+"""
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Root of every error raised by orchestrator_mp."""
+
+
+class ConfigurationError(OrchestratorError, ValueError):
+    """A setting or command-line value is invalid."""
+
+
+class TaskError(OrchestratorError):
+    """Something is wrong with a task: its name, its payload or its execution."""
+
+
+class UnknownTaskError(TaskError, LookupError):
+    """A task name is not registered in this process."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        message = f"task {name!r} is not registered; register it with @task before submitting"
+        super().__init__(message)
+
+
+class PayloadError(TaskError, ValueError):
+    """A task payload (or result) cannot be encoded or decoded as JSON."""
+
+    def __init__(self, data: object, error: str) -> None:
+        self.data = data
+        self.error = error
+        shown = repr(data)
+        if len(shown) > 200:
+            shown = shown[:197] + "..."
+        message = f"bad task payload: {error} (received {shown})"
+        super().__init__(message)
+
+
+class TaskFailed(TaskError):
+    """A task raised in a worker; carries the remote error as text, never as an object."""
+
+    def __init__(self, task_id: str, error_type: str, message: str, remote_traceback: str = "") -> None:
+        self.task_id = task_id
+        self.error_type = error_type
+        self.remote_message = message
+        self.remote_traceback = remote_traceback
+        super().__init__(f"task {task_id} failed: {error_type}: {message}")
+
+
+class StateError(OrchestratorError):
+    """The shared state could not be read or written as asked."""
+
+
+class VersionConflict(StateError):
+    """An optimistic update found another version than expected (retryable)."""
+
+    def __init__(self, key: str, expected: int, actual: int) -> None:
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"{key}: expected version {expected}, found {actual}")
+
+
+class Fenced(StateError):
+    """A worker wrote with an epoch older than its partition's: it was declared dead."""
+
+    def __init__(self, worker_id: str, epoch: int) -> None:
+        self.worker_id = worker_id
+        self.epoch = epoch
+        super().__init__(f"worker {worker_id} is fenced: epoch {epoch} is no longer current")
+
+
+class BackendUnavailable(StateError):
+    """The state backend (Redis server, file directory) cannot be reached."""
+
+
+class LockTimeout(StateError):
+    """The lock-based baseline gave up waiting for a lock."""
+
+
+class ServerError(OrchestratorError):
+    """The embedded Redis server failed to start, was in use, or died."""
+
+
+class DatabaseInUse(ServerError):
+    """Another live orchestrator owns this database file."""
+
+    def __init__(self, db_path: str, owner: dict) -> None:
+        self.db_path = db_path
+        self.owner = owner
+        pid = owner.get("pid", "?")
+        role = owner.get("role", "orchestrator")
+        message = (
+            f"database {db_path} is in use by a live {role} (pid {pid}); "
+            f"reach it with `status --db {db_path}` / `enqueue --db {db_path}`, "
+            f"or stop it first"
+        )
+        super().__init__(message)
+
+
+class WorkerDied(OrchestratorError):
+    """A worker process ended without being asked to."""
+
+    def __init__(self, worker_id: str, pid: int | None, exitcode: int | None) -> None:
+        self.worker_id = worker_id
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal = -exitcode if exitcode is not None and exitcode < 0 else None
+        how = f"signal {self.signal}" if self.signal else f"exit code {exitcode}"
+        super().__init__(f"worker {worker_id} (pid {pid}) died with {how}")
+
+
+class SupervisorClosed(OrchestratorError, RuntimeError):
+    """The orchestrator was used after it was closed (or before it started)."""
+
+
+class StopWorker(BaseException):
+    """Control flow for a cold stop; task code's ``except Exception`` must not catch it."""

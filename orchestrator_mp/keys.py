@@ -1,0 +1,75 @@
+"""Every Redis key and stream name, and the builders for per-worker keys; nothing else.
+
+Per-worker keys keep the worker id inside literal braces (``worker:{w}:state``):
+the braces are a Redis Cluster hash tag, so all of one worker's partition lives
+in one slot and every atomic step on it is a single-slot operation.
+
+The README's "Key schema" table documents each key's type, writer and operations.
+"""
+from __future__ import annotations
+
+# -- global registration ---------------------------------------------------------------
+ACTIVE_WORKERS = "active_workers"  # set: ids of live partition owners
+KNOWN_WORKERS = "known_workers"  # set: every partition ever registered (sums, sweeps)
+
+# -- global counters (names carried over from the design this replaces) ----------------
+TOTAL_WORK_CREATED = "total_work_created"
+TOTAL_WORK_COMPLETED = "total_work_completed"
+TOTAL_ERRORS = "total_errors"
+TOTAL_DEAD_LETTERED = "total_dead_lettered"
+TOTAL_FENCED = "total_fenced"
+TOTAL_DUPLICATES = "total_duplicates"
+TOTAL_REQUEUED = "total_requeued"
+
+COUNTERS = (
+    TOTAL_WORK_CREATED,
+    TOTAL_WORK_COMPLETED,
+    TOTAL_ERRORS,
+    TOTAL_DEAD_LETTERED,
+    TOTAL_FENCED,
+    TOTAL_DUPLICATES,
+    TOTAL_REQUEUED,
+)
+
+# -- queues -----------------------------------------------------------------------------
+QUEUE = "queue:pending"  # list: JSON tasks; LPUSH to submit, claimed from the right
+DEAD_LETTER = "queue:dead_letter"  # list: JSON {task, category, message, ...}
+
+# -- streams (append-only, capped with MAXLEN ~) ------------------------------------------
+WORK_COMPLETIONS = "work_completions"
+WORK_ERRORS = "work_errors"
+WORKER_EVENTS = "stream:worker_events"
+EVENTS = "events:stream"
+METRICS = "metrics:stream"
+
+STREAMS = (EVENTS, METRICS, WORKER_EVENTS, WORK_COMPLETIONS, WORK_ERRORS)
+
+
+# -- one worker's partition ---------------------------------------------------------------
+def _worker_key(worker_id: str, suffix: str) -> str:
+    return f"worker:{{{worker_id}}}:{suffix}"
+
+
+def worker_state_key(worker_id: str) -> str:
+    """Hash: status, current_task, last_activity, pid, host, started_at, version, epoch."""
+    return _worker_key(worker_id, "state")
+
+
+def worker_inflight_key(worker_id: str) -> str:
+    """List: the raw JSON of every task this worker has claimed and not yet settled."""
+    return _worker_key(worker_id, "inflight")
+
+
+def worker_completed_key(worker_id: str) -> str:
+    """String counter: tasks this worker completed (counted once each)."""
+    return _worker_key(worker_id, "completed")
+
+
+def worker_errors_key(worker_id: str) -> str:
+    """String counter: task failures recorded by this worker."""
+    return _worker_key(worker_id, "errors")
+
+
+def counter_key(name: str) -> str:
+    """Counters live under their own names, as in the design this replaces."""
+    return name

@@ -1,0 +1,37 @@
+"""Logging, configured in one place (loguru).
+
+``configure`` installs a stderr sink (and optionally a JSON-lines file) whose lines
+carry the process role, worker id and pid; workers call :func:`bind_worker` after
+the fork so every line they write names them. Library code logs through
+``logger`` from here and never prints.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from loguru import logger
+
+FORMAT = (
+    "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
+    "<cyan>{extra[worker_id]}</cyan>[{extra[pid]}] {message}"
+)
+
+logger.configure(extra={"worker_id": "main", "pid": os.getpid()})
+
+
+def configure(level: str = "INFO", json_path: str | None = None) -> None:
+    """Replace all sinks: stderr at ``level``, plus a serialized JSON file if asked."""
+    logger.remove()
+    logger.configure(extra={"worker_id": "main", "pid": os.getpid()})
+    logger.add(sys.stderr, level=level, format=FORMAT, colorize=None, backtrace=False, diagnose=False)
+    if json_path:
+        logger.add(json_path, level=level, serialize=True, backtrace=False, diagnose=False)
+
+
+def bind_worker(worker_id: str) -> None:
+    """Make every later line of this process carry the worker id and its pid."""
+    logger.configure(extra={"worker_id": worker_id, "pid": os.getpid()})
+
+
+__all__ = ["logger", "configure", "bind_worker"]

@@ -1,0 +1,113 @@
+"""Data classes and their JSON form; no I/O.
+
+A task travels through Redis as compact JSON whose first member is always
+``"crashes"``: the recovery script bumps that number with a string match instead of
+decoding and re-encoding the task (cjson would turn ``[]`` into ``{}``).
+Nothing read back is ever unpickled: :meth:`Task.from_json` accepts only the
+documented shape and raises PayloadError for anything else.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import attrs
+
+from .exceptions import PayloadError
+
+# Error categories recorded in ``work_errors`` and the dead-letter queue.
+TASK_ERROR = "task_error"  # the task function raised
+UNKNOWN_TASK = "unknown_task"  # no task registered under that name
+BAD_PAYLOAD = "bad_payload"  # the queue entry is not a valid task
+BAD_RESULT = "bad_result"  # the task returned something that is not JSON
+POISON = "poison"  # the task crashed its worker too many times
+ERROR_CATEGORIES = (TASK_ERROR, UNKNOWN_TASK, BAD_PAYLOAD, BAD_RESULT, POISON)
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+def dumps(value: Any) -> str:
+    """Compact, strict JSON (no NaN), the only encoding used on the wire."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+@attrs.frozen(kw_only=True)
+class Task:
+    """One unit of work: a registered task name and JSON arguments."""
+
+    name: str
+    args: tuple = ()
+    kwargs: dict = attrs.field(factory=dict)
+    id: str = attrs.field(factory=new_task_id)
+    submitted_at: float = attrs.field(factory=time.time)
+    crashes: int = 0
+
+    def to_json(self) -> str:
+        """Encode; raises PayloadError when the arguments are not JSON-serialisable."""
+        body = {
+            "crashes": self.crashes,
+            "id": self.id,
+            "name": self.name,
+            "args": list(self.args),
+            "kwargs": self.kwargs,
+            "ts": self.submitted_at,
+        }
+        try:
+            return dumps(body)
+        except (TypeError, ValueError) as exc:
+            raise PayloadError({"name": self.name, "args": self.args, "kwargs": self.kwargs}, str(exc)) from None
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> "Task":
+        """Decode a queue entry; raises PayloadError when it is not a valid task."""
+        try:
+            body = json.loads(raw)
+        except (TypeError, ValueError) as exc:
+            raise PayloadError(raw, f"not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise PayloadError(raw, f"expected a JSON object, got {type(body).__name__}")
+        expected = {
+            "id": str,
+            "name": str,
+            "args": list,
+            "kwargs": dict,
+            "ts": (int, float),
+            "crashes": int,
+        }
+        for field, kind in expected.items():
+            if field not in body:
+                raise PayloadError(raw, f"missing field {field!r}")
+            if not isinstance(body[field], kind) or isinstance(body[field], bool):
+                raise PayloadError(raw, f"field {field!r} has type {type(body[field]).__name__}")
+        return cls(
+            name=body["name"],
+            args=tuple(body["args"]),
+            kwargs=body["kwargs"],
+            id=body["id"],
+            submitted_at=float(body["ts"]),
+            crashes=body["crashes"],
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Outcome:
+    """How one claimed task ended, as the worker reports it back in a batch.
+
+    ``raw`` is the exact queue entry the worker claimed: the completion step removes
+    that string from the worker's in-flight list, and counts the task only if it
+    was still there (a task is counted once, whoever ran it).
+    """
+
+    raw: str
+    task_id: str
+    name: str
+    ok: bool
+    category: str = ""
+    message: str = ""
+    traceback: str = ""
+    wait_ms: float = 0.0
+    run_ms: float = 0.0

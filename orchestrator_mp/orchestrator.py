@@ -1,0 +1,299 @@
+"""ContinuousOrchestrator: the library entry point (server + state + workers).
+
+::
+
+    with ContinuousOrchestrator(max_workers=4) as orch:   # starts redis-server, forks workers
+        orch.submit("resize", "cat.png", width=200)       # JSON arguments, registered names
+        orch.wait(timeout=60)                             # until queue and in-flight are empty
+        print(orch.counters())
+
+Without ``redis_url`` an embedded server is started on ``db`` (locked against a
+second orchestrator); with it, that server is used as is. ``enable_parallel=False``
+runs the same tasks in this process, one batch at a time, through the same state
+manager, so accounting is identical.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+from .config import Settings
+from .exceptions import ConfigurationError, PayloadError, ServerError, SupervisorClosed, UnknownTaskError
+from .models import Task
+from .recovery import recover_stale_partitions
+from .registry import is_registered
+from .server import EmbeddedServer, monitor_command, read_owner
+from .state import StateManager, create_state_manager
+from .supervisor import Supervisor
+from .worker import Worker
+
+POLL_INTERVAL_S = 0.02
+
+
+def _task_name(task: str | Callable[..., Any]) -> str:
+    if isinstance(task, str):
+        return task
+    name = getattr(task, "__name__", None)
+    if not name:
+        raise ConfigurationError(f"submit expects a task name or a registered function, got {task!r}")
+    return name
+
+
+class ContinuousOrchestrator:
+    """Runs registered tasks on worker processes that share only atomic Redis operations.
+
+    Args:
+        max_workers: worker processes (default: one per CPU).
+        enable_parallel: False runs tasks in this process instead of forking workers.
+        db: the embedded server's database file.
+        redis_url: use this server instead of starting the embedded one.
+        settings: a full :class:`Settings`; keyword overrides are applied on top.
+        strict_names: refuse to submit names not registered in this process.
+        **overrides: any other :class:`Settings` field.
+
+    Raises:
+        ConfigurationError: invalid settings.
+        DatabaseInUse / ServerError: the embedded server cannot start on ``db``.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        enable_parallel: bool = True,
+        *,
+        db: str | None = None,
+        redis_url: str | None = None,
+        settings: Settings | None = None,
+        strict_names: bool = True,
+        **overrides: Any,
+    ) -> None:
+        settings = settings or Settings()
+        if max_workers is not None:
+            overrides["workers"] = max_workers
+        if db is not None:
+            overrides["db_path"] = db
+        if redis_url is not None:
+            overrides["redis_url"] = redis_url
+        self.settings = settings.evolve(**overrides) if overrides else settings
+        self.enable_parallel = enable_parallel
+        self.strict_names = strict_names
+        self.server: EmbeddedServer | None = None
+        self.state: StateManager | None = None
+        self.supervisor: Supervisor | None = None
+        self.url: str | None = None
+        self._local_worker: Worker | None = None
+        self._stopped_worker_ids: list[str] = []
+        self._started = False
+        self._closed = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> "ContinuousOrchestrator":
+        """Start the server (unless external), recover leftovers, fork the workers."""
+        if self._started:
+            return self
+        try:
+            if self.settings.redis_url:
+                self.url = self.settings.redis_url
+            else:
+                self.server = EmbeddedServer(self.settings.db_path, durability=self.settings.durability).start()
+                self.url = self.server.url
+            self.state = create_state_manager(self.settings, self.url)
+            recover_stale_partitions(self.state, self.settings)
+            if self.enable_parallel:
+                self.supervisor = Supervisor(self.settings, self.url, self.state)
+                self.supervisor.start()
+            else:
+                self._local_worker = Worker(self.state, f"{socket.gethostname()}:{os.getpid()}:local", self.settings)
+                self._local_worker.register()
+        except BaseException:
+            self._teardown()
+            raise
+        self._started = True
+        return self
+
+    def close(self, timeout: float | None = None) -> None:
+        """Warm-stop the workers (SIGKILL after ``timeout``), save and stop the server."""
+        if self._closed:
+            return
+        self._closed = True
+        self._teardown(timeout)
+
+    def stop_workers(self, timeout: float | None = None) -> None:
+        """Warm-stop the workers but keep the server, so final figures can be read."""
+        if self.supervisor is not None:
+            supervisor, self.supervisor = self.supervisor, None
+            self._stopped_worker_ids = supervisor.started_ids()
+            supervisor.stop(timeout)
+        if self._local_worker is not None and self._local_worker.epoch is not None:
+            self._local_worker.deregister()
+            self._local_worker.epoch = None
+
+    def _teardown(self, timeout: float | None = None) -> None:
+        try:
+            self.stop_workers(timeout)
+        finally:
+            if self.state is not None:
+                self.state.close()
+            if self.server is not None:
+                self.server.stop()
+
+    def __enter__(self) -> "ContinuousOrchestrator":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _require_running(self) -> StateManager:
+        if not self._started or self._closed or self.state is None:
+            raise SupervisorClosed("the orchestrator is not running: use it inside `with` or call start()")
+        return self.state
+
+    # -- submitting ---------------------------------------------------------------------------
+    def submit(self, task: str | Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
+        """Queue one task by registered name (or function); returns its id.
+
+        Raises:
+            UnknownTaskError: the name is not registered here (with ``strict_names``).
+            PayloadError: the arguments are not JSON-serialisable, or too large.
+        """
+        return self.submit_many(task, [(args, kwargs)])[0]
+
+    def submit_many(
+        self, task: str | Callable[..., Any], calls: Iterable[tuple[Iterable[Any], dict[str, Any]] | Iterable[Any]]
+    ) -> list[str]:
+        """Queue many calls of one task in one atomic step; returns their ids in order.
+
+        Each call is ``(args, kwargs)`` or just a sequence of positional arguments.
+        """
+        state = self._require_running()
+        name = self._checked_name(task)
+        raws, ids = [], []
+        for call in calls:
+            args, kwargs = _split_call(call)
+            entry = Task(name=name, args=tuple(args), kwargs=kwargs)
+            raws.append(self._encode(entry))
+            ids.append(entry.id)
+        state.submit(raws)
+        return ids
+
+    def _checked_name(self, task: str | Callable[..., Any]) -> str:
+        name = _task_name(task)
+        if self.strict_names and not is_registered(name):
+            raise UnknownTaskError(name)
+        return name
+
+    def _encode(self, entry: Task) -> str:
+        raw = entry.to_json()
+        if len(raw) > self.settings.max_payload_bytes:
+            raise PayloadError(
+                {"name": entry.name},
+                f"encoded task is {len(raw)} bytes, over the limit of {self.settings.max_payload_bytes}",
+            )
+        return raw
+
+    # -- waiting and reading --------------------------------------------------------------
+    def pending(self) -> int:
+        """Tasks queued or in flight right now."""
+        depths = self._require_running().queue_depths()
+        return depths["pending"] + depths["inflight"]
+
+    def wait(self, timeout: float | None = None, progress: Callable[[dict[str, int]], None] | None = None) -> bool:
+        """Block until the queue and every in-flight list are empty.
+
+        Returns True when drained, False on timeout. In non-parallel mode the tasks
+        run here, in this call. ``progress`` is called with the counters every
+        ~0.5 s. Raises WorkerDied if workers die in a loop at start-up.
+        """
+        state = self._require_running()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        next_progress = time.monotonic()
+        while True:
+            if self._local_worker is not None:
+                self._local_worker.run_batch(block=False)
+            if self.supervisor is not None and self.supervisor.failure is not None:
+                raise self.supervisor.failure
+            if progress is not None and time.monotonic() >= next_progress:
+                progress(self.counters())
+                next_progress = time.monotonic() + 0.5
+            if self.pending() == 0:
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            if self._local_worker is None:
+                time.sleep(POLL_INTERVAL_S)
+
+    def counters(self) -> dict[str, int]:
+        """The global counters (``total_work_created``, ``total_work_completed``, ...)."""
+        return self._require_running().get_counters()
+
+    def worker_ids(self) -> list[str]:
+        """Ids of the workers this orchestrator started (including replacements)."""
+        if self.supervisor is not None:
+            return self.supervisor.started_ids()
+        if self._local_worker is not None:
+            return [self._local_worker.worker_id]
+        return list(self._stopped_worker_ids)
+
+    def worker_counters(self) -> dict[str, dict[str, int]]:
+        """``{worker id: {"completed": n, "errors": m}}`` for this orchestrator's workers."""
+        return self._require_running().worker_counters(self.worker_ids())
+
+    def monitor_command(self) -> str | None:
+        """A redis-cli line that follows the event and metrics streams (embedded only)."""
+        return monitor_command(self.server.socket_path) if self.server else None
+
+    def audit(self) -> dict[str, Any]:
+        """Counters checked against each other and the streams (see StateManager.audit)."""
+        return self._require_running().audit()
+
+
+def _split_call(call: Any) -> tuple[Iterable[Any], dict[str, Any]]:
+    if (
+        isinstance(call, tuple)
+        and len(call) == 2
+        and isinstance(call[1], dict)
+        and isinstance(call[0], (list, tuple))
+    ):
+        return call[0], call[1]
+    if isinstance(call, (list, tuple)):
+        return call, {}
+    raise ConfigurationError(f"each call must be (args, kwargs) or a sequence of arguments, got {call!r}")
+
+
+__all__ = ["ContinuousOrchestrator", "open_state"]
+
+
+@contextlib.contextmanager
+def open_state(settings: Settings, role: str = "command") -> Iterator[StateManager]:
+    """A state manager on ``settings``' database, whether or not an orchestrator runs.
+
+    With ``redis_url``: that server. Otherwise, when a live orchestrator owns the
+    database, its socket (read from the lock file); when none does, a temporary
+    embedded server on the database, saved and stopped on exit.
+    """
+    if settings.redis_url:
+        state = create_state_manager(settings, settings.redis_url)
+        try:
+            yield state
+        finally:
+            state.close()
+        return
+    owner = read_owner(settings.db_path)
+    if owner and owner.get("socket"):
+        state = create_state_manager(settings, f"unix://{owner['socket']}")
+        try:
+            yield state
+        finally:
+            state.close()
+        return
+    if not os.path.exists(settings.db_path) and role == "status":
+        raise ServerError(f"no database at {os.path.abspath(settings.db_path)} (nothing has run there yet)")
+    with EmbeddedServer(settings.db_path, durability=settings.durability, role=role) as server:
+        state = create_state_manager(settings, server.url)
+        try:
+            yield state
+        finally:
+            state.close()

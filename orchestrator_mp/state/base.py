@@ -1,0 +1,251 @@
+"""The one interface the orchestrator and its workers talk to.
+
+Each method's docstring is its contract: what is atomic, what an empty result
+looks like, what it raises. Every implementation (lock-free Redis, the lock-based
+baseline, the file fallback) is run against the same contract test suite.
+
+Vocabulary:
+    partition: one worker's slice of the state (state hash, in-flight list,
+        counters). Only its owner writes it, except at takeover.
+    epoch: the owner's generation; bumped at takeover so a presumed-dead
+        owner's late writes are rejected (raising :class:`Fenced`).
+    raw task: the exact JSON string stored in the queue; settling a task names
+        that string so the partition can remove exactly that entry.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, Iterable, Sequence
+
+import attrs
+
+from .. import keys
+from ..models import Outcome
+
+
+@attrs.frozen
+class SettleResult:
+    """What a settle call counted: each task is counted once, duplicates not at all."""
+
+    completed: int
+    failed: int
+    duplicates: int
+
+
+@attrs.frozen
+class ReclaimResult:
+    """What a takeover did with a dead partition's in-flight tasks."""
+
+    epoch: int
+    requeued: int
+    dead_lettered: int
+
+
+@attrs.frozen
+class StreamTail:
+    """Length of a stream and the fields of its newest entry (empty if none)."""
+
+    length: int
+    last: dict[str, str]
+
+
+class StateManager(abc.ABC):
+    """Shared state for one orchestrator: workers, counters, streams and the queue."""
+
+    kind: str = "abstract"
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections and file handles; the manager is unusable afterwards."""
+
+    def __enter__(self) -> "StateManager":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- workers --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def register_worker(self, worker_id: str, *, pid: int, host: str) -> int:
+        """Create (or take over) ``worker_id``'s partition and add it to ``active_workers``.
+
+        Atomic. Returns the owner's epoch: every later write names it.
+        """
+
+    @abc.abstractmethod
+    def deregister_worker(self, worker_id: str, epoch: int) -> None:
+        """Mark the worker stopped and remove it from ``active_workers`` (atomic).
+
+        Raises Fenced if the partition was taken over.
+        """
+
+    @abc.abstractmethod
+    def active_workers(self) -> set[str]:
+        """Ids of the registered, live workers; an empty set when there are none."""
+
+    @abc.abstractmethod
+    def known_workers(self) -> set[str]:
+        """Ids of every partition ever registered (live, stopped or dead)."""
+
+    @abc.abstractmethod
+    def get_worker_state(self, worker_id: str) -> dict[str, str]:
+        """The worker's state hash as strings; ``{}`` for an unknown worker."""
+
+    @abc.abstractmethod
+    def batch_get_worker_states(self, worker_ids: Iterable[str]) -> dict[str, dict[str, str]]:
+        """States of several workers in one round trip; unknown ids map to ``{}``."""
+
+    @abc.abstractmethod
+    def update_worker_field(
+        self, worker_id: str, field: str, value: object, *, epoch: int | None = None, pipeline: Any = None
+    ) -> int:
+        """Set one field and bump the version in one atomic step; returns the new version.
+
+        With ``epoch``, raises Fenced when the partition has another owner. With a
+        ``pipeline``, the call is queued and the return value is unspecified.
+        """
+
+    @abc.abstractmethod
+    def update_worker_state(
+        self,
+        worker_id: str,
+        mapping: dict[str, object],
+        expected_version: int | None = None,
+        *,
+        epoch: int | None = None,
+    ) -> bool:
+        """Set several fields and bump the version atomically.
+
+        Returns False, writing nothing, when ``expected_version`` is given and the
+        stored version differs (optimistic concurrency: re-read and retry).
+        Raises Fenced when ``epoch`` is given and stale.
+        """
+
+    # -- counters, metrics ----------------------------------------------------------------
+    @abc.abstractmethod
+    def increment_counter(self, name: str, amount: int = 1, *, pipeline: Any = None) -> int:
+        """Atomically add ``amount`` to counter ``name``; returns the new value."""
+
+    @abc.abstractmethod
+    def get_counter(self, name: str) -> int:
+        """The counter's value; 0 if it was never incremented."""
+
+    def get_counters(self, names: Sequence[str] = keys.COUNTERS) -> dict[str, int]:
+        """Several counters at once (one round trip where the backend allows)."""
+        return {name: self.get_counter(name) for name in names}
+
+    @abc.abstractmethod
+    def worker_counters(self, worker_ids: Iterable[str]) -> dict[str, dict[str, int]]:
+        """``{worker: {"completed": n, "errors": m}}`` in one round trip."""
+
+    @abc.abstractmethod
+    def record_metric(
+        self, name: str, value: float, tags: dict[str, object] | None = None, *, pipeline: Any = None
+    ) -> None:
+        """Append one sample to ``metrics:stream`` (capped, append-only)."""
+
+    @abc.abstractmethod
+    def stream_tail(self, stream: str) -> StreamTail:
+        """Length and newest entry of one of the streams in :data:`keys.STREAMS`."""
+
+    @abc.abstractmethod
+    def read_stream(self, stream: str, count: int = 100) -> list[tuple[str, dict[str, str]]]:
+        """The newest ``count`` entries of a stream, oldest first."""
+
+    # -- compatibility with the lock-based design -------------------------------------------
+    def acquire_lock(self, *_args: object, **_kwargs: object) -> bool:
+        """No-op kept so callers of the lock-based design port unchanged; always True."""
+        return True
+
+    def release_lock(self, *_args: object, **_kwargs: object) -> None:
+        """No-op counterpart of :meth:`acquire_lock`."""
+
+    # -- the queue ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def submit(self, raw_tasks: Sequence[str]) -> int:
+        """Append tasks to the queue and add their number to ``total_work_created``.
+
+        One atomic step for the whole sequence: the queue and the counter never
+        disagree. Returns the number submitted.
+        """
+
+    @abc.abstractmethod
+    def claim(self, worker_id: str, epoch: int, max_count: int, divisor: int = 1) -> list[str]:
+        """Move up to ``max_count`` tasks (a fair share: ceil(depth/divisor)) from the
+        queue to the worker's in-flight list, in one atomic step, oldest first.
+
+        Returns ``[]`` when the queue is empty (never blocks). Raises Fenced.
+        """
+
+    @abc.abstractmethod
+    def wait_claim(self, worker_id: str, epoch: int, max_count: int, divisor: int, timeout_s: float) -> list[str]:
+        """Like :meth:`claim`, but block up to ``timeout_s`` for the first task.
+
+        Returns ``[]`` on timeout. Raises Fenced.
+        """
+
+    @abc.abstractmethod
+    def settle(self, worker_id: str, epoch: int, outcomes: Sequence[Outcome]) -> SettleResult:
+        """Record a batch of finished tasks in one atomic step.
+
+        For each outcome still in the worker's in-flight list: remove it, add to the
+        worker's and the global counter, append to ``work_completions`` or (failure)
+        ``work_errors`` plus a dead-letter entry. Outcomes no longer in flight are
+        counted as duplicates only. Raises Fenced (counting the batch as fenced).
+        """
+
+    @abc.abstractmethod
+    def release(self, worker_id: str, epoch: int, raw_tasks: Sequence[str]) -> int:
+        """Return claimed, unstarted tasks to the front of the queue; returns how many."""
+
+    @abc.abstractmethod
+    def reclaim(self, worker_id: str, *, max_crashes: int, reason: str = "died") -> ReclaimResult:
+        """Take over a dead worker's partition in one atomic step.
+
+        Bumps its epoch (fencing the old owner), requeues its in-flight tasks with
+        their crash count raised (dead-lettering those at ``max_crashes``), and removes
+        it from ``active_workers``. Safe to repeat: a second call requeues nothing.
+        """
+
+    @abc.abstractmethod
+    def queue_depths(self, worker_ids: Iterable[str] | None = None) -> dict[str, Any]:
+        """``{"pending": n, "inflight": total, "dead_letter": n, "by_worker": {id: n}}``.
+
+        ``worker_ids`` defaults to every known worker.
+        """
+
+    @abc.abstractmethod
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest dead-letter entries (decoded JSON), newest first."""
+
+    # -- auditing ---------------------------------------------------------------------------
+    def audit(self) -> dict[str, Any]:
+        """Check that counters agree with each other and with the streams.
+
+        Holds after any run, including crashed ones; streams carry each entry's
+        running total ``n``, so trimming (MAXLEN) never hides a mismatch.
+        """
+        counters = self.get_counters()
+        per_worker = self.worker_counters(self.known_workers())
+        completions = self.stream_tail(keys.WORK_COMPLETIONS)
+        errors = self.stream_tail(keys.WORK_ERRORS)
+        depths = self.queue_depths()
+        completed = counters[keys.TOTAL_WORK_COMPLETED]
+        failed = counters[keys.TOTAL_ERRORS]
+        checks = {
+            "completed_equals_worker_sum": completed == sum(w["completed"] for w in per_worker.values()),
+            "errors_equal_worker_sum": failed == sum(w["errors"] for w in per_worker.values()),
+            "completed_equals_stream": completed == int(completions.last.get("n", 0)),
+            "errors_equal_stream": failed == int(errors.last.get("n", 0)),
+            "stream_holds_no_more_than_counter": completions.length <= completed and errors.length <= failed,
+            "created_equals_settled_plus_pending": counters[keys.TOTAL_WORK_CREATED]
+            == completed + counters[keys.TOTAL_DEAD_LETTERED] + depths["pending"] + depths["inflight"],
+        }
+        return {
+            "ok": all(checks.values()),
+            "checks": checks,
+            "counters": counters,
+            "stream_lengths": {keys.WORK_COMPLETIONS: completions.length, keys.WORK_ERRORS: errors.length},
+            "queues": depths,
+        }

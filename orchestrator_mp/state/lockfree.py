@@ -1,0 +1,370 @@
+"""RedisLockFreeStateManager: shared state through atomic Redis operations only.
+
+Data flow of one task (K = batch size; one round trip per arrow pair)::
+
+    submitter ──MULTI{LPUSH queue:pending ×n, INCRBY total_work_created n}──▶ queue
+    worker w  ──CLAIM.lua (RPOP K → LPUSH worker:{w}:inflight, state busy)──▶ in-flight
+              (queue empty: BLMOVE queue → in-flight blocks, then CLAIM.lua marks busy)
+              ... runs the K tasks in-process ...
+    worker w  ──SETTLE.lua (per task: LREM in-flight; INCR worker + total counter;
+                XADD work_completions | work_errors + LPUSH dead-letter; state idle)──▶
+    parent    ──RECLAIM.lua when w dies (epoch+1; in-flight → queue front)──▶ queue
+
+No locks anywhere: each worker writes only its own partition (``worker:{w}:*``),
+shared counters change by INCR, streams by XADD, and the queue by moves that keep
+every task in exactly one list. Every step is one Lua script or one MULTI.
+
+Round trips per task: 2/K in a deep queue (claim + settle per batch), 3 for a
+task that arrives at an idle worker (BLMOVE, CLAIM, SETTLE).
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterable, Sequence
+
+import redis
+
+from .. import keys
+from ..connection import create_client
+from ..exceptions import ConfigurationError, Fenced, StateError
+from ..models import Outcome, dumps
+from . import scripts
+from .base import ReclaimResult, SettleResult, StateManager, StreamTail
+
+_SUBMIT_CHUNK = 1000
+_RESERVED_FIELDS = frozenset({"version", "epoch"})
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3f}"
+
+
+class RedisLockFreeStateManager(StateManager):
+    """Lock-free state on one Redis server (embedded or external).
+
+    Args:
+        url: where the server is (``unix://``, ``redis://``, ``rediss://``).
+        completions_maxlen: approximate cap of ``work_completions`` / ``work_errors``.
+        events_maxlen: approximate cap of the other streams.
+        client: an existing client to use instead of building one from ``url``
+            (it must have been created in this process).
+    """
+
+    kind = "lockfree"
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        completions_maxlen: int = 200_000,
+        events_maxlen: int = 20_000,
+        client: redis.Redis | None = None,
+    ) -> None:
+        if client is None and url is None:
+            raise ConfigurationError("RedisLockFreeStateManager needs a url or a client")
+        self.url = url
+        self.redis = client if client is not None else create_client(url)
+        self.completions_maxlen = completions_maxlen
+        self.events_maxlen = events_maxlen
+        self._register = self.redis.register_script(scripts.REGISTER)
+        self._deregister = self.redis.register_script(scripts.DEREGISTER)
+        self._update_state = self.redis.register_script(scripts.UPDATE_STATE)
+        self._claim = self.redis.register_script(scripts.CLAIM)
+        self._settle = self.redis.register_script(scripts.SETTLE)
+        self._release = self.redis.register_script(scripts.RELEASE)
+        self._reclaim = self.redis.register_script(scripts.RECLAIM)
+
+    def close(self) -> None:
+        self.redis.close()
+
+    # -- workers --------------------------------------------------------------------------
+    def register_worker(self, worker_id: str, *, pid: int, host: str) -> int:
+        epoch, _version = self._register(
+            keys=[
+                keys.worker_state_key(worker_id),
+                keys.ACTIVE_WORKERS,
+                keys.KNOWN_WORKERS,
+                keys.WORKER_EVENTS,
+                keys.EVENTS,
+            ],
+            args=[worker_id, pid, host, time.time(), self.events_maxlen],
+        )
+        return int(epoch)
+
+    def deregister_worker(self, worker_id: str, epoch: int) -> None:
+        version = self._deregister(
+            keys=[keys.worker_state_key(worker_id), keys.ACTIVE_WORKERS, keys.WORKER_EVENTS, keys.EVENTS],
+            args=[worker_id, epoch, time.time(), self.events_maxlen],
+        )
+        if version == -1:
+            raise Fenced(worker_id, epoch)
+
+    def active_workers(self) -> set[str]:
+        return set(self.redis.smembers(keys.ACTIVE_WORKERS))
+
+    def known_workers(self) -> set[str]:
+        return set(self.redis.smembers(keys.KNOWN_WORKERS))
+
+    def get_worker_state(self, worker_id: str) -> dict[str, str]:
+        return self.redis.hgetall(keys.worker_state_key(worker_id))
+
+    def batch_get_worker_states(self, worker_ids: Iterable[str]) -> dict[str, dict[str, str]]:
+        ids = list(worker_ids)
+        pipe = self.redis.pipeline(transaction=False)
+        for worker_id in ids:
+            pipe.hgetall(keys.worker_state_key(worker_id))
+        return dict(zip(ids, pipe.execute()))
+
+    def update_worker_field(
+        self, worker_id: str, field: str, value: object, *, epoch: int | None = None, pipeline: Any = None
+    ) -> int:
+        return self._do_update_state(worker_id, {field: value}, None, epoch, pipeline)
+
+    def update_worker_state(
+        self,
+        worker_id: str,
+        mapping: dict[str, object],
+        expected_version: int | None = None,
+        *,
+        epoch: int | None = None,
+    ) -> bool:
+        return self._do_update_state(worker_id, mapping, expected_version, epoch, None) != 0
+
+    def _do_update_state(
+        self,
+        worker_id: str,
+        mapping: dict[str, object],
+        expected_version: int | None,
+        epoch: int | None,
+        pipeline: Any,
+    ) -> int:
+        if not mapping:
+            raise ConfigurationError("update_worker_state needs at least one field")
+        reserved = _RESERVED_FIELDS.intersection(mapping)
+        if reserved:
+            raise ConfigurationError(f"fields {sorted(reserved)} are managed by the state manager")
+        flat: list[object] = []
+        for field, value in mapping.items():
+            flat.extend((field, value))
+        result = self._update_state(
+            keys=[keys.worker_state_key(worker_id), keys.EVENTS],
+            args=[
+                worker_id,
+                "" if expected_version is None else expected_version,
+                "" if epoch is None else epoch,
+                self.events_maxlen,
+                *flat,
+            ],
+            client=pipeline if pipeline is not None else self.redis,
+        )
+        if pipeline is not None:
+            return 0
+        if result == -1:
+            raise Fenced(worker_id, epoch if epoch is not None else -1)
+        return int(result)
+
+    # -- counters, metrics ----------------------------------------------------------------
+    def increment_counter(self, name: str, amount: int = 1, *, pipeline: Any = None) -> int:
+        target = pipeline if pipeline is not None else self.redis
+        result = target.incrby(keys.counter_key(name), amount)
+        return 0 if pipeline is not None else int(result)
+
+    def get_counter(self, name: str) -> int:
+        return int(self.redis.get(keys.counter_key(name)) or 0)
+
+    def get_counters(self, names: Sequence[str] = keys.COUNTERS) -> dict[str, int]:
+        values = self.redis.mget([keys.counter_key(name) for name in names])
+        return {name: int(value or 0) for name, value in zip(names, values)}
+
+    def worker_counters(self, worker_ids: Iterable[str]) -> dict[str, dict[str, int]]:
+        ids = sorted(worker_ids)
+        if not ids:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for worker_id in ids:
+            pipe.get(keys.worker_completed_key(worker_id))
+            pipe.get(keys.worker_errors_key(worker_id))
+        values = pipe.execute()
+        return {
+            worker_id: {"completed": int(values[2 * i] or 0), "errors": int(values[2 * i + 1] or 0)}
+            for i, worker_id in enumerate(ids)
+        }
+
+    def record_metric(
+        self, name: str, value: float, tags: dict[str, object] | None = None, *, pipeline: Any = None
+    ) -> None:
+        fields = {"name": name, "value": value, "ts": time.time()}
+        if tags:
+            fields["tags"] = dumps(tags)
+        target = pipeline if pipeline is not None else self.redis
+        target.xadd(keys.METRICS, fields, maxlen=self.events_maxlen, approximate=True)
+
+    def stream_tail(self, stream: str) -> StreamTail:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xlen(stream)
+        pipe.xrevrange(stream, count=1)
+        length, last = pipe.execute()
+        return StreamTail(length=int(length), last=last[0][1] if last else {})
+
+    def read_stream(self, stream: str, count: int = 100) -> list[tuple[str, dict[str, str]]]:
+        return list(reversed(self.redis.xrevrange(stream, count=count)))
+
+    # -- the queue ------------------------------------------------------------------------
+    def submit(self, raw_tasks: Sequence[str]) -> int:
+        if not raw_tasks:
+            return 0
+        pipe = self.redis.pipeline(transaction=True)
+        for start in range(0, len(raw_tasks), _SUBMIT_CHUNK):
+            pipe.lpush(keys.QUEUE, *raw_tasks[start : start + _SUBMIT_CHUNK])
+        pipe.incrby(keys.TOTAL_WORK_CREATED, len(raw_tasks))
+        pipe.execute()
+        return len(raw_tasks)
+
+    def claim(self, worker_id: str, epoch: int, max_count: int, divisor: int = 1) -> list[str]:
+        return self._do_claim(worker_id, epoch, max_count, divisor, moved=0)
+
+    def wait_claim(self, worker_id: str, epoch: int, max_count: int, divisor: int, timeout_s: float) -> list[str]:
+        claimed = self._do_claim(worker_id, epoch, max_count, divisor, moved=0)
+        if claimed:
+            return claimed
+        # Block on the queue itself; BLMOVE lands the task straight in our in-flight
+        # list, so it is never anywhere else. A worker fenced while blocked may still
+        # land one here: the parent's sweep of dead partitions puts it back.
+        first = self.redis.blmove(keys.QUEUE, keys.worker_inflight_key(worker_id), timeout_s, "RIGHT", "LEFT")
+        if first is None:
+            return []
+        more = self._do_claim(worker_id, epoch, max_count - 1, divisor, moved=1)
+        return [first, *more]
+
+    def _do_claim(self, worker_id: str, epoch: int, max_count: int, divisor: int, moved: int) -> list[str]:
+        result = self._claim(
+            keys=[
+                keys.QUEUE,
+                keys.worker_inflight_key(worker_id),
+                keys.worker_state_key(worker_id),
+                keys.EVENTS,
+            ],
+            args=[worker_id, epoch, max_count, max(1, divisor), time.time(), self.events_maxlen, moved],
+        )
+        if result == -1:
+            raise Fenced(worker_id, epoch)
+        return result
+
+    def settle(self, worker_id: str, epoch: int, outcomes: Sequence[Outcome]) -> SettleResult:
+        if not outcomes:
+            return SettleResult(0, 0, 0)
+        done = [o for o in outcomes if o.ok]
+        failed = [o for o in outcomes if not o.ok]
+        args: list[object] = [
+            worker_id,
+            epoch,
+            time.time(),
+            self.completions_maxlen,
+            self.events_maxlen,
+            len(done),
+            len(failed),
+        ]
+        for outcome in done:
+            args.extend((outcome.raw, outcome.task_id, outcome.name, _ms(outcome.wait_ms), _ms(outcome.run_ms)))
+        now = time.time()
+        for outcome in failed:
+            entry = dumps(
+                {
+                    "task": outcome.raw,
+                    "task_id": outcome.task_id,
+                    "name": outcome.name,
+                    "category": outcome.category,
+                    "message": outcome.message,
+                    "traceback": outcome.traceback,
+                    "worker": worker_id,
+                    "failed_at": now,
+                }
+            )
+            args.extend((outcome.raw, outcome.task_id, outcome.name, outcome.category, outcome.message, entry))
+        return self._do_settle(worker_id, epoch, args)
+
+    def _do_settle(self, worker_id: str, epoch: int, args: list[object]) -> SettleResult:
+        result = self._settle(
+            keys=[
+                keys.worker_state_key(worker_id),
+                keys.worker_inflight_key(worker_id),
+                keys.worker_completed_key(worker_id),
+                keys.worker_errors_key(worker_id),
+                keys.TOTAL_WORK_COMPLETED,
+                keys.TOTAL_ERRORS,
+                keys.TOTAL_DEAD_LETTERED,
+                keys.TOTAL_DUPLICATES,
+                keys.TOTAL_FENCED,
+                keys.WORK_COMPLETIONS,
+                keys.WORK_ERRORS,
+                keys.DEAD_LETTER,
+                keys.EVENTS,
+            ],
+            args=args,
+        )
+        if result[0] == -1:
+            raise Fenced(worker_id, epoch)
+        return SettleResult(*map(int, result))
+
+    def release(self, worker_id: str, epoch: int, raw_tasks: Sequence[str]) -> int:
+        if not raw_tasks:
+            return 0
+        result = self._release(
+            keys=[keys.worker_state_key(worker_id), keys.worker_inflight_key(worker_id), keys.QUEUE],
+            args=[epoch, *raw_tasks],
+        )
+        if result == -1:
+            raise Fenced(worker_id, epoch)
+        return int(result)
+
+    def reclaim(self, worker_id: str, *, max_crashes: int, reason: str = "died") -> ReclaimResult:
+        epoch, requeued, dead = self._reclaim(
+            keys=[
+                keys.worker_state_key(worker_id),
+                keys.worker_inflight_key(worker_id),
+                keys.QUEUE,
+                keys.DEAD_LETTER,
+                keys.ACTIVE_WORKERS,
+                keys.WORKER_EVENTS,
+                keys.TOTAL_REQUEUED,
+                keys.TOTAL_DEAD_LETTERED,
+                keys.TOTAL_ERRORS,
+                keys.worker_errors_key(worker_id),
+                keys.WORK_ERRORS,
+            ],
+            args=[worker_id, time.time(), max_crashes, self.events_maxlen, self.completions_maxlen, reason],
+        )
+        return ReclaimResult(int(epoch), int(requeued), int(dead))
+
+    def queue_depths(self, worker_ids: Iterable[str] | None = None) -> dict[str, Any]:
+        ids = sorted(self.known_workers() if worker_ids is None else worker_ids)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.llen(keys.QUEUE)
+        pipe.llen(keys.DEAD_LETTER)
+        for worker_id in ids:
+            pipe.llen(keys.worker_inflight_key(worker_id))
+        pending, dead, *inflight = pipe.execute()
+        by_worker = {worker_id: int(n) for worker_id, n in zip(ids, inflight)}
+        return {
+            "pending": int(pending),
+            "inflight": sum(by_worker.values()),
+            "dead_letter": int(dead),
+            "by_worker": by_worker,
+        }
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        entries = []
+        for raw in self.redis.lrange(keys.DEAD_LETTER, 0, max(0, limit - 1)):
+            try:
+                entries.append(json.loads(raw))
+            except ValueError:
+                entries.append({"task": raw, "category": "bad_payload", "message": "unreadable entry"})
+        return entries
+
+    def ping(self) -> None:
+        """Raise StateError if the server does not answer."""
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            raise StateError(f"Redis did not answer: {exc}") from None

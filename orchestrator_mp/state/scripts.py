@@ -1,0 +1,219 @@
+"""Lua scripts of the lock-free state manager: each is one atomic step.
+
+Every key a script touches arrives through KEYS (never built inside Lua), and the
+keys of one call belong to one worker's partition plus the shared queue, counters
+and streams. Each script opens with its KEYS, ARGV and return value.
+
+Scripts are registered once per client (redis-py ``register_script``) and called
+by SHA; redis-py reloads them transparently after a server restart (NOSCRIPT).
+
+Fencing: each worker's state hash holds an ``epoch``. Scripts that write on a
+worker's behalf take the epoch the worker registered with and refuse (returning
+-1) when the hash holds another one: the partition was taken over, the caller is a
+zombie, and its writes must not land.
+"""
+
+# Register a worker as the owner of a new partition.
+# KEYS: 1 state hash, 2 active_workers, 3 known_workers, 4 stream:worker_events, 5 events:stream
+# ARGV: 1 worker id, 2 pid, 3 host, 4 now, 5 events maxlen
+# Returns: {epoch, version}
+REGISTER = """
+local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[1], 'status', 'idle', 'current_task', '', 'pid', ARGV[2], 'host', ARGV[3],
+           'started_at', ARGV[4], 'last_activity', ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'event', 'registered', 'worker', ARGV[1],
+           'pid', ARGV[2], 'host', ARGV[3], 'epoch', epoch)
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'event', 'state', 'worker', ARGV[1],
+           'status', 'idle', 'version', version)
+return {epoch, version}
+"""
+
+# Deregister a worker at a clean shutdown.
+# KEYS: 1 state hash, 2 active_workers, 3 stream:worker_events, 4 events:stream
+# ARGV: 1 worker id, 2 epoch, 3 now, 4 events maxlen
+# Returns: the new version, or -1 when fenced
+DEREGISTER = """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] then return -1 end
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[1], 'status', 'stopped', 'current_task', '', 'last_activity', ARGV[3])
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'event', 'deregistered', 'worker', ARGV[1],
+           'epoch', ARGV[2])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'event', 'state', 'worker', ARGV[1],
+           'status', 'stopped', 'version', version)
+return version
+"""
+
+# Set fields of a worker's state hash and bump its version, optionally checking
+# the expected version (optimistic concurrency) and the epoch (fencing).
+# KEYS: 1 state hash, 2 events:stream
+# ARGV: 1 worker id, 2 expected version or '', 3 epoch or '', 4 events maxlen,
+#       5.. field, value pairs
+# Returns: the new version; 0 when the version was stale; -1 when fenced
+UPDATE_STATE = """
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[3] then return -1 end
+if ARGV[2] ~= '' then
+  local current = redis.call('HGET', KEYS[1], 'version') or '0'
+  if current ~= ARGV[2] then return 0 end
+end
+local pairs_ = {}
+for i = 5, #ARGV do pairs_[#pairs_ + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(pairs_))
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'event', 'state', 'worker', ARGV[1],
+           'version', version, unpack(pairs_))
+return version
+"""
+
+# Claim up to N tasks: move them from the queue into the worker's in-flight list
+# in one step, so a task is always in exactly one place. N is the smaller of the
+# batch size and a fair share of the queue (depth / divisor, rounded up), so a
+# shallow queue is spread across workers instead of drained by the first.
+# KEYS: 1 queue, 2 in-flight list, 3 state hash, 4 events:stream
+# ARGV: 1 worker id, 2 epoch, 3 max count, 4 divisor, 5 now, 6 events maxlen,
+#       7 tasks already moved by a blocking claim (counted into the state update)
+# Returns: the claimed raw tasks (oldest first), or -1 when fenced
+CLAIM = """
+if redis.call('HGET', KEYS[3], 'epoch') ~= ARGV[2] then return -1 end
+local claimed = {}
+local depth = redis.call('LLEN', KEYS[1])
+local want = math.min(tonumber(ARGV[3]), math.ceil(depth / tonumber(ARGV[4])))
+if want > 0 then
+  claimed = redis.call('RPOP', KEYS[1], want)
+  redis.call('LPUSH', KEYS[2], unpack(claimed))
+end
+local total = #claimed + tonumber(ARGV[7])
+if total == 0 then return claimed end
+local first = claimed[1] or redis.call('LINDEX', KEYS[2], -1) or ''
+local task_id = string.match(first, '"id":"([^"]*)"') or '?'
+local version = redis.call('HINCRBY', KEYS[3], 'version', 1)
+redis.call('HSET', KEYS[3], 'status', 'busy', 'current_task', task_id, 'batch', total,
+           'last_activity', ARGV[5])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'event', 'state', 'worker', ARGV[1],
+           'status', 'busy', 'current_task', task_id, 'batch', total, 'version', version)
+return claimed
+"""
+
+# Settle a batch: for each finished task remove it from the in-flight list and,
+# only if it was still there, count it and append it to its stream; then mark the
+# worker idle. Completions and failures of one batch are one atomic step.
+# KEYS: 1 state hash, 2 in-flight list, 3 worker completed, 4 worker errors,
+#       5 total_work_completed, 6 total_errors, 7 total_dead_lettered, 8 total_duplicates,
+#       9 total_fenced, 10 work_completions, 11 work_errors, 12 dead-letter list, 13 events:stream
+# ARGV: 1 worker id, 2 epoch, 3 now, 4 completions maxlen, 5 events maxlen,
+#       6 number of completions C, 7 number of failures F,
+#       then C groups of 5: raw, task id, name, wait_ms, run_ms
+#       then F groups of 6: raw, task id, name, category, message, dead-letter entry
+# Returns: {completed, failed, duplicates}, or {-1, C + F} when fenced
+SETTLE = """
+local n_ok, n_failed = tonumber(ARGV[6]), tonumber(ARGV[7])
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] then
+  redis.call('INCRBY', KEYS[9], n_ok + n_failed)
+  return {-1, n_ok + n_failed}
+end
+local completed, failed, duplicates = 0, 0, 0
+local i = 8
+for _ = 1, n_ok do
+  if redis.call('LREM', KEYS[2], -1, ARGV[i]) == 1 then
+    redis.call('INCR', KEYS[3])
+    local n = redis.call('INCR', KEYS[5])
+    redis.call('XADD', KEYS[10], 'MAXLEN', '~', ARGV[4], '*', 'n', n, 'task_id', ARGV[i + 1],
+               'name', ARGV[i + 2], 'worker', ARGV[1], 'wait_ms', ARGV[i + 3], 'run_ms', ARGV[i + 4])
+    completed = completed + 1
+  else
+    duplicates = duplicates + 1
+  end
+  i = i + 5
+end
+for _ = 1, n_failed do
+  if redis.call('LREM', KEYS[2], -1, ARGV[i]) == 1 then
+    redis.call('INCR', KEYS[4])
+    local n = redis.call('INCR', KEYS[6])
+    redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[4], '*', 'n', n, 'task_id', ARGV[i + 1],
+               'name', ARGV[i + 2], 'worker', ARGV[1], 'category', ARGV[i + 3], 'message', ARGV[i + 4])
+    redis.call('LPUSH', KEYS[12], ARGV[i + 5])
+    redis.call('INCR', KEYS[7])
+    failed = failed + 1
+  else
+    duplicates = duplicates + 1
+  end
+  i = i + 6
+end
+if duplicates > 0 then redis.call('INCRBY', KEYS[8], duplicates) end
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[1], 'status', 'idle', 'current_task', '', 'batch', 0, 'last_activity', ARGV[3])
+redis.call('XADD', KEYS[13], 'MAXLEN', '~', ARGV[5], '*', 'event', 'state', 'worker', ARGV[1],
+           'status', 'idle', 'completed', completed, 'failed', failed, 'version', version)
+return {completed, failed, duplicates}
+"""
+
+# Hand claimed-but-unstarted tasks back to the front of the queue (warm stop).
+# KEYS: 1 state hash, 2 in-flight list, 3 queue
+# ARGV: 1 epoch, 2.. raw tasks
+# Returns: how many were handed back, or -1 when fenced
+RELEASE = """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return -1 end
+local released = 0
+for i = 2, #ARGV do
+  if redis.call('LREM', KEYS[2], -1, ARGV[i]) == 1 then
+    redis.call('RPUSH', KEYS[3], ARGV[i])
+    released = released + 1
+  end
+end
+return released
+"""
+
+# Take over a dead worker's partition: bump its epoch (fencing the old owner),
+# put every in-flight task back at the front of the queue with its crash count
+# raised, dead-letter the ones that crashed workers too often (poison) or are not
+# tasks at all, and remove the worker from active_workers.
+# KEYS: 1 state hash, 2 in-flight list, 3 queue, 4 dead-letter list, 5 active_workers,
+#       6 stream:worker_events, 7 total_requeued, 8 total_dead_lettered, 9 total_errors,
+#       10 worker errors, 11 work_errors
+# ARGV: 1 worker id, 2 now, 3 max crashes, 4 events maxlen, 5 completions maxlen, 6 reason
+# Returns: {new epoch, requeued, dead-lettered}
+RECLAIM = """
+local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+redis.call('HSET', KEYS[1], 'status', 'dead', 'current_task', '', 'batch', 0)
+local requeued, dead = 0, 0
+local max_crashes = tonumber(ARGV[3])
+while true do
+  local raw = redis.call('LPOP', KEYS[2])
+  if not raw then break end
+  local crashes, rest = string.match(raw, '^{"crashes":(%d+),(.*)$')
+  local category, message = nil, nil
+  if not crashes then
+    category, message = 'bad_payload', 'in-flight entry is not a task'
+  else
+    local count = tonumber(crashes) + 1
+    if count >= max_crashes then
+      category = 'poison'
+      message = 'crashed ' .. count .. ' workers (limit ' .. max_crashes .. ')'
+    else
+      redis.call('RPUSH', KEYS[3], '{"crashes":' .. count .. ',' .. rest)
+      requeued = requeued + 1
+    end
+  end
+  if category then
+    local task_id = string.match(raw, '"id":"([^"]*)"') or ''
+    local name = string.match(raw, '"name":"([^"]*)"') or ''
+    redis.call('INCR', KEYS[10])
+    local n = redis.call('INCR', KEYS[9])
+    redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[5], '*', 'n', n, 'task_id', task_id,
+               'name', name, 'worker', ARGV[1], 'category', category, 'message', message)
+    redis.call('LPUSH', KEYS[4], cjson.encode({task = raw, task_id = task_id, name = name,
+               category = category, message = message, traceback = '', worker = ARGV[1],
+               failed_at = tonumber(ARGV[2])}))
+    redis.call('INCR', KEYS[8])
+    dead = dead + 1
+  end
+end
+if requeued > 0 then redis.call('INCRBY', KEYS[7], requeued) end
+redis.call('SREM', KEYS[5], ARGV[1])
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[4], '*', 'event', 'reclaimed', 'worker', ARGV[1],
+           'reason', ARGV[6], 'epoch', epoch, 'requeued', requeued, 'dead_lettered', dead)
+return {epoch, requeued, dead}
+"""
