@@ -29,9 +29,21 @@ def configure(level: str = "INFO", json_path: str | None = None) -> None:
         logger.add(json_path, level=level, serialize=True, backtrace=False, diagnose=False)
 
 
+def configure_if_untouched(level: str, json_path: str | None = None) -> None:
+    """Apply our settings only while loguru still has its pristine default sink.
+
+    A library user who configured loguru (removed handler 0) keeps their setup.
+    """
+    try:
+        logger.remove(0)
+    except ValueError:
+        return
+    configure(level, json_path)
+
+
 def bind_worker(worker_id: str) -> None:
     """Make every later line of this process carry the worker id and its pid."""
     logger.configure(extra={"worker_id": worker_id, "pid": os.getpid()})
 
 
-__all__ = ["logger", "configure", "bind_worker"]
+__all__ = ["logger", "configure", "configure_if_untouched", "bind_worker"]

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .config import Settings
 from .exceptions import ConfigurationError, PayloadError, ServerError, SupervisorClosed, UnknownTaskError
+from .log import configure_if_untouched
 from .models import Task
 from .recovery import recover_stale_partitions
 from .registry import is_registered
@@ -94,6 +95,7 @@ class ContinuousOrchestrator:
         """Start the server (unless external), recover leftovers, fork the workers."""
         if self._started:
             return self
+        configure_if_untouched(self.settings.log_level, self.settings.log_json)
         try:
             if self.settings.redis_url:
                 self.url = self.settings.redis_url

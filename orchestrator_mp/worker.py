@@ -143,7 +143,7 @@ class Worker:
     def run(self) -> int:
         """Serve until asked to stop; returns the process exit code."""
         self.register()
-        logger.info("worker started (epoch {})", self.epoch)
+        logger.debug("worker started (epoch {})", self.epoch)
         try:
             while not self.should_stop():
                 self.run_batch(block=True)
@@ -151,7 +151,7 @@ class Worker:
             logger.error("fenced: this worker's partition was taken over; exiting without writing")
             return EXIT_FENCED
         self.deregister()
-        logger.info("worker stopped: {} completed, {} failed", self.completed, self.failed)
+        logger.debug("worker stopped: {} completed, {} failed", self.completed, self.failed)
         return EXIT_OK
 
 

@@ -1,0 +1,162 @@
+"""The command line as a user meets it: real subprocesses on a temporary directory."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.helpers import CLI, run_cli, run_cli_json, wait_for
+
+
+def test_run_demo_json_completes_everything_consistently(tmp_path):
+    """run --demo --json: all tasks done, counters consistent, every worker worked."""
+    report = run_cli_json("run", "--workers", "4", "--demo", "4000", cwd=tmp_path)
+    assert report["total_work_created"] == 4000
+    assert report["total_work_completed"] == 4000
+    assert report["total_errors"] == 0
+    assert report["consistent"] is True
+    assert report["throughput_per_s"] > 0 and report["elapsed_s"] > 0
+    assert len(report["workers"]) == 4
+    assert all(w["completed"] > 0 for w in report["workers"].values())
+    assert sum(w["completed"] for w in report["workers"].values()) == 4000
+    status = run_cli_json("status", cwd=tmp_path)
+    assert status["active_workers"] == []
+    assert status["counters"]["total_work_completed"] == 4000
+    assert status["queues"]["pending"] == 0 and status["queues"]["inflight"] == 0
+
+
+def test_run_demo_with_failures_and_sleep(tmp_path):
+    """--demo-fail-rate fails an exact share, each recorded as an error and dead-lettered."""
+    report = run_cli_json(
+        "run", "--workers", "2", "--demo", "200", "--demo-ms", "1", "--demo-fail-rate", "0.1", cwd=tmp_path
+    )
+    assert report["run"] == {"submitted": 200, "completed": 180, "errors": 20, "dead_lettered": 20, "requeued": 0}
+    assert report["consistent"] is True
+
+
+def test_run_human_output_names_socket_and_monitor_line(tmp_path):
+    """Without --json, stderr shows the socket and a ready-to-paste redis-cli line; stdout is empty."""
+    result = run_cli("run", "--workers", "1", "--demo", "10", "--db", "here.db", cwd=tmp_path, check=True)
+    assert result.stdout == ""
+    assert re.search(r"socket: /\S+redis\.sock", result.stderr)
+    assert re.search(r"watch live: \S+redis-cli -s \S+ -r -1 XREAD BLOCK 0 STREAMS events:stream metrics:stream", result.stderr)
+    assert "10 completed" in result.stderr
+    assert os.path.exists(tmp_path / "here.db") and os.path.exists(tmp_path / "here.db.aof")
+
+
+def test_status_human_output(tmp_path):
+    """status prints counters and queue depths as readable lines."""
+    run_cli("run", "--workers", "1", "--demo", "5", cwd=tmp_path, check=True)
+    result = run_cli("status", cwd=tmp_path, check=True)
+    assert "active workers: 0" in result.stdout
+    assert "total_work_completed=5" in result.stdout
+    assert "queue: 0 pending, 0 in flight" in result.stdout
+
+
+def test_status_without_a_database_is_a_clear_error(tmp_path):
+    """status on a path where nothing ran says so, with a non-zero exit."""
+    result = run_cli("status", "--db", "missing.db", cwd=tmp_path)
+    assert result.returncode == 3
+    assert "no database at" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_enqueue_offline_then_run_resumes(tmp_path):
+    """enqueue works with no orchestrator running; the next run picks the tasks up."""
+    ids = run_cli_json("enqueue", "demo", "--args", "[1]", "--count", "3", cwd=tmp_path)["task_ids"]
+    assert len(ids) == 3
+    plain = run_cli("enqueue", "demo", "--args", "[2]", cwd=tmp_path, check=True)
+    assert re.fullmatch(r"[0-9a-f]{32}\n", plain.stdout)
+    status = run_cli_json("status", cwd=tmp_path)
+    assert status["queues"]["pending"] == 4 and status["counters"]["total_work_created"] == 4
+    report = run_cli_json("run", "--workers", "1", "--demo", "0", cwd=tmp_path)
+    assert report["total_work_completed"] == 4
+
+
+def test_serve_mode_takes_enqueued_work_and_stops_on_sigterm(tmp_path):
+    """run without --demo serves: enqueue and status reach it through --db; SIGTERM stops it cleanly."""
+    env = {**os.environ, "ORCHESTRATOR_MP_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([*CLI, "run", "--workers", "2"], cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = []
+        while not any("serving the queue" in line for line in lines):
+            line = proc.stderr.readline()
+            assert line, f"run exited early: {''.join(lines)}"
+            lines.append(line)
+        monitor = next(line for line in lines if line.startswith("watch live: ")).split("watch live: ", 1)[1]
+        run_cli("enqueue", "demo", "--args", "[1]", "--count", "20", cwd=tmp_path, check=True)
+        wait_for(lambda: run_cli_json("status", cwd=tmp_path)["counters"]["total_work_completed"] == 20,
+                 timeout=30, what="the served tasks")
+        status = run_cli_json("status", cwd=tmp_path)
+        assert len(status["active_workers"]) == 2
+        assert all(status["workers"][w]["status"] in ("idle", "busy") for w in status["active_workers"])
+        # The printed redis-cli line shows events live (one XREAD, run without -r to end it).
+        once = monitor.replace(" -r -1", "").replace("'$'", "$").split()
+        watcher = subprocess.Popen(once, stdout=subprocess.PIPE, text=True)
+        time.sleep(0.3)
+        run_cli("enqueue", "demo", "--args", "[2]", cwd=tmp_path, check=True)
+        out, _ = watcher.communicate(timeout=20)
+        assert "events:stream" in out and "worker" in out
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    status = run_cli_json("status", cwd=tmp_path)
+    assert status["active_workers"] == [] and status["counters"]["total_work_completed"] == 21
+
+
+def test_a_second_run_on_a_live_db_is_refused(tmp_path):
+    """Two orchestrators on one db: the second refuses with one clear line."""
+    env = {**os.environ, "ORCHESTRATOR_MP_LOG_LEVEL": "WARNING"}
+    first = subprocess.Popen([*CLI, "run", "--workers", "1"], cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        while "serving the queue" not in first.stderr.readline():
+            pass
+        second = run_cli("run", "--workers", "1", "--demo", "1", cwd=tmp_path)
+        assert second.returncode == 3
+        assert f"in use by a live orchestrator (pid {first.pid})" in second.stderr
+    finally:
+        first.send_signal(signal.SIGINT)
+        assert first.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--workers", "-1"], "argument --workers: expected a number >= 1"),
+        (["run", "--workers", "0"], "argument --workers: expected a number >= 1"),
+        (["run", "--demo-fail-rate", "1.5"], "expected a rate between 0 and 1"),
+        (["run", "--demo", "ten"], "expected a whole number"),
+        (["run", "--demo-ms", "nan"], "expected a finite number"),
+        (["enqueue", "demo", "--args", "{"], "not valid JSON"),
+        (["enqueue", "demo", "--args", "{}"], "expected a JSON list"),
+        (["run", "--bogus"], "unrecognized arguments: --bogus"),
+        (["run", "--log-level", "LOUD"], "log_level must be one of"),
+        (["run", "--import", "no_such_module_xyz", "--demo", "1"], "--import no_such_module_xyz"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_non_zero_exit(tmp_path, args, message):
+    """Each bad value is one line on stderr naming it, exit code 2."""
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["enqueue"], ["status"]])
+def test_help_on_every_command(tmp_path, command):
+    """--help works everywhere and exits 0."""
+    result = run_cli(*command, "--help", cwd=tmp_path)
+    assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_console_script_is_installed(tmp_path):
+    """The orchestrator-mp entry point is on PATH after installation."""
+    result = subprocess.run(["orchestrator-mp", "--version"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0 and "orchestrator-mp" in result.stdout

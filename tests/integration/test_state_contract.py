@@ -1,0 +1,259 @@
+"""The StateManager contract, run against a real server (parametrised per implementation)."""
+from __future__ import annotations
+
+import json
+import os
+
+import multiprocess
+import pytest
+
+from orchestrator_mp import keys
+from orchestrator_mp.exceptions import ConfigurationError, Fenced
+from orchestrator_mp.models import Outcome, Task
+from orchestrator_mp.state import RedisLockFreeStateManager, create_state_manager
+
+IMPLEMENTATIONS = ["lockfree"]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def manager(request, server, settings):
+    state = create_state_manager(settings.evolve(state=request.param), server.url)
+    yield state
+    state.close()
+
+
+def _raw(name="tests.add", *args):
+    return Task(name=name, args=args).to_json()
+
+
+def _ok(raw):
+    task = Task.from_json(raw)
+    return Outcome(raw=raw, task_id=task.id, name=task.name, ok=True)
+
+
+def _failed(raw, category="task_error"):
+    task = Task.from_json(raw)
+    return Outcome(raw=raw, task_id=task.id, name=task.name, ok=False, category=category, message="boom")
+
+
+def test_register_adds_to_active_workers_and_deregister_removes(manager):
+    """Registration is SADD active_workers; a clean stop is SREM, the state says stopped."""
+    epoch = manager.register_worker("w1", pid=123, host="h")
+    assert epoch == 1
+    assert manager.active_workers() == {"w1"}
+    state = manager.get_worker_state("w1")
+    assert state["status"] == "idle" and state["pid"] == "123" and state["host"] == "h"
+    manager.deregister_worker("w1", epoch)
+    assert manager.active_workers() == set()
+    assert manager.known_workers() == {"w1"}
+    assert manager.get_worker_state("w1")["status"] == "stopped"
+
+
+def test_unknown_worker_state_is_empty(manager):
+    """Reading a worker that never registered gives {}."""
+    assert manager.get_worker_state("nobody") == {}
+    assert manager.batch_get_worker_states(["nobody"]) == {"nobody": {}}
+
+
+def test_update_worker_field_returns_growing_versions(manager):
+    """Each field update bumps the version atomically and returns it."""
+    manager.register_worker("w1", pid=1, host="h")
+    v1 = manager.update_worker_field("w1", "status", "busy")
+    v2 = manager.update_worker_field("w1", "current_task", "t1")
+    assert v2 == v1 + 1
+    assert manager.get_worker_state("w1")["version"] == str(v2)
+
+
+def test_update_worker_state_refuses_a_stale_version(manager):
+    """Optimistic concurrency: the expected version must match or nothing is written."""
+    manager.register_worker("w1", pid=1, host="h")
+    version = int(manager.get_worker_state("w1")["version"])
+    assert manager.update_worker_state("w1", {"status": "a"}, expected_version=version)
+    assert not manager.update_worker_state("w1", {"status": "b"}, expected_version=version)
+    assert manager.get_worker_state("w1")["status"] == "a"
+
+
+def test_reserved_fields_cannot_be_written(manager):
+    """version and epoch belong to the state manager."""
+    manager.register_worker("w1", pid=1, host="h")
+    with pytest.raises(ConfigurationError):
+        manager.update_worker_field("w1", "version", 99)
+
+
+def test_state_changes_are_appended_to_the_event_stream(manager):
+    """Every state change appends to events:stream."""
+    manager.register_worker("w1", pid=1, host="h")
+    manager.update_worker_field("w1", "status", "busy")
+    last = manager.read_stream(keys.EVENTS, count=1)[-1][1]
+    assert last["worker"] == "w1" and last["status"] == "busy"
+    assert any(e[1]["event"] == "registered" for e in manager.read_stream(keys.WORKER_EVENTS))
+
+
+def test_batch_get_worker_states(manager):
+    """Several states come back together, keyed by worker."""
+    for worker in ("a", "b", "c"):
+        manager.register_worker(worker, pid=1, host="h")
+    states = manager.batch_get_worker_states(["a", "b", "c"])
+    assert set(states) == {"a", "b", "c"} and all(s["status"] == "idle" for s in states.values())
+
+
+def test_counters_increment_atomically(manager):
+    """increment_counter returns the new value; unknown counters read 0."""
+    assert manager.get_counter("total_errors") == 0
+    assert manager.increment_counter("custom", 5) == 5
+    assert manager.increment_counter("custom") == 6
+    assert manager.get_counter("custom") == 6
+
+
+def test_record_metric_appends_to_metrics_stream(manager):
+    """Metrics are append-only stream entries with optional tags."""
+    manager.record_metric("latency_ms", 1.5, tags={"task": "x"})
+    entry = manager.read_stream(keys.METRICS)[-1][1]
+    assert entry["name"] == "latency_ms" and float(entry["value"]) == 1.5
+    assert json.loads(entry["tags"]) == {"task": "x"}
+
+
+def test_lock_compatibility_calls_are_no_ops(manager):
+    """acquire_lock/release_lock exist for ported callers and never block."""
+    assert manager.acquire_lock("anything", timeout=5) is True
+    assert manager.release_lock("anything") is None
+
+
+def test_claim_moves_tasks_into_the_workers_inflight_list(manager):
+    """A claimed task is in exactly one place: the claiming worker's in-flight list."""
+    raws = [_raw("tests.add", i, i) for i in range(5)]
+    assert manager.submit(raws) == 5
+    epoch = manager.register_worker("w1", pid=1, host="h")
+    claimed = manager.claim("w1", epoch, max_count=3)
+    assert claimed == raws[:3]  # oldest first
+    depths = manager.queue_depths()
+    assert depths["pending"] == 2 and depths["by_worker"]["w1"] == 3
+    assert manager.get_worker_state("w1")["status"] == "busy"
+
+
+def test_claim_takes_a_fair_share_of_a_shallow_queue(manager):
+    """With 4 workers and 4 tasks, one claim takes 1 even when the batch allows 16."""
+    manager.submit([_raw() for _ in range(4)])
+    epoch = manager.register_worker("w1", pid=1, host="h")
+    assert len(manager.claim("w1", epoch, max_count=16, divisor=4)) == 1
+
+
+def test_claim_on_an_empty_queue_returns_nothing(manager):
+    """An empty queue is [] from claim, and [] after the timeout from wait_claim."""
+    epoch = manager.register_worker("w1", pid=1, host="h")
+    assert manager.claim("w1", epoch, 4) == []
+    assert manager.wait_claim("w1", epoch, 4, 1, timeout_s=0.05) == []
+
+
+def test_settle_counts_each_task_once(manager):
+    """Completion: out of in-flight, both counters, one stream entry; a repeat is a duplicate."""
+    manager.submit([_raw() for _ in range(3)])
+    epoch = manager.register_worker("w1", pid=1, host="h")
+    claimed = manager.claim("w1", epoch, 3)
+    result = manager.settle("w1", epoch, [_ok(claimed[0]), _ok(claimed[1]), _failed(claimed[2])])
+    assert (result.completed, result.failed, result.duplicates) == (2, 1, 0)
+    again = manager.settle("w1", epoch, [_ok(claimed[0])])
+    assert (again.completed, again.duplicates) == (0, 1)
+    counters = manager.get_counters()
+    assert counters["total_work_completed"] == 2 and counters["total_errors"] == 1
+    assert counters["total_duplicates"] == 1 and counters["total_dead_lettered"] == 1
+    assert manager.worker_counters(["w1"]) == {"w1": {"completed": 2, "errors": 1}}
+    assert manager.stream_tail(keys.WORK_COMPLETIONS).last["n"] == "2"
+    assert manager.stream_tail(keys.WORK_ERRORS).last["category"] == "task_error"
+    assert manager.dead_letters()[0]["task"] == claimed[2]
+    assert manager.audit()["ok"]
+
+
+def test_fenced_worker_cannot_settle_or_claim(manager):
+    """After a takeover the old owner's writes are rejected and counted as fenced."""
+    manager.submit([_raw() for _ in range(2)])
+    epoch = manager.register_worker("w1", pid=1, host="h")
+    claimed = manager.claim("w1", epoch, 2)
+    result = manager.reclaim("w1", max_crashes=3)
+    assert result.epoch == epoch + 1 and result.requeued == 2
+    with pytest.raises(Fenced):
+        manager.settle("w1", epoch, [_ok(claimed[0])])
+    with pytest.raises(Fenced):
+        manager.claim("w1", epoch, 1)
+    with pytest.raises(Fenced):
+        manager.update_worker_field("w1", "status", "x", epoch=epoch)
+    assert manager.get_counter("total_work_completed") == 0
+    assert manager.get_counter("total_fenced") == 1
+    assert manager.active_workers() == set()
+
+
+def test_reclaim_requeues_with_crash_count_and_dead_letters_poison(manager):
+    """Requeued tasks carry their crash count; at the limit they are dead-lettered."""
+    manager.submit([_raw()])
+    for attempt in range(1, 4):
+        worker = f"w{attempt}"
+        epoch = manager.register_worker(worker, pid=1, host="h")
+        (raw,) = manager.claim(worker, epoch, 1)
+        assert Task.from_json(raw).crashes == attempt - 1
+        result = manager.reclaim(worker, max_crashes=3)
+    assert (result.requeued, result.dead_lettered) == (0, 1)
+    entry = manager.dead_letters()[0]
+    assert entry["category"] == "poison" and "crashed 3 workers" in entry["message"]
+    assert manager.queue_depths()["pending"] == 0
+    assert manager.audit()["ok"]
+
+
+def test_reclaim_is_safe_to_repeat(manager):
+    """A second takeover of the same partition requeues nothing more."""
+    manager.submit([_raw()])
+    epoch = manager.register_worker("w1", pid=1, host="h")
+    manager.claim("w1", epoch, 1)
+    assert manager.reclaim("w1", max_crashes=3).requeued == 1
+    assert manager.reclaim("w1", max_crashes=3).requeued == 0
+    assert manager.queue_depths()["pending"] == 1
+
+
+def test_release_hands_unstarted_tasks_back_to_the_front(manager):
+    """A warm stop puts claimed tasks back where the next claim finds them first."""
+    raws = [_raw("tests.add", i, 0) for i in range(3)]
+    manager.submit(raws)
+    epoch = manager.register_worker("w1", pid=1, host="h")
+    claimed = manager.claim("w1", epoch, 3)
+    assert manager.release("w1", epoch, claimed[1:]) == 2
+    other = manager.register_worker("w2", pid=1, host="h")
+    assert set(manager.claim("w2", other, 2)) == set(raws[1:])
+
+
+def test_submit_is_counted_with_the_queue(manager):
+    """total_work_created moves with the queue in one step."""
+    manager.submit([_raw() for _ in range(2500)])
+    assert manager.get_counter("total_work_created") == 2500
+    assert manager.queue_depths()["pending"] == 2500
+
+
+def _contend(url, worker_id, rounds, results):
+    state = RedisLockFreeStateManager(url)
+    won = lost = 0
+    for i in range(rounds):
+        version = int(state.get_worker_state(worker_id)["version"])
+        if state.update_worker_state(worker_id, {"last_writer": os.getpid(), "round": i}, expected_version=version):
+            won += 1
+        else:
+            lost += 1
+    results.put((won, lost))
+    state.close()
+
+
+def test_stale_versions_are_refused_under_multiprocess_contention(server):
+    """Four processes race optimistic updates on one hash: every success is one version."""
+    state = RedisLockFreeStateManager(server.url)
+    state.register_worker("shared", pid=1, host="h")
+    start = int(state.get_worker_state("shared")["version"])
+    results = multiprocess.Queue()
+    procs = [multiprocess.Process(target=_contend, args=(server.url, "shared", 400, results)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    outcomes = [results.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=30)
+    won = sum(w for w, _ in outcomes)
+    lost = sum(lost for _, lost in outcomes)
+    assert won + lost == 1600
+    assert lost > 0, "no contention observed; the test proves nothing"
+    assert int(state.get_worker_state("shared")["version"]) == start + won
+    state.close()

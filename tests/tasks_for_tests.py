@@ -1,0 +1,45 @@
+"""Tasks registered for the tests (imported by the test modules before workers fork)."""
+from __future__ import annotations
+
+import os
+import time
+
+from orchestrator_mp import task
+
+
+@task(name="tests.add")
+def add(a, b):
+    return a + b
+
+
+@task(name="tests.sleep")
+def sleep_ms(ms):
+    time.sleep(ms / 1000.0)
+    return ms
+
+
+@task(name="tests.fail")
+def fail(message="boom"):
+    raise ValueError(message)
+
+
+@task(name="tests.crash_once")
+def crash_once(marker_dir, key):
+    """Kill the worker the first time this key runs; succeed afterwards."""
+    marker = os.path.join(marker_dir, f"{key}.ran")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return key
+
+
+@task(name="tests.always_crash")
+def always_crash():
+    os._exit(1)
+
+
+@task(name="tests.record")
+def record(path, value):
+    """Append value to a file: the test reads who ran what."""
+    with open(path, "a") as handle:
+        handle.write(f"{value}\n")
