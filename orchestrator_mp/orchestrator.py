@@ -21,7 +21,13 @@ import time
 from typing import Any, Callable, Iterable, Iterator
 
 from .config import Settings
-from .exceptions import ConfigurationError, PayloadError, ServerError, SupervisorClosed, UnknownTaskError
+from .exceptions import (
+    ConfigurationError,
+    PayloadError,
+    ServerError,
+    SupervisorClosed,
+    UnknownTaskError,
+)
 from .log import configure_if_untouched
 from .models import Task
 from .recovery import recover_stale_partitions
@@ -209,7 +215,7 @@ class ContinuousOrchestrator:
         run here, in this call. ``progress`` is called with the counters every
         ~0.5 s. Raises WorkerDied if workers die in a loop at start-up.
         """
-        state = self._require_running()
+        self._require_running()
         deadline = None if timeout is None else time.monotonic() + timeout
         next_progress = time.monotonic()
         while True:

@@ -2,7 +2,6 @@
 leaves no child process behind (servers and workers are ended by PID)."""
 from __future__ import annotations
 
-import os
 import time
 
 import psutil

@@ -160,6 +160,7 @@ class StateManager(abc.ABC):
 
     def release_lock(self, *_args: object, **_kwargs: object) -> None:
         """No-op counterpart of :meth:`acquire_lock`."""
+        return None
 
     # -- the queue ------------------------------------------------------------------------
     @abc.abstractmethod

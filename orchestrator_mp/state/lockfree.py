@@ -114,7 +114,7 @@ class RedisLockFreeStateManager(StateManager):
         pipe = self.redis.pipeline(transaction=False)
         for worker_id in ids:
             pipe.hgetall(keys.worker_state_key(worker_id))
-        return dict(zip(ids, pipe.execute()))
+        return dict(zip(ids, pipe.execute(), strict=True))
 
     def update_worker_field(
         self, worker_id: str, field: str, value: object, *, epoch: int | None = None, pipeline: Any = None
@@ -175,7 +175,7 @@ class RedisLockFreeStateManager(StateManager):
 
     def get_counters(self, names: Sequence[str] = keys.COUNTERS) -> dict[str, int]:
         values = self.redis.mget([keys.counter_key(name) for name in names])
-        return {name: int(value or 0) for name, value in zip(names, values)}
+        return {name: int(value or 0) for name, value in zip(names, values, strict=True)}
 
     def worker_counters(self, worker_ids: Iterable[str]) -> dict[str, dict[str, int]]:
         ids = sorted(worker_ids)
@@ -345,7 +345,7 @@ class RedisLockFreeStateManager(StateManager):
         for worker_id in ids:
             pipe.llen(keys.worker_inflight_key(worker_id))
         pending, dead, *inflight = pipe.execute()
-        by_worker = {worker_id: int(n) for worker_id, n in zip(ids, inflight)}
+        by_worker = {worker_id: int(n) for worker_id, n in zip(ids, inflight, strict=True)}
         return {
             "pending": int(pending),
             "inflight": sum(by_worker.values()),

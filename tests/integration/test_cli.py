@@ -1,7 +1,6 @@
 """The command line as a user meets it: real subprocesses on a temporary directory."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal

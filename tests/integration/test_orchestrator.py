@@ -8,7 +8,12 @@ import pytest
 import redis
 
 from orchestrator_mp import ContinuousOrchestrator, keys
-from orchestrator_mp.exceptions import DatabaseInUse, PayloadError, SupervisorClosed, UnknownTaskError
+from orchestrator_mp.exceptions import (
+    DatabaseInUse,
+    PayloadError,
+    SupervisorClosed,
+    UnknownTaskError,
+)
 from orchestrator_mp.state import RedisLockFreeStateManager
 from tests import tasks_for_tests  # noqa: F401  (registers the test tasks before workers fork)
 from tests.helpers import settings_for, sigkill_worker, wait_for

@@ -1,0 +1,68 @@
+"""Command line: parse arguments, build Settings, call the library, return an exit code.
+
+    python -m orchestrator_mp run [--workers N] [--db PATH] [--demo COUNT] [--json] ...
+    python -m orchestrator_mp enqueue TASK [--args JSON] [--kwargs JSON] [--db PATH]
+    python -m orchestrator_mp status [--db PATH] [--json]
+
+One module per command, each with ``add_parser(commands)``. Human-readable lines go
+to stderr; stdout carries only the requested output (the final JSON with ``--json``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .. import __version__
+from ..exceptions import (
+    ConfigurationError,
+    OrchestratorError,
+    ServerError,
+    TaskError,
+    WorkerDied,
+)
+from . import enqueue, run, status
+from .common import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_SERVER,
+    EXIT_WORKER_DIED,
+    Parser,
+    say,
+)
+
+COMMANDS = (run, enqueue, status)
+
+# Library errors mapped to the exit code the CLI returns for them (first match wins).
+EXIT_CODES: tuple[tuple[type[OrchestratorError], int], ...] = (
+    (ConfigurationError, EXIT_CONFIG),
+    (TaskError, EXIT_CONFIG),
+    (ServerError, EXIT_SERVER),
+    (WorkerDied, EXIT_WORKER_DIED),
+    (OrchestratorError, EXIT_FAILURE),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="orchestrator-mp", description="A lock-free process orchestrator on embedded Redis.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for command in COMMANDS:
+        command.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return args.handler(args)
+    except OrchestratorError as exc:
+        say(f"{parser.prog} {args.command}: error: {exc}")
+        return next(code for kind, code in EXIT_CODES if isinstance(exc, kind))
+
+
+__all__ = ["main", "build_parser"]

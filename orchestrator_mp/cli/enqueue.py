@@ -1,0 +1,43 @@
+"""``enqueue``: submit tasks to a database, whether or not an orchestrator runs on it."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..exceptions import PayloadError
+from ..log import configure as configure_logging
+from ..models import Task
+from ..orchestrator import open_state
+from .common import EXIT_OK, add_common_options, json_value, positive_int, settings_from
+
+
+def add_parser(commands: Any) -> None:
+    enqueue = commands.add_parser("enqueue", help="submit one task (works whether or not the orchestrator runs)")
+    add_common_options(enqueue)
+    enqueue.add_argument("task", metavar="TASK", help="registered task name")
+    enqueue.add_argument("--args", type=json_value(list), default=[], metavar="JSON", help="positional args (JSON list)")
+    enqueue.add_argument("--kwargs", type=json_value(dict), default={}, metavar="JSON", help="keyword args (JSON object)")
+    enqueue.add_argument("--count", type=positive_int, default=1, metavar="N", help="submit N copies")
+    enqueue.add_argument("--json", action="store_true", help="print the task ids as JSON")
+    enqueue.set_defaults(handler=cmd_enqueue)
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    configure_logging(settings.log_level if not args.json else "WARNING", settings.log_json)
+    tasks = [Task(name=args.task, args=tuple(args.args), kwargs=args.kwargs) for _ in range(args.count)]
+    raws = [t.to_json() for t in tasks]
+    for raw in raws:
+        if len(raw) > settings.max_payload_bytes:
+            raise PayloadError({"name": args.task}, f"task is {len(raw)} bytes, over {settings.max_payload_bytes}")
+    with open_state(settings, role="enqueue") as state:
+        state.submit(raws)
+    ids = [t.id for t in tasks]
+    if args.json:
+        print(json.dumps({"task_ids": ids, "task": args.task}))
+    else:
+        print("\n".join(ids))
+    return EXIT_OK
+
+

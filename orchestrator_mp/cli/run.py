@@ -1,0 +1,161 @@
+"""``run``: start the server and workers; run a demo to completion or serve the queue."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import time
+from typing import Any
+
+from .. import __version__, keys
+from ..config import default_workers
+from ..demo import DEMO_TASK
+from ..exceptions import ConfigurationError
+from ..log import configure as configure_logging
+from ..orchestrator import ContinuousOrchestrator
+from .common import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    SUBMIT_CHUNK,
+    Signals,
+    add_common_options,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    rate,
+    say,
+    settings_from,
+)
+
+
+def add_parser(commands: Any) -> None:
+    run = commands.add_parser("run", help="start the server and workers; run a demo or serve the queue")
+    add_common_options(run)
+    run.add_argument("--workers", type=positive_int, default=None, metavar="N", help="worker processes (default: CPUs)")
+    run.add_argument("--demo", type=non_negative_int, metavar="COUNT", help="submit COUNT demo tasks, exit when done")
+    run.add_argument("--demo-ms", type=non_negative_float, default=0.0, metavar="MS", help="demo task sleep (ms)")
+    run.add_argument("--demo-fail-rate", type=rate, default=0.0, metavar="P", help="share of demo tasks that fail")
+    run.add_argument("--batch", type=positive_int, default=None, metavar="K", help="most tasks claimed per round trip")
+    run.add_argument("--durability", choices=("fast", "strict"), default=None, help="appendfsync everysec | always")
+    run.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first, to register its tasks (repeatable)",
+    )
+    run.add_argument("--json", action="store_true", help="print one JSON object at the end and nothing else")
+    run.set_defaults(handler=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a demo (``--demo``) or serve until a signal; returns the exit code."""
+    settings = settings_from(
+        args, workers=args.workers or default_workers(), batch_size=args.batch, durability=args.durability
+    )
+    configure_logging(settings.log_level if not args.json else "WARNING", settings.log_json)
+    for module in args.imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigurationError(f"--import {module}: {exc}") from None
+    signals = Signals()
+    signals.install()
+    orch = ContinuousOrchestrator(settings=settings)
+    started = time.monotonic()
+    with orch:
+        if orch.server is not None and not args.json:
+            say(f"orchestrator_mp {__version__}: redis-server pid {orch.server.pid}, db {orch.server.db_path}")
+            say(f"socket: {orch.server.socket_path}")
+            say(f"watch live: {orch.monitor_command()}")
+        if not args.json:
+            say(f"{settings.workers} worker(s) started: {', '.join(orch.worker_ids())}")
+        before = orch.counters()
+        submitted = 0
+        if args.demo is not None:
+            started = time.monotonic()
+            for start in range(0, args.demo, SUBMIT_CHUNK):
+                calls = [((i, args.demo_ms, args.demo_fail_rate), {}) for i in range(start, min(args.demo, start + SUBMIT_CHUNK))]
+                orch.submit_many(DEMO_TASK, calls)
+                submitted += len(calls)
+            drained = _wait_for_demo(orch, signals, before, submitted, quiet=args.json)
+        else:
+            _serve(orch, signals, quiet=args.json)
+            drained = orch.pending() == 0
+        elapsed = time.monotonic() - started
+        if not args.json and signals.count:
+            say("stopping: finishing running tasks (a second Ctrl-C kills the workers)")
+        orch.stop_workers(timeout=0.5 if signals.count > 1 else None)
+        report = _run_report(orch, before, submitted, elapsed)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_run_summary(report)
+    if args.demo is not None and not drained:
+        left = report["pending"]["pending"] + report["pending"]["inflight"]
+        say(f"stopped before the demo finished: {left} task(s) remain queued and resume on the next start")
+        return EXIT_INTERRUPTED if signals.count else EXIT_FAILURE
+    return EXIT_OK
+
+
+def _wait_for_demo(orch: ContinuousOrchestrator, signals: Signals, before: dict, submitted: int, quiet: bool) -> bool:
+    last_line = time.monotonic()
+    while not signals.count:
+        if orch.wait(timeout=0.25):
+            return True
+        if not quiet and time.monotonic() - last_line >= 1.0:
+            now = orch.counters()
+            done = now[keys.TOTAL_WORK_COMPLETED] - before[keys.TOTAL_WORK_COMPLETED]
+            errors = now[keys.TOTAL_ERRORS] - before[keys.TOTAL_ERRORS]
+            say(f"progress: {done + errors}/{submitted} settled ({done} completed, {errors} errors)")
+            last_line = time.monotonic()
+    return False
+
+
+def _serve(orch: ContinuousOrchestrator, signals: Signals, quiet: bool) -> None:
+    if not quiet:
+        say("serving the queue; Ctrl-C to stop")
+    while not signals.count:
+        time.sleep(0.2)
+
+
+def _run_report(orch: ContinuousOrchestrator, before: dict, submitted: int, elapsed: float) -> dict[str, Any]:
+    counters = orch.counters()
+    delta = {name: counters[name] - before.get(name, 0) for name in counters}
+    settled = delta[keys.TOTAL_WORK_COMPLETED] + delta[keys.TOTAL_DEAD_LETTERED]
+    audit = orch.audit()
+    return {
+        keys.TOTAL_WORK_CREATED: counters[keys.TOTAL_WORK_CREATED],
+        keys.TOTAL_WORK_COMPLETED: counters[keys.TOTAL_WORK_COMPLETED],
+        keys.TOTAL_ERRORS: counters[keys.TOTAL_ERRORS],
+        "elapsed_s": round(elapsed, 3),
+        "throughput_per_s": round(settled / elapsed, 1) if elapsed > 0 else 0.0,
+        "run": {
+            "submitted": submitted,
+            "completed": delta[keys.TOTAL_WORK_COMPLETED],
+            "errors": delta[keys.TOTAL_ERRORS],
+            "dead_lettered": delta[keys.TOTAL_DEAD_LETTERED],
+            "requeued": delta[keys.TOTAL_REQUEUED],
+        },
+        "counters": counters,
+        "pending": {"pending": audit["queues"]["pending"], "inflight": audit["queues"]["inflight"]},
+        "consistent": audit["ok"],
+        "checks": audit["checks"],
+        "workers": orch.worker_counters(),
+    }
+
+
+def _print_run_summary(report: dict[str, Any]) -> None:
+    run = report["run"]
+    of_submitted = f" of {run['submitted']} submitted" if run["submitted"] else ""
+    say(
+        f"done: {run['completed']} completed, {run['errors']} errors{of_submitted} "
+        f"in {report['elapsed_s']:.2f}s ({report['throughput_per_s']:.0f} tasks/s); "
+        f"counters consistent: {report['consistent']}"
+    )
+    for worker_id, counts in sorted(report["workers"].items()):
+        say(f"  {worker_id}: {counts['completed']} completed, {counts['errors']} errors")
+
+
