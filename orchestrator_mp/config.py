@@ -45,6 +45,11 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[Any, attrs.Attribute, Any], N
     return check
 
 
+def _optional_positive_number(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None:
+        _positive_number(instance, attribute, value)
+
+
 def _default_log_level() -> str:
     return os.environ.get(LOG_LEVEL_ENV, "INFO").upper()
 
@@ -67,6 +72,16 @@ class Settings:
         completions_maxlen: approximate cap of ``work_completions`` and ``work_errors``.
         events_maxlen: approximate cap of the event, worker-event and metrics streams.
         max_crashes: deliveries that ended in a worker crash before a task is dead-lettered.
+        max_retries: failures of a task retried before it is dead-lettered (a task's own
+            ``max_retries``, from ``@task`` or its submission, wins).
+        retry_backoff_s: first retry delay; doubles per retry, with jitter (half to full).
+        retry_backoff_max_s: cap of the retry delay.
+        time_limit_s: default per-task time limit (None: none); past it the worker is
+            killed and replaced, and the task retried or dead-lettered as ``timeout``.
+        lease_s: a worker whose heartbeat lease is this old is presumed dead.
+        heartbeat_interval_s: how often each worker renews its lease.
+        zombie_grace_s: how long a local worker declared dead (lease lost) may linger
+            before the parent kills it.
         max_payload_bytes: largest encoded task accepted at submission.
         shutdown_timeout_s: how long a warm stop waits for workers before killing them.
         durability: ``fast`` (appendfsync everysec) or ``strict`` (appendfsync always).
@@ -83,6 +98,13 @@ class Settings:
     completions_maxlen: int = attrs.field(default=200_000, validator=_int_at_least(1))
     events_maxlen: int = attrs.field(default=20_000, validator=_int_at_least(1))
     max_crashes: int = attrs.field(default=3, validator=_int_at_least(1))
+    max_retries: int = attrs.field(default=0, validator=_int_at_least(0))
+    retry_backoff_s: float = attrs.field(default=0.5, validator=_positive_number)
+    retry_backoff_max_s: float = attrs.field(default=60.0, validator=_positive_number)
+    time_limit_s: float | None = attrs.field(default=None, validator=_optional_positive_number)
+    lease_s: float = attrs.field(default=3.0, validator=_positive_number)
+    heartbeat_interval_s: float = attrs.field(default=0.5, validator=_positive_number)
+    zombie_grace_s: float = attrs.field(default=30.0, validator=_positive_number)
     max_payload_bytes: int = attrs.field(default=1_048_576, validator=_int_at_least(64))
     shutdown_timeout_s: float = attrs.field(default=10.0, validator=_positive_number)
     durability: str = attrs.field(default="fast", validator=_one_of(DURABILITY_MODES))
@@ -90,6 +112,14 @@ class Settings:
         factory=_default_log_level, converter=str.upper, validator=_one_of(LOG_LEVELS)
     )
     log_json: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.heartbeat_interval_s * 2 > self.lease_s:
+            message = (
+                f"heartbeat_interval_s must be at most half of lease_s, got "
+                f"{self.heartbeat_interval_s} and {self.lease_s}"
+            )
+            raise ConfigurationError(message)
 
     def evolve(self, **changes: Any) -> "Settings":
         """A copy with some fields changed (validated again)."""

@@ -7,13 +7,22 @@ URL, never a client, and call :func:`create_client` after the fork.
 from __future__ import annotations
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .exceptions import BackendUnavailable
 
 
-def create_client(url: str, **options: object) -> redis.Redis:
-    """A client for ``url`` (``unix://PATH``, ``redis://``, ``rediss://``), strings decoded."""
+def create_client(url: str, *, retries: bool = True, **options: object) -> redis.Redis:
+    """A client for ``url`` (``unix://PATH``, ``redis://``, ``rediss://``), strings decoded.
+
+    ``retries=False`` turns off redis-py's silent reconnect-and-resend (10 tries by
+    default): a worker must *know* when a reply was lost, because a resent claim
+    could move tasks it never hears of. It reconnects itself and resynchronises.
+    """
     options.setdefault("decode_responses", True)
+    if not retries:
+        options["retry"] = Retry(NoBackoff(), 0)
     return redis.Redis.from_url(url, **options)
 
 

@@ -19,7 +19,11 @@ TOTAL_ERRORS = "total_errors"
 TOTAL_DEAD_LETTERED = "total_dead_lettered"
 TOTAL_FENCED = "total_fenced"
 TOTAL_DUPLICATES = "total_duplicates"
-TOTAL_REQUEUED = "total_requeued"
+TOTAL_REQUEUED = "total_requeued"  # in-flight tasks returned to the queue by a takeover
+TOTAL_RETRIED = "total_retried"  # failures scheduled to run again (backoff)
+TOTAL_DLQ_RETRIED = "total_dlq_retried"  # dead letters sent back to the queue by hand
+TOTAL_DLQ_PURGED = "total_dlq_purged"  # dead letters discarded by hand
+TOTAL_FOREIGN = "total_foreign"  # queue entries that were never submitted as tasks
 
 COUNTERS = (
     TOTAL_WORK_CREATED,
@@ -29,11 +33,22 @@ COUNTERS = (
     TOTAL_FENCED,
     TOTAL_DUPLICATES,
     TOTAL_REQUEUED,
+    TOTAL_RETRIED,
+    TOTAL_DLQ_RETRIED,
+    TOTAL_DLQ_PURGED,
+    TOTAL_FOREIGN,
 )
 
 # -- queues -----------------------------------------------------------------------------
 QUEUE = "queue:pending"  # list: JSON tasks; LPUSH to submit, claimed from the right
 DEAD_LETTER = "queue:dead_letter"  # list: JSON {task, category, message, ...}
+DELAYED = "queue:delayed"  # sorted set: JSON tasks scored by the time they become due
+
+
+def submit_marker_key(batch_id: str) -> str:
+    """String with a TTL: marks a submitted batch so a retried submission is not applied twice."""
+    return f"submitted:{batch_id}"
+
 
 # -- streams (append-only, capped with MAXLEN ~) ------------------------------------------
 WORK_COMPLETIONS = "work_completions"
@@ -68,6 +83,11 @@ def worker_completed_key(worker_id: str) -> str:
 def worker_errors_key(worker_id: str) -> str:
     """String counter: task failures recorded by this worker."""
     return _worker_key(worker_id, "errors")
+
+
+def worker_lease_key(worker_id: str) -> str:
+    """String with a PX expiry, renewed by the worker's heartbeat: gone means presumed dead."""
+    return _worker_key(worker_id, "lease")
 
 
 def counter_key(name: str) -> str:

@@ -23,7 +23,8 @@ UNKNOWN_TASK = "unknown_task"  # no task registered under that name
 BAD_PAYLOAD = "bad_payload"  # the queue entry is not a valid task
 BAD_RESULT = "bad_result"  # the task returned something that is not JSON
 POISON = "poison"  # the task crashed its worker too many times
-ERROR_CATEGORIES = (TASK_ERROR, UNKNOWN_TASK, BAD_PAYLOAD, BAD_RESULT, POISON)
+TIMEOUT = "timeout"  # the task ran past its time limit; its worker was killed
+ERROR_CATEGORIES = (TASK_ERROR, UNKNOWN_TASK, BAD_PAYLOAD, BAD_RESULT, POISON, TIMEOUT)
 
 
 def new_task_id() -> str:
@@ -45,17 +46,25 @@ class Task:
     id: str = attrs.field(factory=new_task_id)
     submitted_at: float = attrs.field(factory=time.time)
     crashes: int = 0
+    retries: int = 0
+    max_retries: int | None = None
+    time_limit_s: float | None = None
 
     def to_json(self) -> str:
         """Encode; raises PayloadError when the arguments are not JSON-serialisable."""
-        body = {
+        body: dict[str, Any] = {
             "crashes": self.crashes,
             "id": self.id,
             "name": self.name,
             "args": list(self.args),
             "kwargs": self.kwargs,
             "ts": self.submitted_at,
+            "retries": self.retries,
         }
+        if self.max_retries is not None:
+            body["max_retries"] = self.max_retries
+        if self.time_limit_s is not None:
+            body["time_limit"] = self.time_limit_s
         try:
             return dumps(body)
         except (TypeError, ValueError) as exc:
@@ -78,10 +87,12 @@ class Task:
             "ts": (int, float),
             "crashes": int,
         }
-        for field, kind in expected.items():
+        optional = {"retries": int, "max_retries": int, "time_limit": (int, float)}
+        for field in expected:
             if field not in body:
                 raise PayloadError(raw, f"missing field {field!r}")
-            if not isinstance(body[field], kind) or isinstance(body[field], bool):
+        for field, kind in {**expected, **optional}.items():
+            if field in body and (not isinstance(body[field], kind) or isinstance(body[field], bool)):
                 raise PayloadError(raw, f"field {field!r} has type {type(body[field]).__name__}")
         return cls(
             name=body["name"],
@@ -90,7 +101,18 @@ class Task:
             id=body["id"],
             submitted_at=float(body["ts"]),
             crashes=body["crashes"],
+            retries=body.get("retries", 0),
+            max_retries=body.get("max_retries"),
+            time_limit_s=body.get("time_limit"),
         )
+
+    def for_retry(self) -> "Task":
+        """The same task, one failure further (crash count kept)."""
+        return attrs.evolve(self, retries=self.retries + 1)
+
+    def fresh(self) -> "Task":
+        """The same task with its failure and crash history cleared (dead-letter retry)."""
+        return attrs.evolve(self, retries=0, crashes=0)
 
 
 @attrs.frozen(kw_only=True)
@@ -111,3 +133,5 @@ class Outcome:
     traceback: str = ""
     wait_ms: float = 0.0
     run_ms: float = 0.0
+    retry_raw: str = ""  # failures only: the task to run again, or "" to dead-letter
+    retry_at: float = 0.0  # epoch seconds when retry_raw becomes due

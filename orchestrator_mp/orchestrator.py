@@ -111,7 +111,7 @@ class ContinuousOrchestrator:
             self.state = create_state_manager(self.settings, self.url)
             recover_stale_partitions(self.state, self.settings)
             if self.enable_parallel:
-                self.supervisor = Supervisor(self.settings, self.url, self.state)
+                self.supervisor = Supervisor(self.settings, self.url, self.state, server=self.server)
                 self.supervisor.start()
             else:
                 self._local_worker = Worker(self.state, f"{socket.gethostname()}:{os.getpid()}:local", self.settings)
@@ -204,12 +204,12 @@ class ContinuousOrchestrator:
 
     # -- waiting and reading --------------------------------------------------------------
     def pending(self) -> int:
-        """Tasks queued or in flight right now."""
+        """Tasks queued, in flight, or waiting for a retry right now."""
         depths = self._require_running().queue_depths()
-        return depths["pending"] + depths["inflight"]
+        return depths["pending"] + depths["inflight"] + depths["delayed"]
 
     def wait(self, timeout: float | None = None, progress: Callable[[dict[str, int]], None] | None = None) -> bool:
-        """Block until the queue and every in-flight list are empty.
+        """Block until the queue, every in-flight list and the delayed set are empty.
 
         Returns True when drained, False on timeout. In non-parallel mode the tasks
         run here, in this call. ``progress`` is called with the counters every

@@ -12,13 +12,30 @@ from typing import Iterable
 
 from .config import Settings
 from .log import logger
+from .models import Outcome
 from .state import ReclaimResult, StateManager
 
 
-def reclaim_worker(state: StateManager, worker_id: str, settings: Settings, reason: str) -> ReclaimResult:
-    """Take over one partition and log what came back."""
-    result = state.reclaim(worker_id, max_crashes=settings.max_crashes, reason=reason)
-    if result.requeued or result.dead_lettered:
+def reclaim_worker(
+    state: StateManager,
+    worker_id: str,
+    settings: Settings,
+    reason: str,
+    *,
+    crashed: bool = True,
+    only_if_expired: bool = False,
+    cause: Outcome | None = None,
+) -> ReclaimResult | None:
+    """Take over one partition and log what came back (None: its lease was alive)."""
+    result = state.reclaim(
+        worker_id,
+        max_crashes=settings.max_crashes,
+        reason=reason,
+        crashed=crashed,
+        only_if_expired=only_if_expired,
+        cause=cause,
+    )
+    if result is not None and (result.requeued or result.dead_lettered):
         logger.warning(
             "reclaimed {} ({}): {} task(s) requeued, {} dead-lettered, epoch now {}",
             worker_id,
@@ -42,7 +59,7 @@ def recover_stale_partitions(state: StateManager, settings: Settings, live: Iter
     stale = (state.active_workers() | {w for w, n in depths.items() if n}) - live
     requeued = 0
     for worker_id in sorted(stale):
-        requeued += reclaim_worker(state, worker_id, settings, reason="stale").requeued
+        requeued += reclaim_worker(state, worker_id, settings, reason="stale").requeued  # type: ignore[union-attr]
     if stale:
         logger.info("start-up recovery: {} stale partition(s), {} task(s) requeued", len(stale), requeued)
     return requeued
@@ -58,5 +75,5 @@ def sweep_dead_partitions(state: StateManager, settings: Settings, live: Iterabl
     requeued = 0
     for worker_id, inflight in state.queue_depths()["by_worker"].items():
         if inflight and worker_id not in live:
-            requeued += reclaim_worker(state, worker_id, settings, reason="sweep").requeued
+            requeued += reclaim_worker(state, worker_id, settings, reason="sweep", crashed=False).requeued  # type: ignore[union-attr]
     return requeued

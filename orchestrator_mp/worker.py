@@ -4,6 +4,17 @@ The worker owns exactly one partition (``worker:{id}:*``) and writes nothing
 else except through the shared atomic steps (counters, streams, queue moves).
 It is forked by the supervisor and creates its own Redis client after the fork.
 
+Liveness: a heartbeat thread renews the partition's lease every
+``heartbeat_interval_s``; a thread keeps beating while a long task runs in the
+main thread, and stops only when the whole process stops (SIGSTOP, a hang in C
+code holding the GIL, a dead host), which is exactly when the lease should lapse.
+
+Lost connections: the worker's client does not resend commands by itself. On
+BackendUnavailable the worker reconnects with backoff, repeats the idempotent
+step it was making (settle, release), and before its next claim hands back to the
+queue anything in its in-flight list it does not know about (a claim whose reply
+was lost, or a settle the server lost in a crash): nothing stays stranded.
+
 Signals (handlers only set flags; the loop acts on them):
     SIGINT   ignored: a terminal's Ctrl-C is the parent's to handle.
     SIGTERM  warm stop: finish the running task, hand unstarted claims back,
@@ -15,59 +26,73 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 import traceback
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
 from .config import Settings
-from .exceptions import Fenced, PayloadError, UnknownTaskError
+from .exceptions import BackendUnavailable, Fenced, PayloadError, UnknownTaskError
 from .log import bind_worker, logger
-from .models import BAD_PAYLOAD, TASK_ERROR, UNKNOWN_TASK, Outcome, Task
+from .models import (
+    BAD_PAYLOAD,
+    BAD_RESULT,
+    TASK_ERROR,
+    UNKNOWN_TASK,
+    Outcome,
+    Task,
+    dumps,
+)
 from .registry import get_task
+from .retry import failure, time_limit_for
 from .server import die_with_parent
 from .state import StateManager, create_state_manager
 
 EXIT_OK = 0
 EXIT_FENCED = 3
 EXIT_PARENT_GONE = 4
+EXIT_BACKEND_LOST = 5
 
 # Settle at least this often while a batch of slow tasks runs, so progress and
 # accounting never lag far behind the work.
 SETTLE_INTERVAL_S = 0.1
+# How long a worker keeps trying to reach a vanished server before giving up.
+RECONNECT_TIMEOUT_S = 60.0
+
+T = TypeVar("T")
 
 
-def execute(raw: str, worker_id: str) -> Outcome:
-    """Run one raw queue entry and describe how it ended; never raises for task errors."""
-    started = time.time()
-    try:
-        task = Task.from_json(raw)
-    except PayloadError as exc:
-        return Outcome(raw=raw, task_id="", name="", ok=False, category=BAD_PAYLOAD, message=exc.error)
-    wait_ms = max(0.0, (started - task.submitted_at) * 1000.0)
-    try:
-        func = get_task(task.name)
-    except UnknownTaskError as exc:
-        return Outcome(
-            raw=raw, task_id=task.id, name=task.name, ok=False, category=UNKNOWN_TASK, message=str(exc), wait_ms=wait_ms
-        )
-    try:
-        func(*task.args, **task.kwargs)
-    except Exception as exc:  # the task's own error: record it, keep the worker alive
-        run_ms = (time.time() - started) * 1000.0
-        logger.debug("task {} ({}) failed: {!r}", task.id, task.name, exc)
-        return Outcome(
-            raw=raw,
-            task_id=task.id,
-            name=task.name,
-            ok=False,
-            category=TASK_ERROR,
-            message=f"{type(exc).__name__}: {exc}",
-            traceback=traceback.format_exc(),
-            wait_ms=wait_ms,
-            run_ms=run_ms,
-        )
-    run_ms = (time.time() - started) * 1000.0
-    return Outcome(raw=raw, task_id=task.id, name=task.name, ok=True, wait_ms=wait_ms, run_ms=run_ms)
+class Heartbeat:
+    """Renews the worker's lease from a daemon thread until stopped or fenced."""
+
+    def __init__(self, state: StateManager, worker_id: str, epoch: int, interval_s: float) -> None:
+        self.state = state
+        self.worker_id = worker_id
+        self.epoch = epoch
+        self.interval_s = interval_s
+        self.fenced = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{worker_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.state.heartbeat(self.worker_id, self.epoch)
+            except Fenced:
+                logger.error("heartbeat refused: partition taken over (lease lapsed); stopping")
+                self.fenced = True
+                return
+            except BackendUnavailable:
+                continue  # the main loop reconnects; keep beating once the server is back
+            except Exception as exc:  # never let the thread die silently
+                logger.warning("heartbeat failed: {!r}", exc)
 
 
 class Worker:
@@ -76,8 +101,9 @@ class Worker:
     Args:
         state: a state manager created in this process.
         worker_id: the partition this worker owns.
-        settings: batch size, block timeout, and the number of workers to share with.
+        settings: batch size, block timeout, retry policy, lease timing.
         should_stop: polled between tasks; True ends the loop after a warm stop.
+        heartbeat: run a lease-renewing thread (off for the in-process sequential mode).
     """
 
     def __init__(
@@ -86,59 +112,35 @@ class Worker:
         worker_id: str,
         settings: Settings,
         should_stop: Callable[[], bool] = lambda: False,
+        heartbeat: bool = True,
     ) -> None:
         self.state = state
         self.worker_id = worker_id
         self.settings = settings
-        self.should_stop = should_stop
+        self._should_stop = should_stop
+        self._use_heartbeat = heartbeat
+        self._heartbeat: Heartbeat | None = None
         self.epoch: int | None = None
         self.completed = 0
         self.failed = 0
+        self._needs_resync = False
 
+    # -- lifecycle ---------------------------------------------------------------------------
     def register(self) -> int:
         self.epoch = self.state.register_worker(self.worker_id, pid=os.getpid(), host=socket.gethostname())
+        if self._use_heartbeat:
+            self._heartbeat = Heartbeat(self.state, self.worker_id, self.epoch, self.settings.heartbeat_interval_s)
+            self._heartbeat.start()
         return self.epoch
 
     def deregister(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         if self.epoch is not None:
-            self.state.deregister_worker(self.worker_id, self.epoch)
+            self._call(self.state.deregister_worker, self.worker_id, self.epoch)
 
-    def run_batch(self, block: bool = True) -> int:
-        """Claim one batch (blocking briefly on an empty queue), run and settle it.
-
-        Returns the number of tasks claimed (0: the queue was empty). Raises Fenced.
-        """
-        if block:
-            claimed = self.state.wait_claim(
-                self.worker_id,
-                self.epoch,
-                self.settings.batch_size,
-                self.settings.workers,
-                self.settings.block_timeout_s,
-            )
-        else:
-            claimed = self.state.claim(self.worker_id, self.epoch, self.settings.batch_size, self.settings.workers)
-        outcomes: list[Outcome] = []
-        last_settle = time.monotonic()
-        for index, raw in enumerate(claimed):
-            if self.should_stop():
-                released = self.state.release(self.worker_id, self.epoch, claimed[index:])
-                logger.info("warm stop: handed {} unstarted task(s) back to the queue", released)
-                break
-            outcomes.append(execute(raw, self.worker_id))
-            if time.monotonic() - last_settle >= SETTLE_INTERVAL_S:
-                self._settle(outcomes)
-                outcomes = []
-                last_settle = time.monotonic()
-        self._settle(outcomes)
-        return len(claimed)
-
-    def _settle(self, outcomes: list[Outcome]) -> None:
-        if not outcomes:
-            return
-        result = self.state.settle(self.worker_id, self.epoch, outcomes)
-        self.completed += result.completed
-        self.failed += result.failed
+    def should_stop(self) -> bool:
+        return self._should_stop() or (self._heartbeat is not None and self._heartbeat.fenced)
 
     def run(self) -> int:
         """Serve until asked to stop; returns the process exit code."""
@@ -147,12 +149,135 @@ class Worker:
         try:
             while not self.should_stop():
                 self.run_batch(block=True)
+            if self._heartbeat is not None and self._heartbeat.fenced:
+                raise Fenced(self.worker_id, self.epoch)
+            self.deregister()
         except Fenced:
             logger.error("fenced: this worker's partition was taken over; exiting without writing")
             return EXIT_FENCED
-        self.deregister()
+        except BackendUnavailable as exc:
+            logger.error("giving up: {}", exc)
+            return EXIT_BACKEND_LOST
+        finally:
+            if self._heartbeat is not None:
+                self._heartbeat.stop()
         logger.debug("worker stopped: {} completed, {} failed", self.completed, self.failed)
         return EXIT_OK
+
+    # -- one batch ----------------------------------------------------------------------------
+    def run_batch(self, block: bool = True) -> int:
+        """Claim one batch (blocking briefly on an empty queue), run and settle it.
+
+        Returns the number of tasks claimed (0: the queue was empty). Raises Fenced.
+        """
+        claimed = self._call(self._claim, block)
+        outcomes: list[Outcome] = []
+        last_settle = time.monotonic()
+        for index, raw in enumerate(claimed):
+            if self.should_stop():
+                released = self._call(self.state.release, self.worker_id, self.epoch, claimed[index:])
+                logger.info("warm stop: handed {} unstarted task(s) back to the queue", released)
+                break
+            outcome, limited = self._execute(raw)
+            outcomes.append(outcome)
+            if limited or time.monotonic() - last_settle >= SETTLE_INTERVAL_S:
+                # A time-limited task is settled at once: that clears its deadline
+                # before the next task runs under the same partition.
+                self._settle(outcomes)
+                outcomes = []
+                last_settle = time.monotonic()
+        self._settle(outcomes)
+        return len(claimed)
+
+    def _claim(self, block: bool) -> list[str]:
+        if self._needs_resync:
+            # Nothing is outstanding between batches, so whatever sits in our
+            # in-flight list now is unknown to us: hand it back to the queue.
+            stranded = self.state.inflight(self.worker_id)
+            if stranded:
+                released = self.state.release(self.worker_id, self.epoch, stranded)
+                logger.warning("resync after reconnect: {} stranded task(s) handed back", released)
+            self._needs_resync = False
+        divisor = self.settings.workers
+        if block:
+            return self.state.wait_claim(
+                self.worker_id, self.epoch, self.settings.batch_size, divisor, self.settings.block_timeout_s
+            )
+        return self.state.claim(self.worker_id, self.epoch, self.settings.batch_size, divisor)
+
+    def _settle(self, outcomes: list[Outcome]) -> None:
+        if not outcomes:
+            return
+        result = self._call(self.state.settle, self.worker_id, self.epoch, outcomes)
+        self.completed += result.completed
+        self.failed += result.failed
+
+    def _execute(self, raw: str) -> tuple[Outcome, bool]:
+        """Run one raw queue entry; returns its outcome and whether it had a time limit."""
+        started = time.time()
+        try:
+            task = Task.from_json(raw)
+        except PayloadError as exc:
+            return failure(raw, None, BAD_PAYLOAD, exc.error, self.settings), False
+        wait_ms = max(0.0, (started - task.submitted_at) * 1000.0)
+        try:
+            func = get_task(task.name)
+        except UnknownTaskError as exc:
+            return failure(raw, task, UNKNOWN_TASK, str(exc), self.settings, wait_ms=wait_ms), False
+        limit = time_limit_for(task, self.settings)
+        if limit is not None:
+            deadline = time.time() + limit
+            self._call(
+                self.state.update_worker_state,
+                self.worker_id,
+                {"current_task": task.id, "deadline": deadline},
+                None,
+                epoch=self.epoch,
+            )
+        try:
+            result = func(*task.args, **task.kwargs)
+        except Exception as exc:  # the task's own error: record it, keep the worker alive
+            run_ms = (time.time() - started) * 1000.0
+            message = f"{type(exc).__name__}: {exc}"
+            outcome = failure(
+                raw, task, TASK_ERROR, message, self.settings,
+                traceback=traceback.format_exc(), wait_ms=wait_ms, run_ms=run_ms,
+            )
+            return outcome, limit is not None
+        run_ms = (time.time() - started) * 1000.0
+        try:
+            dumps(result)
+        except (TypeError, ValueError) as exc:
+            message = f"result of type {type(result).__name__} is not JSON-serialisable: {exc}"
+            return failure(raw, task, BAD_RESULT, message, self.settings, wait_ms=wait_ms, run_ms=run_ms), limit is not None
+        outcome = Outcome(raw=raw, task_id=task.id, name=task.name, ok=True, wait_ms=wait_ms, run_ms=run_ms)
+        return outcome, limit is not None
+
+    # -- lost connections -------------------------------------------------------------------
+    def _call(self, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one state operation, reconnecting (and resyncing later) if the server went away."""
+        while True:
+            try:
+                return operation(*args, **kwargs)
+            except BackendUnavailable as exc:
+                logger.warning("lost the server ({}); reconnecting", exc)
+                self._reconnect()
+
+    def _reconnect(self) -> None:
+        delay, deadline = 0.02, time.monotonic() + RECONNECT_TIMEOUT_S
+        while True:
+            if self._should_stop() and os.getppid() == 1:
+                raise BackendUnavailable("the server is gone and so is the parent")
+            try:
+                self.state.heartbeat(self.worker_id, self.epoch)
+                break
+            except BackendUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(1.0, delay * 2)
+        self._needs_resync = True
+        logger.info("reconnected")
 
 
 class _StopFlags:
@@ -178,7 +303,7 @@ def worker_main(settings: Settings, url: str, worker_id: str, parent_pid: int) -
     bind_worker(worker_id)
     if os.getppid() != parent_pid:
         raise SystemExit(EXIT_PARENT_GONE)
-    state = create_state_manager(settings, url)
+    state = create_state_manager(settings, url, worker=True)
     try:
         code = Worker(state, worker_id, settings, flags.should_stop).run()
     finally:

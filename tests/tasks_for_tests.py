@@ -43,3 +43,26 @@ def record(path, value):
     """Append value to a file: the test reads who ran what."""
     with open(path, "a") as handle:
         handle.write(f"{value}\n")
+
+
+@task(name="tests.fail_times", max_retries=3)
+def fail_times(marker_dir, key, times):
+    """Fail the first ``times`` runs of this key, then succeed."""
+    path = os.path.join(marker_dir, f"{key}.count")
+    count = int(open(path).read()) if os.path.exists(path) else 0
+    with open(path, "w") as handle:
+        handle.write(str(count + 1))
+    if count < times:
+        raise RuntimeError(f"attempt {count + 1} of {key} fails on purpose")
+    return count
+
+
+@task(name="tests.bad_result")
+def bad_result():
+    return object()
+
+
+@task(name="tests.slow_limited", time_limit_s=0.5)
+def slow_limited(seconds):
+    time.sleep(seconds)
+    return seconds

@@ -8,25 +8,29 @@ from ..exceptions import ConfigurationError
 from .base import ReclaimResult, SettleResult, StateManager, StreamTail
 from .lockfree import RedisLockFreeStateManager
 
-_FACTORIES: dict[str, Callable[[Settings, str | None], StateManager]] = {
-    "lockfree": lambda settings, url: RedisLockFreeStateManager(
+_FACTORIES: dict[str, Callable[[Settings, str | None, bool], StateManager]] = {
+    "lockfree": lambda settings, url, worker: RedisLockFreeStateManager(
         url,
         completions_maxlen=settings.completions_maxlen,
         events_maxlen=settings.events_maxlen,
+        lease_s=settings.lease_s,
+        client_retries=not worker,
     ),
 }
 
 
-def create_state_manager(settings: Settings, url: str | None) -> StateManager:
+def create_state_manager(settings: Settings, url: str | None, *, worker: bool = False) -> StateManager:
     """The state manager ``settings.state`` names, connected to ``url``.
 
-    Call it in the process that will use the manager (after any fork).
+    Call it in the process that will use the manager (after any fork). ``worker``
+    managers surface every lost connection (BackendUnavailable) instead of silently
+    resending, so the worker can resynchronise its in-flight list.
     """
     try:
         factory = _FACTORIES[settings.state]
     except KeyError:
         raise ConfigurationError(f"state must be one of {', '.join(_FACTORIES)}, got {settings.state!r}") from None
-    return factory(settings, url)
+    return factory(settings, url, worker)
 
 
 __all__ = [

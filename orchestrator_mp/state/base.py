@@ -15,12 +15,15 @@ Vocabulary:
 from __future__ import annotations
 
 import abc
+import json
+import time
 from typing import Any, Iterable, Sequence
 
 import attrs
 
 from .. import keys
-from ..models import Outcome
+from ..exceptions import PayloadError
+from ..models import BAD_PAYLOAD, Outcome, Task, dumps
 
 
 @attrs.frozen
@@ -49,6 +52,42 @@ class StreamTail:
     last: dict[str, str]
 
 
+def dead_letter_entry(outcome: Outcome, worker_id: str) -> str:
+    """The JSON stored in the dead-letter list for a failure (same for every backend)."""
+    return dumps(
+        {
+            "task": outcome.raw,
+            "task_id": outcome.task_id,
+            "name": outcome.name,
+            "category": outcome.category,
+            "message": outcome.message,
+            "traceback": outcome.traceback,
+            "worker": worker_id,
+            "failed_at": time.time(),
+        }
+    )
+
+
+def decode_dead_letter(raw: str) -> dict[str, Any]:
+    """A dead-letter entry as a dict, with ``raw`` (the stored string) added."""
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        entry = None
+    if not isinstance(entry, dict):
+        entry = {"task": raw, "category": BAD_PAYLOAD, "message": "unreadable dead-letter entry"}
+    entry["raw"] = raw
+    return entry
+
+
+def requeueable_task(entry: dict[str, Any]) -> str | None:
+    """The task inside a dead-letter entry, history cleared; None if it is not a task."""
+    try:
+        return Task.from_json(entry.get("task", "")).fresh().to_json()
+    except PayloadError:
+        return None
+
+
 class StateManager(abc.ABC):
     """Shared state for one orchestrator: workers, counters, streams and the queue."""
 
@@ -72,6 +111,17 @@ class StateManager(abc.ABC):
 
         Atomic. Returns the owner's epoch: every later write names it.
         """
+
+    @abc.abstractmethod
+    def heartbeat(self, worker_id: str, epoch: int) -> None:
+        """Renew the worker's lease (``lease_s`` from now) and ``last_activity``.
+
+        Not a state change: no version bump, no event. Raises Fenced.
+        """
+
+    @abc.abstractmethod
+    def expired_workers(self) -> list[str]:
+        """Members of ``active_workers`` whose lease has run out (presumed dead)."""
 
     @abc.abstractmethod
     def deregister_worker(self, worker_id: str, epoch: int) -> None:
@@ -164,11 +214,21 @@ class StateManager(abc.ABC):
 
     # -- the queue ------------------------------------------------------------------------
     @abc.abstractmethod
-    def submit(self, raw_tasks: Sequence[str]) -> int:
+    def submit(self, raw_tasks: Sequence[str], batch_id: str | None = None) -> int:
         """Append tasks to the queue and add their number to ``total_work_created``.
 
         One atomic step for the whole sequence: the queue and the counter never
-        disagree. Returns the number submitted.
+        disagree. ``batch_id`` (default: a fresh one) makes the call idempotent for
+        an hour: submitting the same batch id again adds nothing, so a call retried
+        after a lost reply never queues twice. Returns the number queued.
+        """
+
+    @abc.abstractmethod
+    def promote_due(self, limit: int = 1000) -> int:
+        """Move delayed tasks whose time has come to the back of the queue (atomic).
+
+        Claims do this too; callers with no claims to make (the supervisor) call it
+        so delayed work is never stranded. Returns how many moved.
         """
 
     @abc.abstractmethod
@@ -201,24 +261,55 @@ class StateManager(abc.ABC):
         """Return claimed, unstarted tasks to the front of the queue; returns how many."""
 
     @abc.abstractmethod
-    def reclaim(self, worker_id: str, *, max_crashes: int, reason: str = "died") -> ReclaimResult:
+    def inflight(self, worker_id: str) -> list[str]:
+        """The raw tasks in the worker's in-flight list, oldest claim first."""
+
+    @abc.abstractmethod
+    def reclaim(
+        self,
+        worker_id: str,
+        *,
+        max_crashes: int,
+        reason: str = "died",
+        crashed: bool = True,
+        only_if_expired: bool = False,
+        cause: Outcome | None = None,
+    ) -> ReclaimResult | None:
         """Take over a dead worker's partition in one atomic step.
 
-        Bumps its epoch (fencing the old owner), requeues its in-flight tasks with
-        their crash count raised (dead-lettering those at ``max_crashes``), and removes
-        it from ``active_workers``. Safe to repeat: a second call requeues nothing.
+        Bumps its epoch (fencing the old owner), drops its lease, requeues its
+        in-flight tasks at the front of the queue (raising their crash count when
+        ``crashed``; dead-lettering those reaching ``max_crashes`` as poison), and
+        removes it from ``active_workers``. ``cause`` names one in-flight task that
+        is settled as that failure instead (a time limit). With ``only_if_expired``
+        nothing happens, and None is returned, while the lease is alive. Safe to
+        repeat: a second call requeues nothing.
         """
 
     @abc.abstractmethod
     def queue_depths(self, worker_ids: Iterable[str] | None = None) -> dict[str, Any]:
-        """``{"pending": n, "inflight": total, "dead_letter": n, "by_worker": {id: n}}``.
+        """``{"pending", "inflight", "delayed", "dead_letter": n, "by_worker": {id: n}}``.
 
         ``worker_ids`` defaults to every known worker.
         """
 
     @abc.abstractmethod
-    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest dead-letter entries (decoded JSON), newest first."""
+    def dead_letters(self, limit: int | None = 100) -> list[dict[str, Any]]:
+        """The newest dead-letter entries (decoded JSON, plus ``raw``: the stored
+        string), newest first; ``limit=None`` for all."""
+
+    @abc.abstractmethod
+    def retry_dead_letters(self, entries: Sequence[dict[str, Any]]) -> int:
+        """Send dead letters (as returned by :meth:`dead_letters`) back to the queue
+        as fresh submissions, crash and retry counts cleared, in one atomic step.
+
+        Counts them in ``total_work_created`` and ``total_dlq_retried``; entries that
+        are not tasks, or no longer in the list, are skipped. Returns how many moved.
+        """
+
+    @abc.abstractmethod
+    def purge_dead_letters(self, entries: Sequence[dict[str, Any]] | None = None) -> int:
+        """Discard the given dead letters (None: all), counting ``total_dlq_purged``."""
 
     # -- auditing ---------------------------------------------------------------------------
     def audit(self) -> dict[str, Any]:
@@ -234,14 +325,20 @@ class StateManager(abc.ABC):
         depths = self.queue_depths()
         completed = counters[keys.TOTAL_WORK_COMPLETED]
         failed = counters[keys.TOTAL_ERRORS]
+        dead = counters[keys.TOTAL_DEAD_LETTERED]
+        waiting = depths["pending"] + depths["inflight"] + depths["delayed"]
         checks = {
             "completed_equals_worker_sum": completed == sum(w["completed"] for w in per_worker.values()),
             "errors_equal_worker_sum": failed == sum(w["errors"] for w in per_worker.values()),
             "completed_equals_stream": completed == int(completions.last.get("n", 0)),
             "errors_equal_stream": failed == int(errors.last.get("n", 0)),
             "stream_holds_no_more_than_counter": completions.length <= completed and errors.length <= failed,
-            "created_equals_settled_plus_pending": counters[keys.TOTAL_WORK_CREATED]
-            == completed + counters[keys.TOTAL_DEAD_LETTERED] + depths["pending"] + depths["inflight"],
+            # Every task ever queued (submitted, or found in the queue without being
+            # submitted: foreign) is completed, dead-lettered, or still waiting.
+            "created_equals_settled_plus_waiting": counters[keys.TOTAL_WORK_CREATED] + counters[keys.TOTAL_FOREIGN]
+            == completed + dead + waiting,
+            "dead_letter_depth_matches": depths["dead_letter"]
+            == dead - counters[keys.TOTAL_DLQ_RETRIED] - counters[keys.TOTAL_DLQ_PURGED],
         }
         return {
             "ok": all(checks.values()),

@@ -19,21 +19,44 @@ task that arrives at an idle worker (BLMOVE, CLAIM, SETTLE).
 """
 from __future__ import annotations
 
-import json
+import functools
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import redis
 
 from .. import keys
 from ..connection import create_client
-from ..exceptions import ConfigurationError, Fenced, StateError
-from ..models import Outcome, dumps
+from ..exceptions import BackendUnavailable, ConfigurationError, Fenced, StateError
+from ..models import Outcome, dumps, new_task_id
 from . import scripts
-from .base import ReclaimResult, SettleResult, StateManager, StreamTail
+from .base import (
+    ReclaimResult,
+    SettleResult,
+    StateManager,
+    StreamTail,
+    dead_letter_entry,
+    decode_dead_letter,
+    requeueable_task,
+)
 
-_SUBMIT_CHUNK = 1000
 _RESERVED_FIELDS = frozenset({"version", "epoch"})
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _translate_connection_errors(method: _F) -> _F:
+    """Surface a lost server as BackendUnavailable, the contract's error, not redis-py's."""
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BackendUnavailable(f"Redis unreachable: {exc}") from exc
+
+    return call  # type: ignore[return-value]
 
 
 def _ms(value: float) -> str:
@@ -47,11 +70,14 @@ class RedisLockFreeStateManager(StateManager):
         url: where the server is (``unix://``, ``redis://``, ``rediss://``).
         completions_maxlen: approximate cap of ``work_completions`` / ``work_errors``.
         events_maxlen: approximate cap of the other streams.
+        lease_s: how long a worker's lease lasts without a heartbeat.
+        client_retries: let redis-py resend commands after a reconnect (workers: False).
         client: an existing client to use instead of building one from ``url``
             (it must have been created in this process).
     """
 
     kind = "lockfree"
+    submit_marker_ttl_s = 3600
 
     def __init__(
         self,
@@ -59,15 +85,23 @@ class RedisLockFreeStateManager(StateManager):
         *,
         completions_maxlen: int = 200_000,
         events_maxlen: int = 20_000,
+        lease_s: float = 3.0,
+        client_retries: bool = True,
         client: redis.Redis | None = None,
     ) -> None:
         if client is None and url is None:
             raise ConfigurationError("RedisLockFreeStateManager needs a url or a client")
         self.url = url
-        self.redis = client if client is not None else create_client(url)
+        self.redis = client if client is not None else create_client(url, retries=client_retries)
         self.completions_maxlen = completions_maxlen
         self.events_maxlen = events_maxlen
+        self.lease_ms = max(1, int(lease_s * 1000))
         self._register = self.redis.register_script(scripts.REGISTER)
+        self._heartbeat = self.redis.register_script(scripts.HEARTBEAT)
+        self._promote = self.redis.register_script(scripts.PROMOTE)
+        self._submit = self.redis.register_script(scripts.SUBMIT)
+        self._dlq_retry = self.redis.register_script(scripts.DLQ_RETRY)
+        self._dlq_purge = self.redis.register_script(scripts.DLQ_PURGE)
         self._deregister = self.redis.register_script(scripts.DEREGISTER)
         self._update_state = self.redis.register_script(scripts.UPDATE_STATE)
         self._claim = self.redis.register_script(scripts.CLAIM)
@@ -87,14 +121,38 @@ class RedisLockFreeStateManager(StateManager):
                 keys.KNOWN_WORKERS,
                 keys.WORKER_EVENTS,
                 keys.EVENTS,
+                keys.worker_lease_key(worker_id),
             ],
-            args=[worker_id, pid, host, time.time(), self.events_maxlen],
+            args=[worker_id, pid, host, time.time(), self.events_maxlen, self.lease_ms],
         )
         return int(epoch)
 
+    def heartbeat(self, worker_id: str, epoch: int) -> None:
+        result = self._heartbeat(
+            keys=[keys.worker_state_key(worker_id), keys.worker_lease_key(worker_id)],
+            args=[epoch, time.time(), self.lease_ms],
+        )
+        if result == -1:
+            raise Fenced(worker_id, epoch)
+
+    def expired_workers(self) -> list[str]:
+        active = sorted(self.active_workers())
+        if not active:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for worker_id in active:
+            pipe.exists(keys.worker_lease_key(worker_id))
+        return [w for w, alive in zip(active, pipe.execute(), strict=True) if not alive]
+
     def deregister_worker(self, worker_id: str, epoch: int) -> None:
         version = self._deregister(
-            keys=[keys.worker_state_key(worker_id), keys.ACTIVE_WORKERS, keys.WORKER_EVENTS, keys.EVENTS],
+            keys=[
+                keys.worker_state_key(worker_id),
+                keys.ACTIVE_WORKERS,
+                keys.WORKER_EVENTS,
+                keys.EVENTS,
+                keys.worker_lease_key(worker_id),
+            ],
             args=[worker_id, epoch, time.time(), self.events_maxlen],
         )
         if version == -1:
@@ -211,15 +269,19 @@ class RedisLockFreeStateManager(StateManager):
         return list(reversed(self.redis.xrevrange(stream, count=count)))
 
     # -- the queue ------------------------------------------------------------------------
-    def submit(self, raw_tasks: Sequence[str]) -> int:
+    def submit(self, raw_tasks: Sequence[str], batch_id: str | None = None) -> int:
         if not raw_tasks:
             return 0
-        pipe = self.redis.pipeline(transaction=True)
-        for start in range(0, len(raw_tasks), _SUBMIT_CHUNK):
-            pipe.lpush(keys.QUEUE, *raw_tasks[start : start + _SUBMIT_CHUNK])
-        pipe.incrby(keys.TOTAL_WORK_CREATED, len(raw_tasks))
-        pipe.execute()
-        return len(raw_tasks)
+        batch_id = batch_id or new_task_id()
+        return int(
+            self._submit(
+                keys=[keys.QUEUE, keys.TOTAL_WORK_CREATED, keys.submit_marker_key(batch_id)],
+                args=[self.submit_marker_ttl_s, *raw_tasks],
+            )
+        )
+
+    def promote_due(self, limit: int = 1000) -> int:
+        return int(self._promote(keys=[keys.DELAYED, keys.QUEUE], args=[time.time(), limit]))
 
     def claim(self, worker_id: str, epoch: int, max_count: int, divisor: int = 1) -> list[str]:
         return self._do_claim(worker_id, epoch, max_count, divisor, moved=0)
@@ -244,6 +306,7 @@ class RedisLockFreeStateManager(StateManager):
                 keys.worker_inflight_key(worker_id),
                 keys.worker_state_key(worker_id),
                 keys.EVENTS,
+                keys.DELAYED,
             ],
             args=[worker_id, epoch, max_count, max(1, divisor), time.time(), self.events_maxlen, moved],
         )
@@ -267,21 +330,19 @@ class RedisLockFreeStateManager(StateManager):
         ]
         for outcome in done:
             args.extend((outcome.raw, outcome.task_id, outcome.name, _ms(outcome.wait_ms), _ms(outcome.run_ms)))
-        now = time.time()
         for outcome in failed:
-            entry = dumps(
-                {
-                    "task": outcome.raw,
-                    "task_id": outcome.task_id,
-                    "name": outcome.name,
-                    "category": outcome.category,
-                    "message": outcome.message,
-                    "traceback": outcome.traceback,
-                    "worker": worker_id,
-                    "failed_at": now,
-                }
+            args.extend(
+                (
+                    outcome.raw,
+                    outcome.task_id,
+                    outcome.name,
+                    outcome.category,
+                    outcome.message,
+                    "" if outcome.retry_raw else dead_letter_entry(outcome, worker_id),
+                    outcome.retry_raw,
+                    outcome.retry_at,
+                )
             )
-            args.extend((outcome.raw, outcome.task_id, outcome.name, outcome.category, outcome.message, entry))
         return self._do_settle(worker_id, epoch, args)
 
     def _do_settle(self, worker_id: str, epoch: int, args: list[object]) -> SettleResult:
@@ -300,6 +361,9 @@ class RedisLockFreeStateManager(StateManager):
                 keys.WORK_ERRORS,
                 keys.DEAD_LETTER,
                 keys.EVENTS,
+                keys.DELAYED,
+                keys.TOTAL_RETRIED,
+                keys.TOTAL_FOREIGN,
             ],
             args=args,
         )
@@ -318,7 +382,23 @@ class RedisLockFreeStateManager(StateManager):
             raise Fenced(worker_id, epoch)
         return int(result)
 
-    def reclaim(self, worker_id: str, *, max_crashes: int, reason: str = "died") -> ReclaimResult:
+    def inflight(self, worker_id: str) -> list[str]:
+        return list(reversed(self.redis.lrange(keys.worker_inflight_key(worker_id), 0, -1)))
+
+    def reclaim(
+        self,
+        worker_id: str,
+        *,
+        max_crashes: int,
+        reason: str = "died",
+        crashed: bool = True,
+        only_if_expired: bool = False,
+        cause: Outcome | None = None,
+    ) -> ReclaimResult | None:
+        cause_args: list[object] = ["", "", 0, "", "", ""]
+        if cause is not None:
+            entry = "" if cause.retry_raw else dead_letter_entry(cause, worker_id)
+            cause_args = [cause.raw, cause.retry_raw, cause.retry_at, entry, cause.category, cause.message]
         epoch, requeued, dead = self._reclaim(
             keys=[
                 keys.worker_state_key(worker_id),
@@ -332,9 +412,25 @@ class RedisLockFreeStateManager(StateManager):
                 keys.TOTAL_ERRORS,
                 keys.worker_errors_key(worker_id),
                 keys.WORK_ERRORS,
+                keys.worker_lease_key(worker_id),
+                keys.DELAYED,
+                keys.TOTAL_RETRIED,
+                keys.TOTAL_FOREIGN,
             ],
-            args=[worker_id, time.time(), max_crashes, self.events_maxlen, self.completions_maxlen, reason],
+            args=[
+                worker_id,
+                time.time(),
+                max_crashes,
+                self.events_maxlen,
+                self.completions_maxlen,
+                reason,
+                1 if crashed else 0,
+                1 if only_if_expired else 0,
+                *cause_args,
+            ],
         )
+        if epoch == -1:
+            return None
         return ReclaimResult(int(epoch), int(requeued), int(dead))
 
     def queue_depths(self, worker_ids: Iterable[str] | None = None) -> dict[str, Any]:
@@ -342,25 +438,42 @@ class RedisLockFreeStateManager(StateManager):
         pipe = self.redis.pipeline(transaction=False)
         pipe.llen(keys.QUEUE)
         pipe.llen(keys.DEAD_LETTER)
+        pipe.zcard(keys.DELAYED)
         for worker_id in ids:
             pipe.llen(keys.worker_inflight_key(worker_id))
-        pending, dead, *inflight = pipe.execute()
+        pending, dead, delayed, *inflight = pipe.execute()
         by_worker = {worker_id: int(n) for worker_id, n in zip(ids, inflight, strict=True)}
         return {
             "pending": int(pending),
             "inflight": sum(by_worker.values()),
+            "delayed": int(delayed),
             "dead_letter": int(dead),
             "by_worker": by_worker,
         }
 
-    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        entries = []
-        for raw in self.redis.lrange(keys.DEAD_LETTER, 0, max(0, limit - 1)):
-            try:
-                entries.append(json.loads(raw))
-            except ValueError:
-                entries.append({"task": raw, "category": "bad_payload", "message": "unreadable entry"})
-        return entries
+    def dead_letters(self, limit: int | None = 100) -> list[dict[str, Any]]:
+        stop = -1 if limit is None else max(0, limit - 1)
+        return [decode_dead_letter(raw) for raw in self.redis.lrange(keys.DEAD_LETTER, 0, stop)]
+
+    def retry_dead_letters(self, entries: Sequence[dict[str, Any]]) -> int:
+        args: list[str] = []
+        for entry in entries:
+            fresh = requeueable_task(entry)
+            if fresh is not None:
+                args.extend((entry["raw"], fresh))
+        if not args:
+            return 0
+        return int(
+            self._dlq_retry(
+                keys=[keys.DEAD_LETTER, keys.QUEUE, keys.TOTAL_WORK_CREATED, keys.TOTAL_DLQ_RETRIED], args=args
+            )
+        )
+
+    def purge_dead_letters(self, entries: Sequence[dict[str, Any]] | None = None) -> int:
+        args = [] if entries is None else [entry["raw"] for entry in entries]
+        if entries is not None and not args:
+            return 0
+        return int(self._dlq_purge(keys=[keys.DEAD_LETTER, keys.TOTAL_DLQ_PURGED], args=args))
 
     def ping(self) -> None:
         """Raise StateError if the server does not answer."""
@@ -368,3 +481,8 @@ class RedisLockFreeStateManager(StateManager):
             self.redis.ping()
         except redis.RedisError as exc:
             raise StateError(f"Redis did not answer: {exc}") from None
+
+
+for _name, _member in list(vars(RedisLockFreeStateManager).items()):
+    if not _name.startswith("_") and callable(_member) and _name != "close":
+        setattr(RedisLockFreeStateManager, _name, _translate_connection_errors(_member))

@@ -13,12 +13,14 @@ worker's behalf take the epoch the worker registered with and refuse (returning
 zombie, and its writes must not land.
 """
 
-# Register a worker as the owner of a new partition.
-# KEYS: 1 state hash, 2 active_workers, 3 known_workers, 4 stream:worker_events, 5 events:stream
-# ARGV: 1 worker id, 2 pid, 3 host, 4 now, 5 events maxlen
+# Register a worker as the owner of a new partition, holding its first lease.
+# KEYS: 1 state hash, 2 active_workers, 3 known_workers, 4 stream:worker_events, 5 events:stream,
+#       6 lease key
+# ARGV: 1 worker id, 2 pid, 3 host, 4 now, 5 events maxlen, 6 lease ms
 # Returns: {epoch, version}
 REGISTER = """
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+redis.call('SET', KEYS[6], epoch, 'PX', ARGV[6])
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'status', 'idle', 'current_task', '', 'pid', ARGV[2], 'host', ARGV[3],
            'started_at', ARGV[4], 'last_activity', ARGV[4])
@@ -32,11 +34,12 @@ return {epoch, version}
 """
 
 # Deregister a worker at a clean shutdown.
-# KEYS: 1 state hash, 2 active_workers, 3 stream:worker_events, 4 events:stream
+# KEYS: 1 state hash, 2 active_workers, 3 stream:worker_events, 4 events:stream, 5 lease key
 # ARGV: 1 worker id, 2 epoch, 3 now, 4 events maxlen
 # Returns: the new version, or -1 when fenced
 DEREGISTER = """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] then return -1 end
+redis.call('DEL', KEYS[5])
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'status', 'stopped', 'current_task', '', 'last_activity', ARGV[3])
 redis.call('SREM', KEYS[2], ARGV[1])
@@ -68,16 +71,62 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'event', 'state', 'work
 return version
 """
 
+# Renew a worker's lease (from its heartbeat thread, which a long task cannot block).
+# Not a state change: no version bump and no event, only last_activity.
+# KEYS: 1 state hash, 2 lease key
+# ARGV: 1 epoch, 2 now, 3 lease ms
+# Returns: 1, or -1 when fenced
+HEARTBEAT = """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return -1 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+redis.call('HSET', KEYS[1], 'last_activity', ARGV[2])
+return 1
+"""
+
+# Move delayed tasks whose time has come to the back of the queue.
+# KEYS: 1 delayed sorted set, 2 queue
+# ARGV: 1 now, 2 most to move
+# Returns: how many moved
+PROMOTE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+if #due == 0 then return 0 end
+redis.call('ZREM', KEYS[1], unpack(due))
+redis.call('LPUSH', KEYS[2], unpack(due))
+return #due
+"""
+
+# Submit a batch once: a retried call (reply lost to a reconnect) finds the batch
+# marker and adds nothing, so a submission is never applied twice.
+# KEYS: 1 queue, 2 total_work_created, 3 batch marker
+# ARGV: 1 marker ttl seconds, 2.. raw tasks
+# Returns: how many were queued (0 for a repeated batch)
+SUBMIT = """
+if not redis.call('SET', KEYS[3], 1, 'NX', 'EX', ARGV[1]) then return 0 end
+local n = #ARGV - 1
+for first = 2, #ARGV, 1000 do
+  redis.call('LPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 999, #ARGV)))
+end
+redis.call('INCRBY', KEYS[2], n)
+return n
+"""
+
 # Claim up to N tasks: move them from the queue into the worker's in-flight list
 # in one step, so a task is always in exactly one place. N is the smaller of the
 # batch size and a fair share of the queue (depth / divisor, rounded up), so a
 # shallow queue is spread across workers instead of drained by the first.
-# KEYS: 1 queue, 2 in-flight list, 3 state hash, 4 events:stream
+# Due delayed tasks are promoted first, so every claiming worker is also the
+# scheduler: no separate scheduler process can fail.
+# KEYS: 1 queue, 2 in-flight list, 3 state hash, 4 events:stream, 5 delayed sorted set
 # ARGV: 1 worker id, 2 epoch, 3 max count, 4 divisor, 5 now, 6 events maxlen,
 #       7 tasks already moved by a blocking claim (counted into the state update)
 # Returns: the claimed raw tasks (oldest first), or -1 when fenced
 CLAIM = """
 if redis.call('HGET', KEYS[3], 'epoch') ~= ARGV[2] then return -1 end
+local due = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[5], 'LIMIT', 0, 1000)
+if #due > 0 then
+  redis.call('ZREM', KEYS[5], unpack(due))
+  redis.call('LPUSH', KEYS[1], unpack(due))
+end
 local claimed = {}
 local depth = redis.call('LLEN', KEYS[1])
 local want = math.min(tonumber(ARGV[3]), math.ceil(depth / tonumber(ARGV[4])))
@@ -99,14 +148,18 @@ return claimed
 
 # Settle a batch: for each finished task remove it from the in-flight list and,
 # only if it was still there, count it and append it to its stream; then mark the
-# worker idle. Completions and failures of one batch are one atomic step.
+# worker idle. Completions and failures of one batch are one atomic step. A failure
+# either goes to the delayed set to run again (retry raw + due time) or to the
+# dead-letter list (entry); entries that were never tasks count as foreign.
 # KEYS: 1 state hash, 2 in-flight list, 3 worker completed, 4 worker errors,
 #       5 total_work_completed, 6 total_errors, 7 total_dead_lettered, 8 total_duplicates,
-#       9 total_fenced, 10 work_completions, 11 work_errors, 12 dead-letter list, 13 events:stream
+#       9 total_fenced, 10 work_completions, 11 work_errors, 12 dead-letter list, 13 events:stream,
+#       14 delayed sorted set, 15 total_retried, 16 total_foreign
 # ARGV: 1 worker id, 2 epoch, 3 now, 4 completions maxlen, 5 events maxlen,
 #       6 number of completions C, 7 number of failures F,
 #       then C groups of 5: raw, task id, name, wait_ms, run_ms
-#       then F groups of 6: raw, task id, name, category, message, dead-letter entry
+#       then F groups of 8: raw, task id, name, category, message, dead-letter entry,
+#                          retry raw, retry due time  (retry raw '' means dead-letter)
 # Returns: {completed, failed, duplicates}, or {-1, C + F} when fenced
 SETTLE = """
 local n_ok, n_failed = tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -132,19 +185,28 @@ for _ = 1, n_failed do
   if redis.call('LREM', KEYS[2], -1, ARGV[i]) == 1 then
     redis.call('INCR', KEYS[4])
     local n = redis.call('INCR', KEYS[6])
+    local retry = ARGV[i + 6] ~= ''
     redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[4], '*', 'n', n, 'task_id', ARGV[i + 1],
-               'name', ARGV[i + 2], 'worker', ARGV[1], 'category', ARGV[i + 3], 'message', ARGV[i + 4])
-    redis.call('LPUSH', KEYS[12], ARGV[i + 5])
-    redis.call('INCR', KEYS[7])
+               'name', ARGV[i + 2], 'worker', ARGV[1], 'category', ARGV[i + 3], 'message', ARGV[i + 4],
+               'retry', retry and 1 or 0)
+    if retry then
+      redis.call('ZADD', KEYS[14], ARGV[i + 7], ARGV[i + 6])
+      redis.call('INCR', KEYS[15])
+    else
+      redis.call('LPUSH', KEYS[12], ARGV[i + 5])
+      redis.call('INCR', KEYS[7])
+    end
+    if ARGV[i + 3] == 'bad_payload' then redis.call('INCR', KEYS[16]) end
     failed = failed + 1
   else
     duplicates = duplicates + 1
   end
-  i = i + 6
+  i = i + 8
 end
 if duplicates > 0 then redis.call('INCRBY', KEYS[8], duplicates) end
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
-redis.call('HSET', KEYS[1], 'status', 'idle', 'current_task', '', 'batch', 0, 'last_activity', ARGV[3])
+redis.call('HSET', KEYS[1], 'status', 'idle', 'current_task', '', 'batch', 0, 'deadline', '',
+           'last_activity', ARGV[3])
 redis.call('XADD', KEYS[13], 'MAXLEN', '~', ARGV[5], '*', 'event', 'state', 'worker', ARGV[1],
            'status', 'idle', 'completed', completed, 'failed', failed, 'version', version)
 return {completed, failed, duplicates}
@@ -166,49 +228,76 @@ end
 return released
 """
 
-# Take over a dead worker's partition: bump its epoch (fencing the old owner),
-# put every in-flight task back at the front of the queue with its crash count
-# raised, dead-letter the ones that crashed workers too often (poison) or are not
-# tasks at all, and remove the worker from active_workers.
+# Take over a dead worker's partition: bump its epoch (fencing the old owner), drop
+# its lease, put every in-flight task back at the front of the queue (raising its
+# crash count when the death was a crash), dead-letter the ones that crashed workers
+# too often (poison) or are not tasks at all, and remove the worker from
+# active_workers. One task may be named as the cause (a time limit): it is settled
+# as a failure instead, retried later or dead-lettered as the caller decided.
 # KEYS: 1 state hash, 2 in-flight list, 3 queue, 4 dead-letter list, 5 active_workers,
 #       6 stream:worker_events, 7 total_requeued, 8 total_dead_lettered, 9 total_errors,
-#       10 worker errors, 11 work_errors
-# ARGV: 1 worker id, 2 now, 3 max crashes, 4 events maxlen, 5 completions maxlen, 6 reason
-# Returns: {new epoch, requeued, dead-lettered}
+#       10 worker errors, 11 work_errors, 12 lease key, 13 delayed sorted set, 14 total_retried,
+#       15 total_foreign
+# ARGV: 1 worker id, 2 now, 3 max crashes, 4 events maxlen, 5 completions maxlen, 6 reason,
+#       7 crash increment (0 or 1), 8 only if the lease expired (0 or 1),
+#       9 the causing task's raw or '', 10 its retry raw or '', 11 its retry due time,
+#       12 its dead-letter entry, 13 its category, 14 its message
+# Returns: {new epoch, requeued, dead-lettered}, or {-1, 0, 0} when the lease is still alive
 RECLAIM = """
+if ARGV[8] == '1' and redis.call('EXISTS', KEYS[12]) == 1 then return {-1, 0, 0} end
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-redis.call('HSET', KEYS[1], 'status', 'dead', 'current_task', '', 'batch', 0)
+redis.call('DEL', KEYS[12])
+redis.call('HSET', KEYS[1], 'status', 'dead', 'current_task', '', 'batch', 0, 'deadline', '')
 local requeued, dead = 0, 0
 local max_crashes = tonumber(ARGV[3])
+local increment = tonumber(ARGV[7])
+local function record_error(task_id, name, category, message, retry)
+  redis.call('INCR', KEYS[10])
+  local n = redis.call('INCR', KEYS[9])
+  redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[5], '*', 'n', n, 'task_id', task_id,
+             'name', name, 'worker', ARGV[1], 'category', category, 'message', message,
+             'retry', retry and 1 or 0)
+end
 while true do
   local raw = redis.call('LPOP', KEYS[2])
   if not raw then break end
-  local crashes, rest = string.match(raw, '^{"crashes":(%d+),(.*)$')
-  local category, message = nil, nil
-  if not crashes then
-    category, message = 'bad_payload', 'in-flight entry is not a task'
-  else
-    local count = tonumber(crashes) + 1
-    if count >= max_crashes then
-      category = 'poison'
-      message = 'crashed ' .. count .. ' workers (limit ' .. max_crashes .. ')'
+  local task_id = string.match(raw, '"id":"([^"]*)"') or ''
+  local name = string.match(raw, '"name":"([^"]*)"') or ''
+  if raw == ARGV[9] then
+    local retry = ARGV[10] ~= ''
+    record_error(task_id, name, ARGV[13], ARGV[14], retry)
+    if retry then
+      redis.call('ZADD', KEYS[13], ARGV[11], ARGV[10])
+      redis.call('INCR', KEYS[14])
     else
-      redis.call('RPUSH', KEYS[3], '{"crashes":' .. count .. ',' .. rest)
-      requeued = requeued + 1
+      redis.call('LPUSH', KEYS[4], ARGV[12])
+      redis.call('INCR', KEYS[8])
+      dead = dead + 1
     end
-  end
-  if category then
-    local task_id = string.match(raw, '"id":"([^"]*)"') or ''
-    local name = string.match(raw, '"name":"([^"]*)"') or ''
-    redis.call('INCR', KEYS[10])
-    local n = redis.call('INCR', KEYS[9])
-    redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[5], '*', 'n', n, 'task_id', task_id,
-               'name', name, 'worker', ARGV[1], 'category', category, 'message', message)
-    redis.call('LPUSH', KEYS[4], cjson.encode({task = raw, task_id = task_id, name = name,
-               category = category, message = message, traceback = '', worker = ARGV[1],
-               failed_at = tonumber(ARGV[2])}))
-    redis.call('INCR', KEYS[8])
-    dead = dead + 1
+  else
+    local crashes, rest = string.match(raw, '^{"crashes":(%d+),(.*)$')
+    local category, message = nil, nil
+    if not crashes then
+      category, message = 'bad_payload', 'in-flight entry is not a task'
+      redis.call('INCR', KEYS[15])
+    else
+      local count = tonumber(crashes) + increment
+      if count >= max_crashes then
+        category = 'poison'
+        message = 'crashed ' .. count .. ' workers (limit ' .. max_crashes .. ')'
+      else
+        redis.call('RPUSH', KEYS[3], '{"crashes":' .. count .. ',' .. rest)
+        requeued = requeued + 1
+      end
+    end
+    if category then
+      record_error(task_id, name, category, message, false)
+      redis.call('LPUSH', KEYS[4], cjson.encode({task = raw, task_id = task_id, name = name,
+                 category = category, message = message, traceback = '', worker = ARGV[1],
+                 failed_at = tonumber(ARGV[2])}))
+      redis.call('INCR', KEYS[8])
+      dead = dead + 1
+    end
   end
 end
 if requeued > 0 then redis.call('INCRBY', KEYS[7], requeued) end
@@ -216,4 +305,39 @@ redis.call('SREM', KEYS[5], ARGV[1])
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[4], '*', 'event', 'reclaimed', 'worker', ARGV[1],
            'reason', ARGV[6], 'epoch', epoch, 'requeued', requeued, 'dead_lettered', dead)
 return {epoch, requeued, dead}
+"""
+
+# Send dead letters back to the queue as fresh submissions (by hand, after a fix).
+# KEYS: 1 dead-letter list, 2 queue, 3 total_work_created, 4 total_dlq_retried
+# ARGV: pairs of (the exact dead-letter entry, the task to queue again)
+# Returns: how many were sent back (entries no longer in the list are skipped)
+DLQ_RETRY = """
+local moved = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+    redis.call('LPUSH', KEYS[2], ARGV[i + 1])
+    moved = moved + 1
+  end
+end
+if moved > 0 then
+  redis.call('INCRBY', KEYS[3], moved)
+  redis.call('INCRBY', KEYS[4], moved)
+end
+return moved
+"""
+
+# Discard dead letters: the named entries, or all of them when none are named.
+# KEYS: 1 dead-letter list, 2 total_dlq_purged
+# ARGV: the exact entries to remove (none: everything)
+# Returns: how many were removed
+DLQ_PURGE = """
+local removed = 0
+if #ARGV == 0 then
+  removed = redis.call('LLEN', KEYS[1])
+  redis.call('DEL', KEYS[1])
+else
+  for i = 1, #ARGV do removed = removed + redis.call('LREM', KEYS[1], 1, ARGV[i]) end
+end
+if removed > 0 then redis.call('INCRBY', KEYS[2], removed) end
+return removed
 """

@@ -1,0 +1,77 @@
+"""What happens to a failed task: run again later (backoff with jitter) or dead-letter.
+
+The same policy serves failures reported by a worker and time limits enforced by
+the parent, so a task's fate does not depend on who noticed the failure.
+"""
+from __future__ import annotations
+
+import random
+import time
+
+from .config import Settings
+from .exceptions import UnknownTaskError
+from .models import TASK_ERROR, TIMEOUT, Outcome, Task
+from .registry import get_spec
+
+# Only these failures can succeed on another try; a bad payload, an unknown name
+# or an unencodable result fails the same way every time.
+RETRYABLE = frozenset({TASK_ERROR, TIMEOUT})
+
+
+def max_retries_for(task: Task, settings: Settings) -> int:
+    """The task's own limit, else its registration's, else the default."""
+    if task.max_retries is not None:
+        return task.max_retries
+    try:
+        spec = get_spec(task.name)
+    except UnknownTaskError:
+        return settings.max_retries
+    return spec.max_retries if spec.max_retries is not None else settings.max_retries
+
+
+def time_limit_for(task: Task, settings: Settings) -> float | None:
+    """The task's own time limit, else its registration's, else the default (or None)."""
+    if task.time_limit_s is not None:
+        return task.time_limit_s
+    try:
+        spec = get_spec(task.name)
+    except UnknownTaskError:
+        return settings.time_limit_s
+    return spec.time_limit_s if spec.time_limit_s is not None else settings.time_limit_s
+
+
+def backoff_delay(retries: int, settings: Settings, rng: random.Random | None = None) -> float:
+    """Exponential backoff with "equal jitter": between half and all of base * 2**retries."""
+    ceiling = min(settings.retry_backoff_max_s, settings.retry_backoff_s * (2 ** min(retries, 32)))
+    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+
+
+def failure(
+    raw: str,
+    task: Task | None,
+    category: str,
+    message: str,
+    settings: Settings,
+    *,
+    traceback: str = "",
+    wait_ms: float = 0.0,
+    run_ms: float = 0.0,
+) -> Outcome:
+    """The Outcome of a failed run, carrying the retry (raw + due time) if one is due."""
+    retry_raw, retry_at = "", 0.0
+    if task is not None and category in RETRYABLE and task.retries < max_retries_for(task, settings):
+        retry_raw = task.for_retry().to_json()
+        retry_at = time.time() + backoff_delay(task.retries, settings)
+    return Outcome(
+        raw=raw,
+        task_id=task.id if task else "",
+        name=task.name if task else "",
+        ok=False,
+        category=category,
+        message=message,
+        traceback=traceback,
+        wait_ms=wait_ms,
+        run_ms=run_ms,
+        retry_raw=retry_raw,
+        retry_at=retry_at,
+    )
