@@ -49,7 +49,7 @@ from .worker import EXIT_OK, worker_main
 
 TICK_S = 0.1
 SWEEP_INTERVAL_S = 1.0
-# A worker that dies this soon after its start counts towards the crash-loop limit.
+# A worker that dies this soon after its start, unregistered, counts towards the crash-loop limit.
 EARLY_DEATH_S = 2.0
 
 
@@ -89,6 +89,7 @@ class Supervisor:
         self.prefix = f"{socket.gethostname()}:{os.getpid()}"
         self.workers: dict[int, WorkerProcess] = {}  # keyed by sentinel
         self.deaths: list[WorkerDied] = []
+        self.exit_codes: dict[str, int | None] = {}  # worker id -> exit code, once it ended
         self.failure: WorkerDied | None = None
         self.lease_expiries = 0
         self.timeouts = 0
@@ -96,6 +97,7 @@ class Supervisor:
         self._started_ids: list[str] = []
         self._early_deaths = 0
         self._lease_checks_from = 0.0
+        self._unreclaimed: set[str] = set()  # dead workers whose takeover failed (server down)
         self._closing = threading.Event()
         self._lock = threading.Lock()  # guards self.workers between the thread and callers
         self._wakeup_r, self._wakeup_w = os.pipe()
@@ -152,6 +154,7 @@ class Supervisor:
                 logger.warning("worker {} (pid {}) did not stop in time; killing it", worker.worker_id, worker.process.pid)
                 worker.process.kill()
                 worker.process.join()
+            self.exit_codes[worker.worker_id] = worker.process.exitcode
             if worker.process.exitcode != EXIT_OK and not worker.reclaimed:
                 # Stopped by us, not crashed: requeue without counting a crash.
                 reclaim_worker(self.state, worker.worker_id, self.settings, reason="stopped", crashed=False)
@@ -199,6 +202,9 @@ class Supervisor:
     def _tick(self) -> None:
         if self.server is not None and not self.server.is_alive():
             self._restart_server()
+        for worker_id in sorted(self._unreclaimed):
+            reclaim_worker(self.state, worker_id, self.settings, reason="died")
+            self._unreclaimed.discard(worker_id)
         if time.monotonic() >= self._lease_checks_from:
             self._check_leases()
         self._check_time_limits()
@@ -270,12 +276,23 @@ class Supervisor:
                 logger.warning("retired worker {} (pid {}) still running; killing it", worker.worker_id, worker.process.pid)
                 worker.process.kill()
 
+    def _died_before_registering(self, worker: WorkerProcess) -> bool:
+        """A crash loop is workers dying before they ever register (bad import, no
+        server), not registered workers being killed, however often."""
+        if time.monotonic() - worker.started_at > EARLY_DEATH_S:
+            return False
+        try:
+            return not self.state.get_worker_state(worker.worker_id)
+        except Exception:
+            return False
+
     def _on_death(self, sentinel: int) -> None:
         with self._lock:
             worker = self.workers.pop(sentinel, None)
         if worker is None:
             return
         worker.process.join()
+        self.exit_codes[worker.worker_id] = worker.process.exitcode
         death = WorkerDied(worker.worker_id, worker.process.pid, worker.process.exitcode)
         if worker.retired_at is not None:
             logger.info("retired {} exited ({})", worker.worker_id, death)
@@ -286,8 +303,9 @@ class Supervisor:
             try:
                 reclaim_worker(self.state, worker.worker_id, self.settings, reason="died")
             except Exception as exc:
-                logger.error("could not reclaim {}: {!r} (the next sweep retries)", worker.worker_id, exc)
-        if time.monotonic() - worker.started_at < EARLY_DEATH_S:
+                self._unreclaimed.add(worker.worker_id)
+                logger.error("could not reclaim {}: {!r} (retried every tick)", worker.worker_id, exc)
+        if self._died_before_registering(worker):
             self._early_deaths += 1
         else:
             self._early_deaths = 0

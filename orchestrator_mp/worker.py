@@ -266,8 +266,10 @@ class Worker:
     def _reconnect(self) -> None:
         delay, deadline = 0.02, time.monotonic() + RECONNECT_TIMEOUT_S
         while True:
-            if self._should_stop() and os.getppid() == 1:
-                raise BackendUnavailable("the server is gone and so is the parent")
+            if self._should_stop():
+                # Stopping (or orphaned) with no server to report to: leave; the
+                # parent, or the next start, reclaims whatever is still in flight.
+                raise BackendUnavailable("the server is unreachable and this worker is stopping")
             try:
                 self.state.heartbeat(self.worker_id, self.epoch)
                 break

@@ -75,3 +75,24 @@ def kill_by_pid(processes: list[psutil.Process]) -> None:
         except psutil.Error:
             pass
     psutil.wait_procs(processes, timeout=5)
+
+
+def wait_gone(processes: list[psutil.Process], timeout: float = 10.0) -> tuple[float, list[psutil.Process]]:
+    """Poll every 5 ms until each process has exited (zombie counts as exited).
+
+    Returns (seconds until the last one went, those still alive at the timeout).
+    """
+    started = time.monotonic()
+    alive = list(processes)
+    while alive and time.monotonic() - started < timeout:
+        still = []
+        for process in alive:
+            try:
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    still.append(process)
+            except psutil.NoSuchProcess:
+                pass
+        alive = still
+        if alive:
+            time.sleep(0.005)
+    return time.monotonic() - started, alive

@@ -129,7 +129,7 @@ class RedisLockFreeStateManager(StateManager):
 
     def heartbeat(self, worker_id: str, epoch: int) -> None:
         result = self._heartbeat(
-            keys=[keys.worker_state_key(worker_id), keys.worker_lease_key(worker_id)],
+            keys=[keys.worker_state_key(worker_id), keys.worker_lease_key(worker_id), keys.TOTAL_FENCED],
             args=[epoch, time.time(), self.lease_ms],
         )
         if result == -1:
@@ -206,7 +206,7 @@ class RedisLockFreeStateManager(StateManager):
         for field, value in mapping.items():
             flat.extend((field, value))
         result = self._update_state(
-            keys=[keys.worker_state_key(worker_id), keys.EVENTS],
+            keys=[keys.worker_state_key(worker_id), keys.EVENTS, keys.TOTAL_FENCED],
             args=[
                 worker_id,
                 "" if expected_version is None else expected_version,
@@ -307,6 +307,7 @@ class RedisLockFreeStateManager(StateManager):
                 keys.worker_state_key(worker_id),
                 keys.EVENTS,
                 keys.DELAYED,
+                keys.TOTAL_FENCED,
             ],
             args=[worker_id, epoch, max_count, max(1, divisor), time.time(), self.events_maxlen, moved],
         )
@@ -375,7 +376,12 @@ class RedisLockFreeStateManager(StateManager):
         if not raw_tasks:
             return 0
         result = self._release(
-            keys=[keys.worker_state_key(worker_id), keys.worker_inflight_key(worker_id), keys.QUEUE],
+            keys=[
+                keys.worker_state_key(worker_id),
+                keys.worker_inflight_key(worker_id),
+                keys.QUEUE,
+                keys.TOTAL_FENCED,
+            ],
             args=[epoch, *raw_tasks],
         )
         if result == -1:

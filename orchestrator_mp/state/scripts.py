@@ -52,12 +52,15 @@ return version
 
 # Set fields of a worker's state hash and bump its version, optionally checking
 # the expected version (optimistic concurrency) and the epoch (fencing).
-# KEYS: 1 state hash, 2 events:stream
+# KEYS: 1 state hash, 2 events:stream, 3 total_fenced
 # ARGV: 1 worker id, 2 expected version or '', 3 epoch or '', 4 events maxlen,
 #       5.. field, value pairs
 # Returns: the new version; 0 when the version was stale; -1 when fenced
 UPDATE_STATE = """
-if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[3] then return -1 end
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[3] then
+  redis.call('INCR', KEYS[3])
+  return -1
+end
 if ARGV[2] ~= '' then
   local current = redis.call('HGET', KEYS[1], 'version') or '0'
   if current ~= ARGV[2] then return 0 end
@@ -73,11 +76,14 @@ return version
 
 # Renew a worker's lease (from its heartbeat thread, which a long task cannot block).
 # Not a state change: no version bump and no event, only last_activity.
-# KEYS: 1 state hash, 2 lease key
+# KEYS: 1 state hash, 2 lease key, 3 total_fenced
 # ARGV: 1 epoch, 2 now, 3 lease ms
 # Returns: 1, or -1 when fenced
 HEARTBEAT = """
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return -1 end
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
+  redis.call('INCR', KEYS[3])
+  return -1
+end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
 redis.call('HSET', KEYS[1], 'last_activity', ARGV[2])
 return 1
@@ -116,12 +122,16 @@ return n
 # shallow queue is spread across workers instead of drained by the first.
 # Due delayed tasks are promoted first, so every claiming worker is also the
 # scheduler: no separate scheduler process can fail.
-# KEYS: 1 queue, 2 in-flight list, 3 state hash, 4 events:stream, 5 delayed sorted set
+# KEYS: 1 queue, 2 in-flight list, 3 state hash, 4 events:stream, 5 delayed sorted set,
+#       6 total_fenced
 # ARGV: 1 worker id, 2 epoch, 3 max count, 4 divisor, 5 now, 6 events maxlen,
 #       7 tasks already moved by a blocking claim (counted into the state update)
 # Returns: the claimed raw tasks (oldest first), or -1 when fenced
 CLAIM = """
-if redis.call('HGET', KEYS[3], 'epoch') ~= ARGV[2] then return -1 end
+if redis.call('HGET', KEYS[3], 'epoch') ~= ARGV[2] then
+  redis.call('INCR', KEYS[6])
+  return -1
+end
 local due = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[5], 'LIMIT', 0, 1000)
 if #due > 0 then
   redis.call('ZREM', KEYS[5], unpack(due))
@@ -213,11 +223,14 @@ return {completed, failed, duplicates}
 """
 
 # Hand claimed-but-unstarted tasks back to the front of the queue (warm stop).
-# KEYS: 1 state hash, 2 in-flight list, 3 queue
+# KEYS: 1 state hash, 2 in-flight list, 3 queue, 4 total_fenced
 # ARGV: 1 epoch, 2.. raw tasks
 # Returns: how many were handed back, or -1 when fenced
 RELEASE = """
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return -1 end
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
+  redis.call('INCRBY', KEYS[4], math.max(1, #ARGV - 1))
+  return -1
+end
 local released = 0
 for i = 2, #ARGV do
   if redis.call('LREM', KEYS[2], -1, ARGV[i]) == 1 then
