@@ -7,21 +7,32 @@ URL, never a client, and call :func:`create_client` after the fork.
 from __future__ import annotations
 
 import redis
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 from .exceptions import BackendUnavailable
+
+# Patient clients ride over a server restart (the supervisor restarts a dead
+# embedded server within ~0.1 s, loading its AOF may take longer): about 15 s.
+PATIENT_RETRY = dict(backoff_base_s=0.01, backoff_cap_s=0.5, attempts=40)
 
 
 def create_client(url: str, *, retries: bool = True, **options: object) -> redis.Redis:
     """A client for ``url`` (``unix://PATH``, ``redis://``, ``rediss://``), strings decoded.
 
-    ``retries=False`` turns off redis-py's silent reconnect-and-resend (10 tries by
-    default): a worker must *know* when a reply was lost, because a resent claim
-    could move tasks it never hears of. It reconnects itself and resynchronises.
+    ``retries=True``: reconnect and resend for about 15 s (only for callers whose
+    commands are safe to repeat: reads, idempotent scripts, batch-marked submits).
+    ``retries=False``: fail at once. Workers need to *know* a reply was lost (a
+    resent claim could move tasks they never hear of), and the supervisor must not
+    sit in retries while the server it should restart is dead.
     """
     options.setdefault("decode_responses", True)
-    if not retries:
+    if retries:
+        backoff = ExponentialWithJitterBackoff(
+            base=PATIENT_RETRY["backoff_base_s"], cap=PATIENT_RETRY["backoff_cap_s"]
+        )
+        options["retry"] = Retry(backoff, int(PATIENT_RETRY["attempts"]))
+    else:
         options["retry"] = Retry(NoBackoff(), 0)
     return redis.Redis.from_url(url, **options)
 

@@ -90,6 +90,7 @@ class ContinuousOrchestrator:
         self.server: EmbeddedServer | None = None
         self.state: StateManager | None = None
         self.supervisor: Supervisor | None = None
+        self._supervisor_state: StateManager | None = None
         self.url: str | None = None
         self._local_worker: Worker | None = None
         self._stopped_worker_ids: list[str] = []
@@ -111,7 +112,10 @@ class ContinuousOrchestrator:
             self.state = create_state_manager(self.settings, self.url)
             recover_stale_partitions(self.state, self.settings)
             if self.enable_parallel:
-                self.supervisor = Supervisor(self.settings, self.url, self.state, server=self.server)
+                # The supervisor's own manager fails fast: it must never sit in
+                # client retries while the server it should restart is dead.
+                self._supervisor_state = create_state_manager(self.settings, self.url, worker=True)
+                self.supervisor = Supervisor(self.settings, self.url, self._supervisor_state, server=self.server)
                 self.supervisor.start()
             else:
                 self._local_worker = Worker(self.state, f"{socket.gethostname()}:{os.getpid()}:local", self.settings)
@@ -129,12 +133,17 @@ class ContinuousOrchestrator:
         self._closed = True
         self._teardown(timeout)
 
-    def stop_workers(self, timeout: float | None = None) -> None:
-        """Warm-stop the workers but keep the server, so final figures can be read."""
+    def stop_workers(self, timeout: float | None = None, force: Callable[[], bool] = lambda: False) -> None:
+        """Warm-stop the workers but keep the server, so final figures can be read.
+
+        Workers get ``timeout`` seconds (default ``shutdown_timeout_s``) to finish
+        their running task, less if ``force()`` turns true; then they are killed and
+        their tasks requeued.
+        """
         if self.supervisor is not None:
             supervisor, self.supervisor = self.supervisor, None
             self._stopped_worker_ids = supervisor.started_ids()
-            supervisor.stop(timeout)
+            supervisor.stop(timeout, force)
         if self._local_worker is not None and self._local_worker.epoch is not None:
             self._local_worker.deregister()
             self._local_worker.epoch = None
@@ -143,8 +152,9 @@ class ContinuousOrchestrator:
         try:
             self.stop_workers(timeout)
         finally:
-            if self.state is not None:
-                self.state.close()
+            for state in (self.state, self._supervisor_state):
+                if state is not None:
+                    state.close()
             if self.server is not None:
                 self.server.stop()
 

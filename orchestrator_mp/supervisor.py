@@ -136,8 +136,9 @@ class Supervisor:
                     except ProcessLookupError:
                         pass
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Warm stop: SIGTERM, wait up to ``timeout``, then SIGKILL and reclaim."""
+    def stop(self, timeout: float | None = None, force: Callable[[], bool] = lambda: False) -> None:
+        """Warm stop: SIGTERM, wait up to ``timeout`` (or until ``force()`` turns
+        true, e.g. a second Ctrl-C), then SIGKILL what is left and reclaim it."""
         timeout = self.settings.shutdown_timeout_s if timeout is None else timeout
         self._closing.set()
         os.write(self._wakeup_w, b"x")
@@ -147,8 +148,8 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         with self._lock:
             workers = list(self.workers.values())
-        for worker in workers:
-            worker.process.join(max(0.0, deadline - time.monotonic()))
+        while any(w.process.is_alive() for w in workers) and time.monotonic() < deadline and not force():
+            wait([w.process.sentinel for w in workers if w.process.is_alive()], timeout=0.05)
         for worker in workers:
             if worker.process.is_alive():
                 logger.warning("worker {} (pid {}) did not stop in time; killing it", worker.worker_id, worker.process.pid)

@@ -87,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         elapsed = time.monotonic() - started
         if not args.json and signals.count:
             say("stopping: finishing running tasks (a second Ctrl-C kills the workers)")
-        orch.stop_workers(timeout=0.5 if signals.count > 1 else None)
+        orch.stop_workers(force=lambda: signals.count > 1)
         report = _run_report(orch, before, submitted, elapsed)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -23,8 +23,9 @@ def create_state_manager(settings: Settings, url: str | None, *, worker: bool = 
     """The state manager ``settings.state`` names, connected to ``url``.
 
     Call it in the process that will use the manager (after any fork). ``worker``
-    managers surface every lost connection (BackendUnavailable) instead of silently
-    resending, so the worker can resynchronise its in-flight list.
+    managers fail fast on a lost connection (BackendUnavailable) instead of silently
+    resending: workers resynchronise their in-flight list, and the supervisor
+    restarts a dead server instead of waiting on it.
     """
     try:
         factory = _FACTORIES[settings.state]
