@@ -5,6 +5,7 @@ import os
 import signal
 import stat
 import subprocess
+import time
 
 import pytest
 import redis
@@ -201,3 +202,26 @@ def test_graceful_stop_hands_work_back_and_run_reports_what_remains(tmp_path):
     assert status["queues"]["pending"] > 0 and status["consistent"] is True
     report = run_cli_json("run", "--workers", "2", "--demo", "0", cwd=tmp_path)
     assert report["total_work_completed"] == 3000 and report["consistent"] is True
+
+
+def test_second_signal_kills_workers_at_once_and_loses_nothing(tmp_path):
+    """Ctrl-C twice: the warm stop is cut short, workers are killed, their tasks requeued."""
+    env = {**os.environ, "ORCHESTRATOR_MP_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([*CLI, "run", "--workers", "2", "--demo", "40", "--demo-ms", "3000"],
+                            cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        while not proc.stderr.readline().startswith("progress:"):
+            pass
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        assert proc.wait(timeout=30) == 130
+        stopped_in = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert stopped_in < 2.5  # not the 3 s the running tasks need, nor the 10 s deadline
+    status = run_cli_json("status", cwd=tmp_path)
+    assert status["queues"]["inflight"] == 0 and status["consistent"] is True
+    assert status["queues"]["pending"] == 40 - status["counters"]["total_work_completed"]
