@@ -29,6 +29,8 @@ from .exceptions import (
     VersionConflict,
     WorkerDied,
 )
+from .executor import OrchestratorExecutor
+from .handles import TaskHandle
 from .models import Outcome, Task
 from .orchestrator import ContinuousOrchestrator, open_state
 from .registry import get_task, register_task, registered_names, task
@@ -40,6 +42,8 @@ __all__ = [
     "keys",
     "Settings",
     "ContinuousOrchestrator",
+    "OrchestratorExecutor",
+    "TaskHandle",
     "open_state",
     "EmbeddedServer",
     "StateManager",

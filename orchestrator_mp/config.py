@@ -82,6 +82,8 @@ class Settings:
         heartbeat_interval_s: how often each worker renews its lease.
         zombie_grace_s: how long a local worker declared dead (lease lost) may linger
             before the parent kills it.
+        result_ttl_s: how long a task's stored result (for handles and futures) is kept.
+        async_concurrency: most coroutine tasks one worker runs at once.
         max_payload_bytes: largest encoded task accepted at submission.
         shutdown_timeout_s: how long a warm stop waits for workers before killing them.
         durability: ``fast`` (appendfsync everysec) or ``strict`` (appendfsync always).
@@ -105,6 +107,8 @@ class Settings:
     lease_s: float = attrs.field(default=3.0, validator=_positive_number)
     heartbeat_interval_s: float = attrs.field(default=0.5, validator=_positive_number)
     zombie_grace_s: float = attrs.field(default=30.0, validator=_positive_number)
+    result_ttl_s: float = attrs.field(default=86_400.0, validator=_positive_number)
+    async_concurrency: int = attrs.field(default=32, validator=_int_at_least(1))
     max_payload_bytes: int = attrs.field(default=1_048_576, validator=_int_at_least(64))
     shutdown_timeout_s: float = attrs.field(default=10.0, validator=_positive_number)
     durability: str = attrs.field(default="fast", validator=_one_of(DURABILITY_MODES))

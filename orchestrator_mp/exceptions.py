@@ -42,14 +42,24 @@ class PayloadError(TaskError, ValueError):
 
 
 class TaskFailed(TaskError):
-    """A task raised in a worker; carries the remote error as text, never as an object."""
+    """A task failed for good; carries the remote error as text, never as an object.
 
-    def __init__(self, task_id: str, error_type: str, message: str, remote_traceback: str = "") -> None:
+    ``category`` says how (task_error, timeout, bad_result, poison, unknown_task,
+    bad_payload); ``error_type`` is the remote exception's class name.
+    """
+
+    def __init__(
+        self, task_id: str, error_type: str, message: str, remote_traceback: str = "", category: str = ""
+    ) -> None:
         self.task_id = task_id
         self.error_type = error_type
         self.remote_message = message
         self.remote_traceback = remote_traceback
-        super().__init__(f"task {task_id} failed: {error_type}: {message}")
+        self.category = category
+        text = f"task {task_id} failed ({category or 'error'}): {message}"
+        if remote_traceback:
+            text += f"\n\nRemote traceback:\n{remote_traceback.rstrip()}"
+        super().__init__(text)
 
 
 class StateError(OrchestratorError):

@@ -24,6 +24,7 @@ TOTAL_RETRIED = "total_retried"  # failures scheduled to run again (backoff)
 TOTAL_DLQ_RETRIED = "total_dlq_retried"  # dead letters sent back to the queue by hand
 TOTAL_DLQ_PURGED = "total_dlq_purged"  # dead letters discarded by hand
 TOTAL_FOREIGN = "total_foreign"  # queue entries that were never submitted as tasks
+TOTAL_CANCELLED = "total_cancelled"  # queued tasks withdrawn before any worker claimed them
 
 COUNTERS = (
     TOTAL_WORK_CREATED,
@@ -37,12 +38,21 @@ COUNTERS = (
     TOTAL_DLQ_RETRIED,
     TOTAL_DLQ_PURGED,
     TOTAL_FOREIGN,
+    TOTAL_CANCELLED,
 )
 
 # -- queues -----------------------------------------------------------------------------
 QUEUE = "queue:pending"  # list: JSON tasks; LPUSH to submit, claimed from the right
 DEAD_LETTER = "queue:dead_letter"  # list: JSON {task, category, message, ...}
 DELAYED = "queue:delayed"  # sorted set: JSON tasks scored by the time they become due
+
+
+def result_key(task_id: str) -> str:
+    """One-element list with a TTL: the final outcome of a task whose submitter wants it.
+
+    A list so waiters can block on it without consuming it (BLMOVE onto itself).
+    """
+    return f"result:{task_id}"
 
 
 def submit_marker_key(batch_id: str) -> str:

@@ -25,6 +25,8 @@ BAD_RESULT = "bad_result"  # the task returned something that is not JSON
 POISON = "poison"  # the task crashed its worker too many times
 TIMEOUT = "timeout"  # the task ran past its time limit; its worker was killed
 ERROR_CATEGORIES = (TASK_ERROR, UNKNOWN_TASK, BAD_PAYLOAD, BAD_RESULT, POISON, TIMEOUT)
+# Failures of the task's own making ("failed"); the others never ran it ("dead_lettered").
+OWN_FAILURES = frozenset({TASK_ERROR, BAD_RESULT, TIMEOUT})
 
 
 def new_task_id() -> str:
@@ -49,6 +51,7 @@ class Task:
     retries: int = 0
     max_retries: int | None = None
     time_limit_s: float | None = None
+    want_result: bool = False  # store the outcome under result:{id} for handles and futures
 
     def to_json(self) -> str:
         """Encode; raises PayloadError when the arguments are not JSON-serialisable."""
@@ -65,6 +68,8 @@ class Task:
             body["max_retries"] = self.max_retries
         if self.time_limit_s is not None:
             body["time_limit"] = self.time_limit_s
+        if self.want_result:
+            body["result"] = True
         try:
             return dumps(body)
         except (TypeError, ValueError) as exc:
@@ -87,12 +92,12 @@ class Task:
             "ts": (int, float),
             "crashes": int,
         }
-        optional = {"retries": int, "max_retries": int, "time_limit": (int, float)}
+        optional = {"retries": int, "max_retries": int, "time_limit": (int, float), "result": bool}
         for field in expected:
             if field not in body:
                 raise PayloadError(raw, f"missing field {field!r}")
         for field, kind in {**expected, **optional}.items():
-            if field in body and (not isinstance(body[field], kind) or isinstance(body[field], bool)):
+            if field in body and (not isinstance(body[field], kind) or (isinstance(body[field], bool) and kind is not bool)):
                 raise PayloadError(raw, f"field {field!r} has type {type(body[field]).__name__}")
         return cls(
             name=body["name"],
@@ -104,6 +109,7 @@ class Task:
             retries=body.get("retries", 0),
             max_retries=body.get("max_retries"),
             time_limit_s=body.get("time_limit"),
+            want_result=body.get("result", False),
         )
 
     def for_retry(self) -> "Task":
@@ -135,3 +141,27 @@ class Outcome:
     run_ms: float = 0.0
     retry_raw: str = ""  # failures only: the task to run again, or "" to dead-letter
     retry_at: float = 0.0  # epoch seconds when retry_raw becomes due
+    error_type: str = ""  # failures only: the exception's class name
+    result_json: str = ""  # what the task returned, as JSON ("" when not wanted)
+    want_result: bool = False  # the submitter asked for the outcome to be stored
+
+    def stored_result(self, worker_id: str, finished_at: float) -> str:
+        """The JSON kept under ``result:{id}`` for a final outcome (see TaskHandle)."""
+        if self.ok:
+            return '{"status":"done","result":%s,"worker":%s,"finished_at":%r}' % (
+                self.result_json or "null",
+                dumps(worker_id),
+                finished_at,
+            )
+        status = "failed" if self.category in OWN_FAILURES else "dead_lettered"
+        return dumps(
+            {
+                "status": status,
+                "category": self.category,
+                "error_type": self.error_type,
+                "message": self.message,
+                "traceback": self.traceback,
+                "worker": worker_id,
+                "finished_at": finished_at,
+            }
+        )

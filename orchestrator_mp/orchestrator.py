@@ -28,10 +28,11 @@ from .exceptions import (
     SupervisorClosed,
     UnknownTaskError,
 )
+from .handles import TaskHandle
 from .log import configure_if_untouched
 from .models import Task
 from .recovery import recover_stale_partitions
-from .registry import is_registered
+from .registry import is_registered, name_of
 from .server import EmbeddedServer, monitor_command, read_owner
 from .state import StateManager, create_state_manager
 from .supervisor import Supervisor
@@ -43,9 +44,10 @@ POLL_INTERVAL_S = 0.02
 def _task_name(task: str | Callable[..., Any]) -> str:
     if isinstance(task, str):
         return task
-    name = getattr(task, "__name__", None)
-    if not name:
-        raise ConfigurationError(f"submit expects a task name or a registered function, got {task!r}")
+    name = name_of(task)
+    if name is None:
+        shown = getattr(task, "__qualname__", repr(task))
+        raise UnknownTaskError(shown)
     return name
 
 
@@ -170,8 +172,8 @@ class ContinuousOrchestrator:
         return self.state
 
     # -- submitting ---------------------------------------------------------------------------
-    def submit(self, task: str | Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
-        """Queue one task by registered name (or function); returns its id.
+    def submit(self, task: str | Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskHandle:
+        """Queue one task by registered name (or function); returns its handle.
 
         Raises:
             UnknownTaskError: the name is not registered here (with ``strict_names``).
@@ -180,22 +182,47 @@ class ContinuousOrchestrator:
         return self.submit_many(task, [(args, kwargs)])[0]
 
     def submit_many(
-        self, task: str | Callable[..., Any], calls: Iterable[tuple[Iterable[Any], dict[str, Any]] | Iterable[Any]]
-    ) -> list[str]:
-        """Queue many calls of one task in one atomic step; returns their ids in order.
+        self,
+        task: str | Callable[..., Any],
+        calls: Iterable[tuple[Iterable[Any], dict[str, Any]] | Iterable[Any]],
+        *,
+        results: bool = True,
+    ) -> list[TaskHandle]:
+        """Queue many calls of one task in one atomic step; returns their handles in order.
 
         Each call is ``(args, kwargs)`` or just a sequence of positional arguments.
+        ``results=False`` skips storing outcomes (handles then only report status),
+        for bulk work whose callers read counters rather than return values.
         """
+        ids, _raws = self.submit_raw(task, calls, results=results)
+        return [TaskHandle(self.state, task_id) for task_id in ids]
+
+    def submit_raw(
+        self,
+        task: str | Callable[..., Any],
+        calls: Iterable[tuple[Iterable[Any], dict[str, Any]] | Iterable[Any]],
+        *,
+        results: bool = True,
+    ) -> tuple[list[str], list[str]]:
+        """Like :meth:`submit_many`, returning ids and the queued JSON (for cancelling)."""
         state = self._require_running()
         name = self._checked_name(task)
         raws, ids = [], []
         for call in calls:
             args, kwargs = _split_call(call)
-            entry = Task(name=name, args=tuple(args), kwargs=kwargs)
+            entry = Task(name=name, args=tuple(args), kwargs=kwargs, want_result=results)
             raws.append(self._encode(entry))
             ids.append(entry.id)
         state.submit(raws)
-        return ids
+        return ids, raws
+
+    def handle(self, task_id: str) -> TaskHandle:
+        """A handle for a task submitted anywhere (another process, the CLI), by id."""
+        return TaskHandle(self._require_running(), task_id)
+
+    def cancel_queued(self, raw: str) -> bool:
+        """Remove one task from the queue if no worker has claimed it yet."""
+        return self._require_running().cancel_queued(raw)
 
     def _checked_name(self, task: str | Callable[..., Any]) -> str:
         name = _task_name(task)

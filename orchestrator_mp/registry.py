@@ -116,6 +116,14 @@ def get_task(name: str) -> Callable[..., Any]:
     return get_spec(name).func
 
 
+def name_of(func: Callable[..., Any]) -> str | None:
+    """The name ``func`` is registered under (by identity), or None."""
+    for spec in _TASKS.values():
+        if spec.func is func:
+            return spec.name
+    return None
+
+
 def is_registered(name: str) -> bool:
     return name in _TASKS
 

@@ -54,6 +54,7 @@ def failure(
     settings: Settings,
     *,
     traceback: str = "",
+    error_type: str = "",
     wait_ms: float = 0.0,
     run_ms: float = 0.0,
 ) -> Outcome:
@@ -70,8 +71,10 @@ def failure(
         category=category,
         message=message,
         traceback=traceback,
+        error_type=error_type or category,
         wait_ms=wait_ms,
         run_ms=run_ms,
         retry_raw=retry_raw,
         retry_at=retry_at,
+        want_result=bool(task and task.want_result),
     )

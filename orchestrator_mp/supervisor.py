@@ -262,7 +262,7 @@ class Supervisor:
                 continue
             if task.id == task_id:
                 message = f"ran past its time limit; worker {worker.worker_id} (pid {worker.process.pid}) was killed"
-                cause = failure(raw, task, TIMEOUT, message, self.settings)
+                cause = failure(raw, task, TIMEOUT, message, self.settings, error_type="TimeLimitExceeded")
                 break
         logger.warning("task {} exceeded its time limit on {}; killed pid {}", task_id, worker.worker_id, worker.process.pid)
         reclaim_worker(self.state, worker.worker_id, self.settings, reason="timeout", crashed=False, cause=cause)

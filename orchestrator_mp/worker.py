@@ -23,6 +23,8 @@ Signals (handlers only set flags; the loop acts on them):
 """
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import signal
 import socket
@@ -38,6 +40,7 @@ from .models import (
     BAD_PAYLOAD,
     BAD_RESULT,
     TASK_ERROR,
+    TIMEOUT,
     UNKNOWN_TASK,
     Outcome,
     Task,
@@ -124,6 +127,7 @@ class Worker:
         self.completed = 0
         self.failed = 0
         self._needs_resync = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def register(self) -> int:
@@ -161,6 +165,8 @@ class Worker:
         finally:
             if self._heartbeat is not None:
                 self._heartbeat.stop()
+            if self._loop is not None:
+                self._loop.close()
         logger.debug("worker stopped: {} completed, {} failed", self.completed, self.failed)
         return EXIT_OK
 
@@ -171,6 +177,13 @@ class Worker:
         Returns the number of tasks claimed (0: the queue was empty). Raises Fenced.
         """
         claimed = self._call(self._claim, block)
+        coroutines = [raw for raw in claimed if self._is_async(raw)]
+        if coroutines:
+            if self.should_stop():
+                self._call(self.state.release, self.worker_id, self.epoch, claimed)
+                return len(claimed)
+            self._settle(self._run_async_group(coroutines))
+            claimed = [raw for raw in claimed if raw not in set(coroutines)]
         outcomes: list[Outcome] = []
         last_settle = time.monotonic()
         for index, raw in enumerate(claimed):
@@ -212,46 +225,109 @@ class Worker:
         self.completed += result.completed
         self.failed += result.failed
 
-    def _execute(self, raw: str) -> tuple[Outcome, bool]:
-        """Run one raw queue entry; returns its outcome and whether it had a time limit."""
+    def _prepare(self, raw: str) -> Outcome | tuple[Task, Callable[..., Any], float, float]:
+        """Decode a queue entry and find its function; an Outcome if it cannot run."""
         started = time.time()
         try:
             task = Task.from_json(raw)
         except PayloadError as exc:
-            return failure(raw, None, BAD_PAYLOAD, exc.error, self.settings), False
+            return failure(raw, None, BAD_PAYLOAD, exc.error, self.settings, error_type="PayloadError")
         wait_ms = max(0.0, (started - task.submitted_at) * 1000.0)
         try:
             func = get_task(task.name)
         except UnknownTaskError as exc:
-            return failure(raw, task, UNKNOWN_TASK, str(exc), self.settings, wait_ms=wait_ms), False
+            return failure(
+                raw, task, UNKNOWN_TASK, str(exc), self.settings, error_type="UnknownTaskError", wait_ms=wait_ms
+            )
+        return task, func, started, wait_ms
+
+    def _execute(self, raw: str) -> tuple[Outcome, bool]:
+        """Run one raw queue entry; returns its outcome and whether it had a time limit."""
+        prepared = self._prepare(raw)
+        if isinstance(prepared, Outcome):
+            return prepared, False
+        task, func, started, wait_ms = prepared
         limit = time_limit_for(task, self.settings)
         if limit is not None:
-            deadline = time.time() + limit
+            # Published so the parent, which a stuck task cannot block, can enforce it.
             self._call(
                 self.state.update_worker_state,
                 self.worker_id,
-                {"current_task": task.id, "deadline": deadline},
+                {"current_task": task.id, "deadline": time.time() + limit},
                 None,
                 epoch=self.epoch,
             )
         try:
             result = func(*task.args, **task.kwargs)
         except Exception as exc:  # the task's own error: record it, keep the worker alive
-            run_ms = (time.time() - started) * 1000.0
-            message = f"{type(exc).__name__}: {exc}"
-            outcome = failure(
-                raw, task, TASK_ERROR, message, self.settings,
-                traceback=traceback.format_exc(), wait_ms=wait_ms, run_ms=run_ms,
-            )
-            return outcome, limit is not None
+            return self._raised(raw, task, exc, started, wait_ms), limit is not None
+        return self._finished(raw, task, result, started, wait_ms), limit is not None
+
+    def _raised(self, raw: str, task: Task, exc: BaseException, started: float, wait_ms: float) -> Outcome:
+        run_ms = (time.time() - started) * 1000.0
+        return failure(
+            raw, task, TASK_ERROR, f"{type(exc).__name__}: {exc}", self.settings,
+            traceback="".join(traceback.format_exception(exc)), error_type=type(exc).__name__,
+            wait_ms=wait_ms, run_ms=run_ms,
+        )
+
+    # -- coroutine tasks -----------------------------------------------------------------------
+    def _is_async(self, raw: str) -> bool:
+        name_start = raw.find('"name":"')
+        if name_start < 0:
+            return False
+        name = raw[name_start + 8 : raw.find('"', name_start + 8)]
+        try:
+            return inspect.iscoroutinefunction(get_task(name))
+        except UnknownTaskError:
+            return False
+
+    def _run_async_group(self, raws: list[str]) -> list[Outcome]:
+        """Run coroutine tasks concurrently on this worker's event loop (at most
+        ``async_concurrency`` at once); time limits apply per task without a kill."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        limit = asyncio.Semaphore(self.settings.async_concurrency)
+
+        async def run_one(raw: str) -> Outcome:
+            prepared = self._prepare(raw)
+            if isinstance(prepared, Outcome):
+                return prepared
+            task, func, started, wait_ms = prepared
+            seconds = time_limit_for(task, self.settings)
+            async with limit:
+                try:
+                    result = await asyncio.wait_for(func(*task.args, **task.kwargs), seconds)
+                except asyncio.TimeoutError:
+                    message = f"coroutine ran past its time limit of {seconds} s and was cancelled"
+                    return failure(raw, task, TIMEOUT, message, self.settings, error_type="TimeLimitExceeded")
+                except Exception as exc:
+                    return self._raised(raw, task, exc, started, wait_ms)
+            return self._finished(raw, task, result, started, wait_ms)
+
+        async def run_all() -> list[Outcome]:
+            return list(await asyncio.gather(*(run_one(raw) for raw in raws)))
+
+        return self._loop.run_until_complete(run_all())
+
+    def _finished(self, raw: str, task: Task, result: Any, started: float, wait_ms: float) -> Outcome:
+        """The outcome of a run that returned: done, or bad_result if it cannot be stored."""
         run_ms = (time.time() - started) * 1000.0
         try:
-            dumps(result)
+            result_json = dumps(result)
         except (TypeError, ValueError) as exc:
             message = f"result of type {type(result).__name__} is not JSON-serialisable: {exc}"
-            return failure(raw, task, BAD_RESULT, message, self.settings, wait_ms=wait_ms, run_ms=run_ms), limit is not None
-        outcome = Outcome(raw=raw, task_id=task.id, name=task.name, ok=True, wait_ms=wait_ms, run_ms=run_ms)
-        return outcome, limit is not None
+            return failure(raw, task, BAD_RESULT, message, self.settings, wait_ms=wait_ms, run_ms=run_ms)
+        return Outcome(
+            raw=raw,
+            task_id=task.id,
+            name=task.name,
+            ok=True,
+            wait_ms=wait_ms,
+            run_ms=run_ms,
+            result_json=result_json if task.want_result else "",
+            want_result=task.want_result,
+        )
 
     # -- lost connections -------------------------------------------------------------------
     def _call(self, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:

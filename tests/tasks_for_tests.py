@@ -1,6 +1,7 @@
 """Tasks registered for the tests (imported by the test modules before workers fork)."""
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -66,3 +67,31 @@ def bad_result():
 def slow_limited(seconds):
     time.sleep(seconds)
     return seconds
+
+
+@task(name="tests.square")
+def square(x):
+    return x * x
+
+
+@task(name="tests.echo_after")
+def echo_after(value, ms):
+    time.sleep(ms / 1000.0)
+    return value
+
+
+@task(name="tests.async_sleep")
+async def async_sleep(value, ms):
+    await asyncio.sleep(ms / 1000.0)
+    return value
+
+
+@task(name="tests.async_fail")
+async def async_fail(message):
+    await asyncio.sleep(0)
+    raise KeyError(message)
+
+
+@task(name="tests.async_slow_limited", time_limit_s=0.2)
+async def async_slow_limited():
+    await asyncio.sleep(5)

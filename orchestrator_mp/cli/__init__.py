@@ -3,6 +3,7 @@
     python -m orchestrator_mp run [--workers N] [--db PATH] [--demo COUNT] [--json] ...
     python -m orchestrator_mp enqueue TASK [--args JSON] [--kwargs JSON] [--db PATH]
     python -m orchestrator_mp status [--db PATH] [--json]
+    python -m orchestrator_mp result ID [--wait S] [--json]
     python -m orchestrator_mp dlq list|retry|purge [ID ...|--all] [--json]
 
 One module per command, each with ``add_parser(commands)``. Human-readable lines go
@@ -22,7 +23,7 @@ from ..exceptions import (
     TaskError,
     WorkerDied,
 )
-from . import dlq, enqueue, run, status
+from . import dlq, enqueue, result, run, status
 from .common import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -32,7 +33,7 @@ from .common import (
     say,
 )
 
-COMMANDS = (run, enqueue, status, dlq)
+COMMANDS = (run, enqueue, status, result, dlq)
 
 # Library errors mapped to the exit code the CLI returns for them (first match wins).
 EXIT_CODES: tuple[tuple[type[OrchestratorError], int], ...] = (

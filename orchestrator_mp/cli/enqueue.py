@@ -26,7 +26,9 @@ def add_parser(commands: Any) -> None:
 def cmd_enqueue(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     configure_logging(settings.log_level if not args.json else "WARNING", settings.log_json)
-    tasks = [Task(name=args.task, args=tuple(args.args), kwargs=args.kwargs) for _ in range(args.count)]
+    tasks = [
+        Task(name=args.task, args=tuple(args.args), kwargs=args.kwargs, want_result=True) for _ in range(args.count)
+    ]
     raws = [t.to_json() for t in tasks]
     for raw in raws:
         if len(raw) > settings.max_payload_bytes:

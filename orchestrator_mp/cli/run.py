@@ -78,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             started = time.monotonic()
             for start in range(0, args.demo, SUBMIT_CHUNK):
                 calls = [((i, args.demo_ms, args.demo_fail_rate), {}) for i in range(start, min(args.demo, start + SUBMIT_CHUNK))]
-                orch.submit_many(DEMO_TASK, calls)
+                orch.submit_many(DEMO_TASK, calls, results=False)
                 submitted += len(calls)
             drained = _wait_for_demo(orch, signals, before, submitted, quiet=args.json)
         else:

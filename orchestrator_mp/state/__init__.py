@@ -14,6 +14,7 @@ _FACTORIES: dict[str, Callable[[Settings, str | None, bool], StateManager]] = {
         completions_maxlen=settings.completions_maxlen,
         events_maxlen=settings.events_maxlen,
         lease_s=settings.lease_s,
+        result_ttl_s=settings.result_ttl_s,
         client_retries=not worker,
     ),
 }

@@ -46,10 +46,11 @@ class ReclaimResult:
 
 @attrs.frozen
 class StreamTail:
-    """Length of a stream and the fields of its newest entry (empty if none)."""
+    """Length of a stream, the fields of its newest entry (empty if none) and its id."""
 
     length: int
     last: dict[str, str]
+    last_id: str = "0-0"
 
 
 def dead_letter_entry(outcome: Outcome, worker_id: str) -> str:
@@ -203,6 +204,14 @@ class StateManager(abc.ABC):
     def read_stream(self, stream: str, count: int = 100) -> list[tuple[str, dict[str, str]]]:
         """The newest ``count`` entries of a stream, oldest first."""
 
+    @abc.abstractmethod
+    def follow(
+        self, positions: dict[str, str], block_s: float, count: int = 1000
+    ) -> list[tuple[str, str, dict[str, str]]]:
+        """Entries added after ``positions`` (stream -> last seen id), waiting up to
+        ``block_s`` for the first; ``(stream, id, fields)`` in order per stream.
+        ``positions`` is advanced in place. ``[]`` on timeout."""
+
     # -- compatibility with the lock-based design -------------------------------------------
     def acquire_lock(self, *_args: object, **_kwargs: object) -> bool:
         """No-op kept so callers of the lock-based design port unchanged; always True."""
@@ -255,6 +264,11 @@ class StateManager(abc.ABC):
         ``work_errors`` plus a dead-letter entry. Outcomes no longer in flight are
         counted as duplicates only. Raises Fenced (counting the batch as fenced).
         """
+
+    @abc.abstractmethod
+    def cancel_queued(self, raw_task: str) -> bool:
+        """Remove a task from the queue (not in flight, not delayed) and count it in
+        ``total_cancelled``, in one atomic step; False if it is no longer queued."""
 
     @abc.abstractmethod
     def release(self, worker_id: str, epoch: int, raw_tasks: Sequence[str]) -> int:
@@ -311,6 +325,29 @@ class StateManager(abc.ABC):
     def purge_dead_letters(self, entries: Sequence[dict[str, Any]] | None = None) -> int:
         """Discard the given dead letters (None: all), counting ``total_dlq_purged``."""
 
+    # -- results ----------------------------------------------------------------------------
+    def get_result(self, task_id: str) -> dict[str, Any] | None:
+        """The stored final outcome of a task submitted with ``want_result``; None if not
+        (yet) there or expired. Shape: ``{"status": "done", "result": ...}`` or
+        ``{"status": "failed"|"dead_lettered", "category", "error_type", "message",
+        "traceback"}``, plus ``worker`` and ``finished_at``."""
+        return self.get_results([task_id])[task_id]
+
+    @abc.abstractmethod
+    def get_results(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """Several stored outcomes in one round trip (see :meth:`get_result`)."""
+
+    @abc.abstractmethod
+    def wait_result(self, task_id: str, timeout_s: float | None) -> dict[str, Any] | None:
+        """Like :meth:`get_result`, but block up to ``timeout_s`` (None: forever) for it,
+        with a blocking server read (no polling). None on timeout."""
+
+    @abc.abstractmethod
+    def task_status(self, task_id: str) -> tuple[str, dict[str, Any] | None]:
+        """Where a task is: ``done``/``failed``/``dead_lettered`` (with its stored
+        result), ``running``, ``queued``, ``delayed`` or ``unknown``. Scans the queue:
+        for diagnostics, not hot paths."""
+
     # -- auditing ---------------------------------------------------------------------------
     def audit(self) -> dict[str, Any]:
         """Check that counters agree with each other and with the streams.
@@ -334,9 +371,9 @@ class StateManager(abc.ABC):
             "errors_equal_stream": failed == int(errors.last.get("n", 0)),
             "stream_holds_no_more_than_counter": completions.length <= completed and errors.length <= failed,
             # Every task ever queued (submitted, or found in the queue without being
-            # submitted: foreign) is completed, dead-lettered, or still waiting.
+            # submitted: foreign) is completed, dead-lettered, cancelled, or still waiting.
             "created_equals_settled_plus_waiting": counters[keys.TOTAL_WORK_CREATED] + counters[keys.TOTAL_FOREIGN]
-            == completed + dead + waiting,
+            == completed + dead + counters[keys.TOTAL_CANCELLED] + waiting,
             "dead_letter_depth_matches": depths["dead_letter"]
             == dead - counters[keys.TOTAL_DLQ_RETRIED] - counters[keys.TOTAL_DLQ_PURGED],
         }

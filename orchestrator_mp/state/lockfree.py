@@ -20,6 +20,7 @@ task that arrives at an idle worker (BLMOVE, CLAIM, SETTLE).
 from __future__ import annotations
 
 import functools
+import json
 import time
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
@@ -44,6 +45,21 @@ _RESERVED_FIELDS = frozenset({"version", "epoch"})
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _task_id_of(raw: str) -> str:
+    start = raw.find('"id":"')
+    return raw[start + 6 : raw.find('"', start + 6)] if start >= 0 else ""
+
+
+def _decode_result(stored: str | None) -> dict[str, Any] | None:
+    if stored is None:
+        return None
+    try:
+        value = json.loads(stored)
+    except ValueError:
+        return {"status": "unknown", "message": "unreadable stored result"}
+    return value if isinstance(value, dict) else {"status": "unknown"}
 
 
 def _translate_connection_errors(method: _F) -> _F:
@@ -86,6 +102,7 @@ class RedisLockFreeStateManager(StateManager):
         completions_maxlen: int = 200_000,
         events_maxlen: int = 20_000,
         lease_s: float = 3.0,
+        result_ttl_s: float = 86_400.0,
         client_retries: bool = True,
         client: redis.Redis | None = None,
     ) -> None:
@@ -96,12 +113,15 @@ class RedisLockFreeStateManager(StateManager):
         self.completions_maxlen = completions_maxlen
         self.events_maxlen = events_maxlen
         self.lease_ms = max(1, int(lease_s * 1000))
+        self.result_ttl_ms = max(1, int(result_ttl_s * 1000))
         self._register = self.redis.register_script(scripts.REGISTER)
         self._heartbeat = self.redis.register_script(scripts.HEARTBEAT)
         self._promote = self.redis.register_script(scripts.PROMOTE)
         self._submit = self.redis.register_script(scripts.SUBMIT)
         self._dlq_retry = self.redis.register_script(scripts.DLQ_RETRY)
         self._dlq_purge = self.redis.register_script(scripts.DLQ_PURGE)
+        self._task_status = self.redis.register_script(scripts.TASK_STATUS)
+        self._cancel = self.redis.register_script(scripts.CANCEL)
         self._deregister = self.redis.register_script(scripts.DEREGISTER)
         self._update_state = self.redis.register_script(scripts.UPDATE_STATE)
         self._claim = self.redis.register_script(scripts.CLAIM)
@@ -263,10 +283,24 @@ class RedisLockFreeStateManager(StateManager):
         pipe.xlen(stream)
         pipe.xrevrange(stream, count=1)
         length, last = pipe.execute()
-        return StreamTail(length=int(length), last=last[0][1] if last else {})
+        if not last:
+            return StreamTail(length=int(length), last={})
+        return StreamTail(length=int(length), last=last[0][1], last_id=last[0][0])
 
     def read_stream(self, stream: str, count: int = 100) -> list[tuple[str, dict[str, str]]]:
         return list(reversed(self.redis.xrevrange(stream, count=count)))
+
+    def follow(
+        self, positions: dict[str, str], block_s: float, count: int = 1000
+    ) -> list[tuple[str, str, dict[str, str]]]:
+        reply = self.redis.xread(positions, count=count, block=max(1, int(block_s * 1000)))
+        entries = []
+        for stream, items in reply or []:
+            for entry_id, fields in items:
+                entries.append((stream, entry_id, fields))
+            if items:
+                positions[stream] = items[-1][0]
+        return entries
 
     # -- the queue ------------------------------------------------------------------------
     def submit(self, raw_tasks: Sequence[str], batch_id: str | None = None) -> int:
@@ -320,18 +354,30 @@ class RedisLockFreeStateManager(StateManager):
             return SettleResult(0, 0, 0)
         done = [o for o in outcomes if o.ok]
         failed = [o for o in outcomes if not o.ok]
+        now = time.time()
+        result_keys: list[str] = []
+
+        def result_slot(outcome: Outcome, final: bool) -> tuple[object, str]:
+            if not (final and outcome.want_result and outcome.task_id):
+                return 0, ""
+            result_keys.append(keys.result_key(outcome.task_id))
+            return len(result_keys), outcome.stored_result(worker_id, now)
+
         args: list[object] = [
             worker_id,
             epoch,
-            time.time(),
+            now,
             self.completions_maxlen,
             self.events_maxlen,
             len(done),
             len(failed),
+            self.result_ttl_ms,
         ]
         for outcome in done:
             args.extend((outcome.raw, outcome.task_id, outcome.name, _ms(outcome.wait_ms), _ms(outcome.run_ms)))
+            args.extend(result_slot(outcome, True))
         for outcome in failed:
+            final = not outcome.retry_raw
             args.extend(
                 (
                     outcome.raw,
@@ -339,14 +385,15 @@ class RedisLockFreeStateManager(StateManager):
                     outcome.name,
                     outcome.category,
                     outcome.message,
-                    "" if outcome.retry_raw else dead_letter_entry(outcome, worker_id),
+                    dead_letter_entry(outcome, worker_id) if final else "",
                     outcome.retry_raw,
                     outcome.retry_at,
                 )
             )
-        return self._do_settle(worker_id, epoch, args)
+            args.extend(result_slot(outcome, final))
+        return self._do_settle(worker_id, epoch, result_keys, args)
 
-    def _do_settle(self, worker_id: str, epoch: int, args: list[object]) -> SettleResult:
+    def _do_settle(self, worker_id: str, epoch: int, result_keys: list[str], args: list[object]) -> SettleResult:
         result = self._settle(
             keys=[
                 keys.worker_state_key(worker_id),
@@ -365,12 +412,16 @@ class RedisLockFreeStateManager(StateManager):
                 keys.DELAYED,
                 keys.TOTAL_RETRIED,
                 keys.TOTAL_FOREIGN,
+                *result_keys,
             ],
             args=args,
         )
         if result[0] == -1:
             raise Fenced(worker_id, epoch)
         return SettleResult(*map(int, result))
+
+    def cancel_queued(self, raw_task: str) -> bool:
+        return self._cancel(keys=[keys.QUEUE, keys.TOTAL_CANCELLED], args=[raw_task]) == 1
 
     def release(self, worker_id: str, epoch: int, raw_tasks: Sequence[str]) -> int:
         if not raw_tasks:
@@ -401,10 +452,15 @@ class RedisLockFreeStateManager(StateManager):
         only_if_expired: bool = False,
         cause: Outcome | None = None,
     ) -> ReclaimResult | None:
-        cause_args: list[object] = ["", "", 0, "", "", ""]
+        now = time.time()
+        cause_args: list[object] = ["", "", 0, "", "", "", ""]
         if cause is not None:
             entry = "" if cause.retry_raw else dead_letter_entry(cause, worker_id)
-            cause_args = [cause.raw, cause.retry_raw, cause.retry_at, entry, cause.category, cause.message]
+            stored = cause.stored_result(worker_id, now)
+            cause_args = [cause.raw, cause.retry_raw, cause.retry_at, entry, cause.category, cause.message, stored]
+        # Tasks whose submitters wait for a result get it even when dead-lettered here.
+        wanting = [raw for raw in self.inflight(worker_id) if '"result":true' in raw]
+        wanting_ids = [_task_id_of(raw) for raw in wanting]
         epoch, requeued, dead = self._reclaim(
             keys=[
                 keys.worker_state_key(worker_id),
@@ -422,10 +478,11 @@ class RedisLockFreeStateManager(StateManager):
                 keys.DELAYED,
                 keys.TOTAL_RETRIED,
                 keys.TOTAL_FOREIGN,
+                *[keys.result_key(task_id) for task_id in wanting_ids],
             ],
             args=[
                 worker_id,
-                time.time(),
+                now,
                 max_crashes,
                 self.events_maxlen,
                 self.completions_maxlen,
@@ -433,6 +490,8 @@ class RedisLockFreeStateManager(StateManager):
                 1 if crashed else 0,
                 1 if only_if_expired else 0,
                 *cause_args,
+                self.result_ttl_ms,
+                *wanting,
             ],
         )
         if epoch == -1:
@@ -480,6 +539,33 @@ class RedisLockFreeStateManager(StateManager):
         if entries is not None and not args:
             return 0
         return int(self._dlq_purge(keys=[keys.DEAD_LETTER, keys.TOTAL_DLQ_PURGED], args=args))
+
+    # -- results ----------------------------------------------------------------------------
+    def get_results(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.lindex(keys.result_key(task_id), 0)
+        return {task_id: _decode_result(stored) for task_id, stored in zip(task_ids, pipe.execute(), strict=True)}
+
+    def wait_result(self, task_id: str, timeout_s: float | None) -> dict[str, Any] | None:
+        key = keys.result_key(task_id)
+        stored = self.redis.lindex(key, 0)
+        if stored is None:
+            # BLMOVE of a list onto itself: a blocking read that leaves the result
+            # for every other waiter. 0 means wait forever.
+            stored = self.redis.blmove(key, key, 0 if timeout_s is None else max(timeout_s, 0.001), "LEFT", "LEFT")
+        return _decode_result(stored)
+
+    def task_status(self, task_id: str) -> tuple[str, dict[str, Any] | None]:
+        inflight_keys = [keys.worker_inflight_key(w) for w in sorted(self.known_workers())]
+        reply = self._task_status(
+            keys=[keys.result_key(task_id), keys.QUEUE, keys.DELAYED, *inflight_keys],
+            args=[f'"id":"{task_id}"'],
+        )
+        if reply[0] == "result":
+            stored = _decode_result(reply[1])
+            return stored.get("status", "unknown"), stored
+        return reply[0], None
 
     def ping(self) -> None:
         """Raise StateError if the server does not answer."""

@@ -120,6 +120,9 @@ return n
 # in one step, so a task is always in exactly one place. N is the smaller of the
 # batch size and a fair share of the queue (depth / divisor, rounded up), so a
 # shallow queue is spread across workers instead of drained by the first.
+# A task that has crashed a worker before (crash count > 0: a suspect) is always
+# claimed alone: a crash while it runs is then charged to it only, never to
+# innocent tasks that happened to share its batch.
 # Due delayed tasks are promoted first, so every claiming worker is also the
 # scheduler: no separate scheduler process can fail.
 # KEYS: 1 queue, 2 in-flight list, 3 state hash, 4 events:stream, 5 delayed sorted set,
@@ -137,14 +140,33 @@ if #due > 0 then
   redis.call('ZREM', KEYS[5], unpack(due))
   redis.call('LPUSH', KEYS[1], unpack(due))
 end
+local function suspect(raw)
+  local crashes = string.match(raw, '^{"crashes":(%d+),')
+  return crashes ~= nil and crashes ~= '0'
+end
+local moved = tonumber(ARGV[7])
 local claimed = {}
 local depth = redis.call('LLEN', KEYS[1])
 local want = math.min(tonumber(ARGV[3]), math.ceil(depth / tonumber(ARGV[4])))
+if moved > 0 and suspect(redis.call('LINDEX', KEYS[2], 0) or '') then want = 0 end
 if want > 0 then
   claimed = redis.call('RPOP', KEYS[1], want)
-  redis.call('LPUSH', KEYS[2], unpack(claimed))
+  local keep = #claimed
+  for i = 1, #claimed do
+    if suspect(claimed[i]) then
+      keep = (i == 1 and moved == 0) and 1 or i - 1
+      break
+    end
+  end
+  if keep < #claimed then
+    local back = {}
+    for i = #claimed, keep + 1, -1 do back[#back + 1] = claimed[i] end
+    redis.call('RPUSH', KEYS[1], unpack(back))
+    for i = #claimed, keep + 1, -1 do claimed[i] = nil end
+  end
+  if #claimed > 0 then redis.call('LPUSH', KEYS[2], unpack(claimed)) end
 end
-local total = #claimed + tonumber(ARGV[7])
+local total = #claimed + moved
 if total == 0 then return claimed end
 local first = claimed[1] or redis.call('LINDEX', KEYS[2], -1) or ''
 local task_id = string.match(first, '"id":"([^"]*)"') or '?'
@@ -160,16 +182,20 @@ return claimed
 # only if it was still there, count it and append it to its stream; then mark the
 # worker idle. Completions and failures of one batch are one atomic step. A failure
 # either goes to the delayed set to run again (retry raw + due time) or to the
-# dead-letter list (entry); entries that were never tasks count as foreign.
+# dead-letter list (entry); entries that were never tasks count as foreign. A
+# final outcome whose submitter wants it is stored under its result key (a
+# one-element list with a TTL) in the same step, so the stored result is always
+# the counted one.
 # KEYS: 1 state hash, 2 in-flight list, 3 worker completed, 4 worker errors,
 #       5 total_work_completed, 6 total_errors, 7 total_dead_lettered, 8 total_duplicates,
 #       9 total_fenced, 10 work_completions, 11 work_errors, 12 dead-letter list, 13 events:stream,
-#       14 delayed sorted set, 15 total_retried, 16 total_foreign
+#       14 delayed sorted set, 15 total_retried, 16 total_foreign, 17.. result keys
 # ARGV: 1 worker id, 2 epoch, 3 now, 4 completions maxlen, 5 events maxlen,
-#       6 number of completions C, 7 number of failures F,
-#       then C groups of 5: raw, task id, name, wait_ms, run_ms
-#       then F groups of 8: raw, task id, name, category, message, dead-letter entry,
-#                          retry raw, retry due time  (retry raw '' means dead-letter)
+#       6 number of completions C, 7 number of failures F, 8 result ttl ms,
+#       then C groups of 7: raw, task id, name, wait_ms, run_ms, result key index, stored result
+#       then F groups of 10: raw, task id, name, category, message, dead-letter entry,
+#                           retry raw, retry due time, result key index, stored result
+#       (retry raw '' means dead-letter; result key index 0 means no result wanted)
 # Returns: {completed, failed, duplicates}, or {-1, C + F} when fenced
 SETTLE = """
 local n_ok, n_failed = tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -177,19 +203,28 @@ if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] then
   redis.call('INCRBY', KEYS[9], n_ok + n_failed)
   return {-1, n_ok + n_failed}
 end
+local function store(index, value)
+  if index ~= '0' then
+    local key = KEYS[16 + tonumber(index)]
+    redis.call('DEL', key)
+    redis.call('RPUSH', key, value)
+    redis.call('PEXPIRE', key, ARGV[8])
+  end
+end
 local completed, failed, duplicates = 0, 0, 0
-local i = 8
+local i = 9
 for _ = 1, n_ok do
   if redis.call('LREM', KEYS[2], -1, ARGV[i]) == 1 then
     redis.call('INCR', KEYS[3])
     local n = redis.call('INCR', KEYS[5])
     redis.call('XADD', KEYS[10], 'MAXLEN', '~', ARGV[4], '*', 'n', n, 'task_id', ARGV[i + 1],
                'name', ARGV[i + 2], 'worker', ARGV[1], 'wait_ms', ARGV[i + 3], 'run_ms', ARGV[i + 4])
+    store(ARGV[i + 5], ARGV[i + 6])
     completed = completed + 1
   else
     duplicates = duplicates + 1
   end
-  i = i + 5
+  i = i + 7
 end
 for _ = 1, n_failed do
   if redis.call('LREM', KEYS[2], -1, ARGV[i]) == 1 then
@@ -205,13 +240,14 @@ for _ = 1, n_failed do
     else
       redis.call('LPUSH', KEYS[12], ARGV[i + 5])
       redis.call('INCR', KEYS[7])
+      store(ARGV[i + 8], ARGV[i + 9])
     end
     if ARGV[i + 3] == 'bad_payload' then redis.call('INCR', KEYS[16]) end
     failed = failed + 1
   else
     duplicates = duplicates + 1
   end
-  i = i + 8
+  i = i + 10
 end
 if duplicates > 0 then redis.call('INCRBY', KEYS[8], duplicates) end
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
@@ -220,6 +256,18 @@ redis.call('HSET', KEYS[1], 'status', 'idle', 'current_task', '', 'batch', 0, 'd
 redis.call('XADD', KEYS[13], 'MAXLEN', '~', ARGV[5], '*', 'event', 'state', 'worker', ARGV[1],
            'status', 'idle', 'completed', completed, 'failed', failed, 'version', version)
 return {completed, failed, duplicates}
+"""
+
+# Withdraw a task that is still queued (no worker has claimed it).
+# KEYS: 1 queue, 2 total_cancelled
+# ARGV: 1 the raw task
+# Returns: 1 if it was withdrawn, 0 if it was no longer queued
+CANCEL = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('INCR', KEYS[2])
+  return 1
+end
+return 0
 """
 
 # Hand claimed-but-unstarted tasks back to the front of the queue (warm stop).
@@ -250,14 +298,25 @@ return released
 # KEYS: 1 state hash, 2 in-flight list, 3 queue, 4 dead-letter list, 5 active_workers,
 #       6 stream:worker_events, 7 total_requeued, 8 total_dead_lettered, 9 total_errors,
 #       10 worker errors, 11 work_errors, 12 lease key, 13 delayed sorted set, 14 total_retried,
-#       15 total_foreign
+#       15 total_foreign, 16.. result keys of in-flight tasks whose submitters want them
 # ARGV: 1 worker id, 2 now, 3 max crashes, 4 events maxlen, 5 completions maxlen, 6 reason,
 #       7 crash increment (0 or 1), 8 only if the lease expired (0 or 1),
 #       9 the causing task's raw or '', 10 its retry raw or '', 11 its retry due time,
-#       12 its dead-letter entry, 13 its category, 14 its message
+#       12 its dead-letter entry, 13 its category, 14 its message, 15 its stored result,
+#       16 result ttl ms, 17.. the raw tasks matching KEYS[16..], in order
 # Returns: {new epoch, requeued, dead-lettered}, or {-1, 0, 0} when the lease is still alive
 RECLAIM = """
 if ARGV[8] == '1' and redis.call('EXISTS', KEYS[12]) == 1 then return {-1, 0, 0} end
+local result_keys = {}
+for j = 17, #ARGV do result_keys[ARGV[j]] = KEYS[j - 1] end
+local function store(raw, value)
+  local key = result_keys[raw]
+  if key then
+    redis.call('DEL', key)
+    redis.call('RPUSH', key, value)
+    redis.call('PEXPIRE', key, ARGV[16])
+  end
+end
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('DEL', KEYS[12])
 redis.call('HSET', KEYS[1], 'status', 'dead', 'current_task', '', 'batch', 0, 'deadline', '')
@@ -285,6 +344,7 @@ while true do
     else
       redis.call('LPUSH', KEYS[4], ARGV[12])
       redis.call('INCR', KEYS[8])
+      store(raw, ARGV[15])
       dead = dead + 1
     end
   else
@@ -309,6 +369,9 @@ while true do
                  category = category, message = message, traceback = '', worker = ARGV[1],
                  failed_at = tonumber(ARGV[2])}))
       redis.call('INCR', KEYS[8])
+      store(raw, cjson.encode({status = 'dead_lettered', category = category,
+            error_type = category == 'poison' and 'WorkerCrashed' or 'BadPayload', message = message, traceback = '', worker = ARGV[1],
+            finished_at = tonumber(ARGV[2])}))
       dead = dead + 1
     end
   end
@@ -353,4 +416,32 @@ else
 end
 if removed > 0 then redis.call('INCRBY', KEYS[2], removed) end
 return removed
+"""
+
+# Where is a task now? One atomic look at its result, the in-flight lists, the queue
+# and the delayed set. Scans the queue: O(queue length), for diagnostics only.
+# KEYS: 1 result key, 2 queue, 3 delayed sorted set, 4.. in-flight lists
+# ARGV: 1 the substring that identifies the task ('"id":"<id>"')
+# Returns: {'result', stored JSON} | {'running', worker key} | {'queued'} | {'delayed'} | {'unknown'}
+TASK_STATUS = """
+local stored = redis.call('LINDEX', KEYS[1], 0)
+if stored then return {'result', stored} end
+for k = 4, #KEYS do
+  for _, raw in ipairs(redis.call('LRANGE', KEYS[k], 0, -1)) do
+    if string.find(raw, ARGV[1], 1, true) then return {'running', KEYS[k]} end
+  end
+end
+local length = redis.call('LLEN', KEYS[2])
+for first = 0, length - 1, 1000 do
+  for _, raw in ipairs(redis.call('LRANGE', KEYS[2], first, first + 999)) do
+    if string.find(raw, ARGV[1], 1, true) then return {'queued'} end
+  end
+end
+local count = redis.call('ZCARD', KEYS[3])
+for first = 0, count - 1, 1000 do
+  for _, raw in ipairs(redis.call('ZRANGE', KEYS[3], first, first + 999)) do
+    if string.find(raw, ARGV[1], 1, true) then return {'delayed'} end
+  end
+end
+return {'unknown'}
 """

@@ -257,3 +257,14 @@ def test_stale_versions_are_refused_under_multiprocess_contention(server):
     assert lost > 0, "no contention observed; the test proves nothing"
     assert int(state.get_worker_state("shared")["version"]) == start + won
     state.close()
+
+
+def test_a_task_that_crashed_a_worker_is_claimed_alone(manager):
+    """Suspects (crash count > 0) travel alone, so later crashes are charged to them only."""
+    innocent = [_raw("tests.add", i, 0) for i in range(3)]
+    suspect = Task(name="tests.add", args=(9, 9), crashes=1).to_json()
+    manager.submit([innocent[0], suspect, innocent[1], innocent[2]])
+    epoch = manager.register_worker("w1", pid=1, host="h")
+    assert manager.claim("w1", epoch, 16) == [innocent[0]]  # stops before the suspect
+    assert manager.claim("w1", epoch, 16) == [suspect]  # then the suspect, alone
+    assert manager.claim("w1", epoch, 16) == innocent[1:]
