@@ -15,6 +15,7 @@ manager, so accounting is identical.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import socket
 import time
@@ -197,12 +198,47 @@ class ContinuousOrchestrator:
         ids, _raws = self.submit_raw(task, calls, results=results)
         return [TaskHandle(self.state, task_id) for task_id in ids]
 
+    def submit_with(
+        self,
+        task: str | Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        delay_s: float | None = None,
+        at: float | datetime.datetime | None = None,
+        max_retries: int | None = None,
+        time_limit_s: float | None = None,
+        result: bool = True,
+    ) -> TaskHandle:
+        """Queue one task with options: run it ``delay_s`` seconds from now or ``at`` a
+        time (epoch seconds or an aware datetime), with its own retry and time limits.
+
+        A delayed task waits in a sorted set and is moved to the queue atomically when
+        due by whichever process claims next (workers, every ~0.1-0.2 s, and the
+        supervisor's tick): never early, usually within 0.2 s of its time.
+        """
+        if delay_s is not None and at is not None:
+            raise ConfigurationError("give delay_s or at, not both")
+        if delay_s is not None and not delay_s >= 0:
+            raise ConfigurationError(f"delay_s must be a number >= 0, got {delay_s!r}")
+        due = time.time() + delay_s if delay_s is not None else None
+        if at is not None:
+            due = at.timestamp() if isinstance(at, datetime.datetime) else float(at)
+        ids, _ = self.submit_raw(
+            task, [(tuple(args), dict(kwargs or {}))], results=result, due_at=due,
+            max_retries=max_retries, time_limit_s=time_limit_s,
+        )
+        return TaskHandle(self.state, ids[0])
+
     def submit_raw(
         self,
         task: str | Callable[..., Any],
         calls: Iterable[tuple[Iterable[Any], dict[str, Any]] | Iterable[Any]],
         *,
         results: bool = True,
+        due_at: float | None = None,
+        max_retries: int | None = None,
+        time_limit_s: float | None = None,
     ) -> tuple[list[str], list[str]]:
         """Like :meth:`submit_many`, returning ids and the queued JSON (for cancelling)."""
         state = self._require_running()
@@ -210,10 +246,17 @@ class ContinuousOrchestrator:
         raws, ids = [], []
         for call in calls:
             args, kwargs = _split_call(call)
-            entry = Task(name=name, args=tuple(args), kwargs=kwargs, want_result=results)
+            entry = Task(
+                name=name,
+                args=tuple(args),
+                kwargs=kwargs,
+                want_result=results,
+                max_retries=max_retries,
+                time_limit_s=time_limit_s,
+            )
             raws.append(self._encode(entry))
             ids.append(entry.id)
-        state.submit(raws)
+        state.submit(raws, due_at=due_at)
         return ids, raws
 
     def handle(self, task_id: str) -> TaskHandle:

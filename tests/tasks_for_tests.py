@@ -95,3 +95,8 @@ async def async_fail(message):
 @task(name="tests.async_slow_limited", time_limit_s=0.2)
 async def async_slow_limited():
     await asyncio.sleep(5)
+
+
+@task(name="tests.now")
+def now():
+    return time.time()

@@ -9,7 +9,14 @@ from ..exceptions import ConfigurationError
 from ..handles import FINAL
 from ..log import configure as configure_logging
 from ..orchestrator import open_state
-from .common import EXIT_FAILURE, EXIT_OK, add_common_options, non_negative_float, say, settings_from
+from .common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    add_common_options,
+    non_negative_float,
+    say,
+    settings_from,
+)
 
 EXIT_NOT_FINISHED = 75  # EX_TEMPFAIL: ask again later
 

@@ -223,13 +223,14 @@ class StateManager(abc.ABC):
 
     # -- the queue ------------------------------------------------------------------------
     @abc.abstractmethod
-    def submit(self, raw_tasks: Sequence[str], batch_id: str | None = None) -> int:
+    def submit(self, raw_tasks: Sequence[str], batch_id: str | None = None, due_at: float | None = None) -> int:
         """Append tasks to the queue and add their number to ``total_work_created``.
 
         One atomic step for the whole sequence: the queue and the counter never
         disagree. ``batch_id`` (default: a fresh one) makes the call idempotent for
         an hour: submitting the same batch id again adds nothing, so a call retried
-        after a lost reply never queues twice. Returns the number queued.
+        after a lost reply never queues twice. With ``due_at`` (epoch seconds) the
+        tasks wait in the delayed set until then. Returns the number submitted.
         """
 
     @abc.abstractmethod

@@ -303,14 +303,14 @@ class RedisLockFreeStateManager(StateManager):
         return entries
 
     # -- the queue ------------------------------------------------------------------------
-    def submit(self, raw_tasks: Sequence[str], batch_id: str | None = None) -> int:
+    def submit(self, raw_tasks: Sequence[str], batch_id: str | None = None, due_at: float | None = None) -> int:
         if not raw_tasks:
             return 0
         batch_id = batch_id or new_task_id()
         return int(
             self._submit(
-                keys=[keys.QUEUE, keys.TOTAL_WORK_CREATED, keys.submit_marker_key(batch_id)],
-                args=[self.submit_marker_ttl_s, *raw_tasks],
+                keys=[keys.QUEUE, keys.TOTAL_WORK_CREATED, keys.submit_marker_key(batch_id), keys.DELAYED],
+                args=[self.submit_marker_ttl_s, "" if due_at is None else repr(float(due_at)), *raw_tasks],
             )
         )
 

@@ -102,15 +102,20 @@ return #due
 """
 
 # Submit a batch once: a retried call (reply lost to a reconnect) finds the batch
-# marker and adds nothing, so a submission is never applied twice.
-# KEYS: 1 queue, 2 total_work_created, 3 batch marker
-# ARGV: 1 marker ttl seconds, 2.. raw tasks
-# Returns: how many were queued (0 for a repeated batch)
+# marker and adds nothing, so a submission is never applied twice. With a due time
+# the tasks wait in the delayed set until then (claims and the supervisor promote them).
+# KEYS: 1 queue, 2 total_work_created, 3 batch marker, 4 delayed sorted set
+# ARGV: 1 marker ttl seconds, 2 due time ('' for now), 3.. raw tasks
+# Returns: how many were submitted (0 for a repeated batch)
 SUBMIT = """
 if not redis.call('SET', KEYS[3], 1, 'NX', 'EX', ARGV[1]) then return 0 end
-local n = #ARGV - 1
-for first = 2, #ARGV, 1000 do
-  redis.call('LPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 999, #ARGV)))
+local n = #ARGV - 2
+if ARGV[2] == '' then
+  for first = 3, #ARGV, 1000 do
+    redis.call('LPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 999, #ARGV)))
+  end
+else
+  for i = 3, #ARGV do redis.call('ZADD', KEYS[4], ARGV[2], ARGV[i]) end
 end
 redis.call('INCRBY', KEYS[2], n)
 return n

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 
 import pytest
 import redis
@@ -160,3 +161,26 @@ def test_killed_worker_loses_no_task(db_path):
     assert audit["counters"]["total_work_completed"] == 400
     assert audit["counters"]["total_requeued"] >= 1
     assert replacements == 3
+
+
+def test_delayed_tasks_never_run_early(db_path):
+    """submit_with(delay_s=...) waits in the delayed set and runs on time, not before."""
+    with ContinuousOrchestrator(settings=settings_for(db_path, workers=2)) as orch:
+        submitted = time.time()
+        late = orch.submit_with("tests.now", delay_s=1.0)
+        at = orch.submit_with("tests.now", at=submitted + 0.5)
+        now = orch.submit("tests.now")
+        assert orch.state.queue_depths()["delayed"] == 2
+        started = {name: h.result(timeout=10) for name, h in (("late", late), ("at", at), ("now", now))}
+    assert started["now"] - submitted < 0.5
+    assert submitted + 0.5 <= started["at"] < submitted + 1.0
+    assert submitted + 1.0 <= started["late"] < submitted + 1.5
+
+
+def test_delayed_tasks_survive_a_restart(db_path):
+    """A delayed task submitted before a clean stop runs after the next start."""
+    with ContinuousOrchestrator(settings=settings_for(db_path, workers=1)) as orch:
+        handle_id = orch.submit_with("tests.now", delay_s=0.5).id
+    with ContinuousOrchestrator(settings=settings_for(db_path, workers=1)) as orch:
+        assert orch.handle(handle_id).result(timeout=10) > 0
+        assert orch.audit()["ok"]
