@@ -74,6 +74,7 @@ class Heartbeat:
         self.epoch = epoch
         self.interval_s = interval_s
         self.fenced = False
+        self.last_success = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{worker_id}", daemon=True)
 
@@ -88,6 +89,7 @@ class Heartbeat:
         while not self._stop.wait(self.interval_s):
             try:
                 self.state.heartbeat(self.worker_id, self.epoch)
+                self.last_success = time.monotonic()
             except Fenced:
                 logger.error("heartbeat refused: partition taken over (lease lapsed); stopping")
                 self.fenced = True
@@ -187,6 +189,7 @@ class Worker:
         outcomes: list[Outcome] = []
         last_settle = time.monotonic()
         for index, raw in enumerate(claimed):
+            self._check_lease()
             if self.should_stop():
                 released = self._call(self.state.release, self.worker_id, self.epoch, claimed[index:])
                 logger.info("warm stop: handed {} unstarted task(s) back to the queue", released)
@@ -201,6 +204,16 @@ class Worker:
                 last_settle = time.monotonic()
         self._settle(outcomes)
         return len(claimed)
+
+    def _check_lease(self) -> None:
+        """Before each task: if no heartbeat landed for a whole lease (this process was
+        paused, or starved), confirm the partition is still ours before running more,
+        so a resumed zombie does not run tasks that now belong to another worker."""
+        beat = self._heartbeat
+        if beat is None or time.monotonic() - beat.last_success < self.settings.lease_s:
+            return
+        self._call(self.state.heartbeat, self.worker_id, self.epoch)  # raises Fenced if taken over
+        beat.last_success = time.monotonic()
 
     def _claim(self, block: bool) -> list[str]:
         if self._needs_resync:
