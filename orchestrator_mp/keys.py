@@ -25,6 +25,7 @@ TOTAL_DLQ_RETRIED = "total_dlq_retried"  # dead letters sent back to the queue b
 TOTAL_DLQ_PURGED = "total_dlq_purged"  # dead letters discarded by hand
 TOTAL_FOREIGN = "total_foreign"  # queue entries that were never submitted as tasks
 TOTAL_CANCELLED = "total_cancelled"  # queued tasks withdrawn before any worker claimed them
+TOTAL_DEFERRED = "total_deferred"  # tasks put off by a rate limit or a full concurrency cap
 
 COUNTERS = (
     TOTAL_WORK_CREATED,
@@ -39,6 +40,7 @@ COUNTERS = (
     TOTAL_DLQ_PURGED,
     TOTAL_FOREIGN,
     TOTAL_CANCELLED,
+    TOTAL_DEFERRED,
 )
 
 # -- queues -----------------------------------------------------------------------------
@@ -58,6 +60,30 @@ def result_key(task_id: str) -> str:
 def submit_marker_key(batch_id: str) -> str:
     """String with a TTL: marks a submitted batch so a retried submission is not applied twice."""
     return f"submitted:{batch_id}"
+
+
+# -- limits (rate limits and concurrency caps) -------------------------------------------------
+LIMITERS = "limiters"  # set: names of concurrency caps (their waiting lists count as waiting work)
+
+
+def rate_limit_key(name: str) -> str:
+    """String, PX expiry: the GCRA "theoretical arrival time" (ms) of a rate limiter."""
+    return f"limit:rate:{name}"
+
+
+def rate_reservations_key(name: str) -> str:
+    """Set: ids of deferred tasks holding a future slot of a rate limiter."""
+    return f"limit:reserved:{name}"
+
+
+def slots_key(name: str) -> str:
+    """Sorted set: current holders (``worker|task``) of a concurrency cap, scored by time."""
+    return f"limit:slots:{name}"
+
+
+def slot_waiters_key(name: str) -> str:
+    """List: raw tasks waiting for a slot of a concurrency cap; a release wakes the oldest."""
+    return f"limit:waiting:{name}"
 
 
 # -- streams (append-only, capped with MAXLEN ~) ------------------------------------------
@@ -93,6 +119,11 @@ def worker_completed_key(worker_id: str) -> str:
 def worker_errors_key(worker_id: str) -> str:
     """String counter: task failures recorded by this worker."""
     return _worker_key(worker_id, "errors")
+
+
+def worker_slots_key(worker_id: str) -> str:
+    """Set: ``name|holder`` of every concurrency slot the worker holds (freed at takeover)."""
+    return _worker_key(worker_id, "slots")
 
 
 def worker_lease_key(worker_id: str) -> str:

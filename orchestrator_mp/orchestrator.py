@@ -286,7 +286,7 @@ class ContinuousOrchestrator:
     def pending(self) -> int:
         """Tasks queued, in flight, or waiting for a retry right now."""
         depths = self._require_running().queue_depths()
-        return depths["pending"] + depths["inflight"] + depths["delayed"]
+        return depths["pending"] + depths["inflight"] + depths["delayed"] + depths.get("limited", 0)
 
     def wait(self, timeout: float | None = None, progress: Callable[[dict[str, int]], None] | None = None) -> bool:
         """Block until the queue, every in-flight list and the delayed set are empty.

@@ -35,6 +35,11 @@ def reclaim_worker(
         only_if_expired=only_if_expired,
         cause=cause,
     )
+    limits = state.limits()
+    if result is not None and limits is not None:
+        freed = limits.release_worker_slots(worker_id)
+        if freed:
+            logger.warning("freed {} concurrency slot(s) held by {}", freed, worker_id)
     if result is not None and (result.requeued or result.dead_lettered):
         logger.warning(
             "reclaimed {} ({}): {} task(s) requeued, {} dead-lettered, epoch now {}",

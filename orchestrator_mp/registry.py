@@ -15,6 +15,7 @@ from typing import Any, Callable, TypeVar, overload
 import attrs
 
 from .exceptions import ConfigurationError, UnknownTaskError
+from .limits import ConcurrencyCap, Limiter, concurrency_limit, limiter
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,12 +40,20 @@ class TaskSpec:
         max_retries: failures retried (with exponential backoff) before dead-lettering.
         time_limit_s: a worker running one call longer than this is killed and replaced;
             the call is retried or dead-lettered as ``timeout``.
+        rate_limit: a shared rate limit every call of this task respects.
+        concurrency: a shared cap on how many calls run at once, across all workers.
     """
 
     name: str
     func: Callable[..., Any]
     max_retries: int | None = attrs.field(default=None, validator=_optional_non_negative_int)
     time_limit_s: float | None = attrs.field(default=None, validator=_optional_positive_number)
+    rate_limit: Limiter | None = None
+    concurrency: ConcurrencyCap | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.rate_limit is not None or self.concurrency is not None
 
 
 _TASKS: dict[str, TaskSpec] = {}
@@ -56,7 +65,12 @@ def task(func: F) -> F: ...
 
 @overload
 def task(
-    *, name: str | None = None, max_retries: int | None = None, time_limit_s: float | None = None
+    *,
+    name: str | None = None,
+    max_retries: int | None = None,
+    time_limit_s: float | None = None,
+    rate_limit: str | Limiter | None = None,
+    concurrency: int | ConcurrencyCap | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -66,16 +80,27 @@ def task(
     name: str | None = None,
     max_retries: int | None = None,
     time_limit_s: float | None = None,
+    rate_limit: str | Limiter | None = None,
+    concurrency: int | ConcurrencyCap | None = None,
 ) -> Any:
     """Register a function as a task, under its own name or ``name``.
 
-    Usable bare (``@task``) or with options (``@task(name="resize", max_retries=3,
-    time_limit_s=30)``). Registering a different function under a taken name
-    raises ConfigurationError.
+    Usable bare (``@task``) or with options: ``@task(name="resize", max_retries=3,
+    time_limit_s=30, rate_limit="30/m", concurrency=3)``. ``rate_limit`` and
+    ``concurrency`` also take shared objects (``limiter("github", "5000/h")``,
+    ``concurrency_limit("api", 3)``) that several tasks can name. Registering a
+    different function under a taken name raises ConfigurationError.
     """
 
     def register(target: F) -> F:
-        register_task(name or target.__name__, target, max_retries=max_retries, time_limit_s=time_limit_s)
+        register_task(
+            name or target.__name__,
+            target,
+            max_retries=max_retries,
+            time_limit_s=time_limit_s,
+            rate_limit=rate_limit,
+            concurrency=concurrency,
+        )
         return target
 
     if func is not None:
@@ -84,7 +109,13 @@ def task(
 
 
 def register_task(
-    name: str, func: Callable[..., Any], *, max_retries: int | None = None, time_limit_s: float | None = None
+    name: str,
+    func: Callable[..., Any],
+    *,
+    max_retries: int | None = None,
+    time_limit_s: float | None = None,
+    rate_limit: str | Limiter | None = None,
+    concurrency: int | ConcurrencyCap | None = None,
 ) -> TaskSpec:
     """Register ``func`` under ``name`` (the same pair twice is allowed)."""
     if not isinstance(name, str) or not name:
@@ -94,7 +125,18 @@ def register_task(
     existing = _TASKS.get(name)
     if existing is not None and existing.func is not func:
         raise ConfigurationError(f"task name {name!r} is already registered to {existing.func!r}")
-    spec = TaskSpec(name=name, func=func, max_retries=max_retries, time_limit_s=time_limit_s)
+    if isinstance(rate_limit, str):
+        rate_limit = limiter(f"task:{name}", rate_limit)
+    if isinstance(concurrency, int) and not isinstance(concurrency, bool):
+        concurrency = concurrency_limit(f"task:{name}", concurrency)
+    spec = TaskSpec(
+        name=name,
+        func=func,
+        max_retries=max_retries,
+        time_limit_s=time_limit_s,
+        rate_limit=rate_limit,
+        concurrency=concurrency,
+    )
     _TASKS[name] = spec
     return spec
 

@@ -35,6 +35,7 @@ from typing import Any, Callable, TypeVar
 
 from .config import Settings
 from .exceptions import BackendUnavailable, Fenced, PayloadError, UnknownTaskError
+from .limits import RedisLimits, bind
 from .log import bind_worker, logger
 from .models import (
     BAD_PAYLOAD,
@@ -46,7 +47,7 @@ from .models import (
     Task,
     dumps,
 )
-from .registry import get_task
+from .registry import TaskSpec, get_spec, get_task
 from .retry import failure, time_limit_for
 from .server import die_with_parent
 from .state import StateManager, create_state_manager
@@ -130,10 +131,13 @@ class Worker:
         self.failed = 0
         self._needs_resync = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._limits: RedisLimits | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def register(self) -> int:
         self.epoch = self.state.register_worker(self.worker_id, pid=os.getpid(), host=socket.gethostname())
+        self._limits = self.state.limits(self.worker_id)
+        bind(self._limits)
         if self._use_heartbeat:
             self._heartbeat = Heartbeat(self.state, self.worker_id, self.epoch, self.settings.heartbeat_interval_s)
             self._heartbeat.start()
@@ -195,7 +199,8 @@ class Worker:
                 logger.info("warm stop: handed {} unstarted task(s) back to the queue", released)
                 break
             outcome, limited = self._execute(raw)
-            outcomes.append(outcome)
+            if outcome is not None:
+                outcomes.append(outcome)
             if limited or time.monotonic() - last_settle >= SETTLE_INTERVAL_S:
                 # A time-limited task is settled at once: that clears its deadline
                 # before the next task runs under the same partition.
@@ -238,8 +243,9 @@ class Worker:
         self.completed += result.completed
         self.failed += result.failed
 
-    def _prepare(self, raw: str) -> Outcome | tuple[Task, Callable[..., Any], float, float]:
-        """Decode a queue entry and find its function; an Outcome if it cannot run."""
+    def _prepare(self, raw: str) -> Outcome | tuple[Task, TaskSpec, float, float] | None:
+        """Decode a queue entry and find its task; an Outcome if it cannot run, None if
+        a rate limit or concurrency cap put it off (it has left our in-flight list)."""
         started = time.time()
         try:
             task = Task.from_json(raw)
@@ -247,19 +253,33 @@ class Worker:
             return failure(raw, None, BAD_PAYLOAD, exc.error, self.settings, error_type="PayloadError")
         wait_ms = max(0.0, (started - task.submitted_at) * 1000.0)
         try:
-            func = get_task(task.name)
+            spec = get_spec(task.name)
         except UnknownTaskError as exc:
             return failure(
                 raw, task, UNKNOWN_TASK, str(exc), self.settings, error_type="UnknownTaskError", wait_ms=wait_ms
             )
-        return task, func, started, wait_ms
+        if spec.limited:
+            if self._limits is None:
+                message = "rate limits and concurrency caps need a Redis state backend"
+                return failure(raw, task, TASK_ERROR, message, self.settings, error_type="ConfigurationError")
+            admission = self._call(
+                self._limits.admit, self.worker_id, self.epoch, raw, task.id, spec.rate_limit, spec.concurrency
+            )
+            if not admission.run:
+                return None
+        return task, spec, started, wait_ms
 
-    def _execute(self, raw: str) -> tuple[Outcome, bool]:
-        """Run one raw queue entry; returns its outcome and whether it had a time limit."""
+    def _release_slot(self, task: Task, spec: TaskSpec) -> None:
+        if spec.concurrency is not None and self._limits is not None:
+            self._call(self._limits.release, spec.concurrency, self.worker_id, task.id)
+
+    def _execute(self, raw: str) -> tuple[Outcome | None, bool]:
+        """Run one raw queue entry; returns its outcome (None: put off by a limit) and
+        whether it had a time limit."""
         prepared = self._prepare(raw)
-        if isinstance(prepared, Outcome):
+        if prepared is None or isinstance(prepared, Outcome):
             return prepared, False
-        task, func, started, wait_ms = prepared
+        task, spec, started, wait_ms = prepared
         limit = time_limit_for(task, self.settings)
         if limit is not None:
             # Published so the parent, which a stuck task cannot block, can enforce it.
@@ -271,9 +291,11 @@ class Worker:
                 epoch=self.epoch,
             )
         try:
-            result = func(*task.args, **task.kwargs)
+            result = spec.func(*task.args, **task.kwargs)
         except Exception as exc:  # the task's own error: record it, keep the worker alive
             return self._raised(raw, task, exc, started, wait_ms), limit is not None
+        finally:
+            self._release_slot(task, spec)
         return self._finished(raw, task, result, started, wait_ms), limit is not None
 
     def _raised(self, raw: str, task: Task, exc: BaseException, started: float, wait_ms: float) -> Outcome:
@@ -302,24 +324,27 @@ class Worker:
             self._loop = asyncio.new_event_loop()
         limit = asyncio.Semaphore(self.settings.async_concurrency)
 
-        async def run_one(raw: str) -> Outcome:
+        async def run_one(raw: str) -> Outcome | None:
             prepared = self._prepare(raw)
-            if isinstance(prepared, Outcome):
+            if prepared is None or isinstance(prepared, Outcome):
                 return prepared
-            task, func, started, wait_ms = prepared
+            task, spec, started, wait_ms = prepared
             seconds = time_limit_for(task, self.settings)
             async with limit:
                 try:
-                    result = await asyncio.wait_for(func(*task.args, **task.kwargs), seconds)
+                    result = await asyncio.wait_for(spec.func(*task.args, **task.kwargs), seconds)
                 except asyncio.TimeoutError:
                     message = f"coroutine ran past its time limit of {seconds} s and was cancelled"
                     return failure(raw, task, TIMEOUT, message, self.settings, error_type="TimeLimitExceeded")
                 except Exception as exc:
                     return self._raised(raw, task, exc, started, wait_ms)
+                finally:
+                    self._release_slot(task, spec)
             return self._finished(raw, task, result, started, wait_ms)
 
         async def run_all() -> list[Outcome]:
-            return list(await asyncio.gather(*(run_one(raw) for raw in raws)))
+            outcomes = await asyncio.gather(*(run_one(raw) for raw in raws))
+            return [outcome for outcome in outcomes if outcome is not None]
 
         return self._loop.run_until_complete(run_all())
 

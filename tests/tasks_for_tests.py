@@ -100,3 +100,32 @@ async def async_slow_limited():
 @task(name="tests.now")
 def now():
     return time.time()
+
+
+@task(name="tests.rate_limited", rate_limit="40/s")
+def rate_limited(i):
+    return time.time()
+
+
+@task(name="tests.capped", concurrency=2)
+def capped(marker_dir, ms):
+    """Record how many calls hold the cap at once (a file per running call)."""
+    mine = os.path.join(marker_dir, f"run-{os.getpid()}-{time.monotonic_ns()}")
+    open(mine, "w").close()
+    running = len([n for n in os.listdir(marker_dir) if n.startswith("run-")])
+    with open(os.path.join(marker_dir, "max"), "a") as handle:
+        handle.write(f"{running}\n")
+    time.sleep(ms / 1000.0)
+    os.unlink(mine)
+    return running
+
+
+@task(name="tests.capped_crash", concurrency=1)
+def capped_crash(marker_dir, key):
+    """Hold the single slot and die the first time; succeed afterwards."""
+    marker = os.path.join(marker_dir, f"{key}.ran")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        time.sleep(0.2)
+        os._exit(1)
+    return key

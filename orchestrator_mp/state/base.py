@@ -23,6 +23,7 @@ import attrs
 
 from .. import keys
 from ..exceptions import PayloadError
+from ..limits import RedisLimits
 from ..models import BAD_PAYLOAD, Outcome, Task, dumps
 
 
@@ -212,6 +213,11 @@ class StateManager(abc.ABC):
         ``block_s`` for the first; ``(stream, id, fields)`` in order per stream.
         ``positions`` is advanced in place. ``[]`` on timeout."""
 
+    # -- limits -------------------------------------------------------------------------------
+    def limits(self, worker_id: str | None = None) -> RedisLimits | None:
+        """Rate limits and concurrency caps on this backend (None: not supported)."""
+        return None
+
     # -- compatibility with the lock-based design -------------------------------------------
     def acquire_lock(self, *_args: object, **_kwargs: object) -> bool:
         """No-op kept so callers of the lock-based design port unchanged; always True."""
@@ -364,7 +370,7 @@ class StateManager(abc.ABC):
         completed = counters[keys.TOTAL_WORK_COMPLETED]
         failed = counters[keys.TOTAL_ERRORS]
         dead = counters[keys.TOTAL_DEAD_LETTERED]
-        waiting = depths["pending"] + depths["inflight"] + depths["delayed"]
+        waiting = depths["pending"] + depths["inflight"] + depths["delayed"] + depths.get("limited", 0)
         checks = {
             "completed_equals_worker_sum": completed == sum(w["completed"] for w in per_worker.values()),
             "errors_equal_worker_sum": failed == sum(w["errors"] for w in per_worker.values()),

@@ -29,6 +29,7 @@ import redis
 from .. import keys
 from ..connection import create_client
 from ..exceptions import BackendUnavailable, ConfigurationError, Fenced, StateError
+from ..limits import RedisLimits
 from ..models import Outcome, dumps, new_task_id
 from . import scripts
 from .base import (
@@ -324,6 +325,11 @@ class RedisLockFreeStateManager(StateManager):
         claimed = self._do_claim(worker_id, epoch, max_count, divisor, moved=0)
         if claimed:
             return claimed
+        # Wake in time for the next delayed task (a retry, a scheduled or rate-limited
+        # task): the next claim promotes it, so delays are kept to the millisecond.
+        soonest = self.redis.zrange(keys.DELAYED, 0, 0, withscores=True)
+        if soonest:
+            timeout_s = min(timeout_s, max(0.001, soonest[0][1] - time.time()))
         # Block on the queue itself; BLMOVE lands the task straight in our in-flight
         # list, so it is never anywhere else. A worker fenced while blocked may still
         # land one here: the parent's sweep of dead partitions puts it back.
@@ -512,9 +518,13 @@ class RedisLockFreeStateManager(StateManager):
             "pending": int(pending),
             "inflight": sum(by_worker.values()),
             "delayed": int(delayed),
+            "limited": RedisLimits(self.redis).waiting(),
             "dead_letter": int(dead),
             "by_worker": by_worker,
         }
+
+    def limits(self, worker_id: str | None = None) -> RedisLimits:
+        return RedisLimits(self.redis, worker_id)
 
     def dead_letters(self, limit: int | None = 100) -> list[dict[str, Any]]:
         stop = -1 if limit is None else max(0, limit - 1)

@@ -1,0 +1,352 @@
+"""Lock-free global rate limits and concurrency caps, shared by every worker on every host.
+
+Each decision is one Lua script (no locks, no WATCH loops):
+
+* A **rate limit** is GCRA (the generic cell rate algorithm) on one key holding the
+  "theoretical arrival time": allowed calls are spaced ``period / count`` apart, with
+  ``burst`` calls of slack. The server's clock decides, so hosts need not agree.
+* A **concurrency cap** is a sorted set of holders; at most ``limit`` members.
+
+For a task, the decision and its consequence are one step: a task over its rate is
+moved from the worker's in-flight list to the delayed set, due exactly when it may
+run; a task finding its cap full is parked in the cap's waiting list, and the release
+of a slot moves the oldest waiter back to the front of the queue. Nothing polls or
+busy-waits, and neither counts as an error (``total_deferred`` counts them). Slots held
+by a worker that dies are freed by the same recovery path that requeues its tasks.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from typing import Any
+
+import attrs
+import redis
+
+from . import keys
+from .exceptions import ConfigurationError, Fenced
+
+_held = threading.local()  # holders of code-level slots, per thread, innermost last
+_UNITS = {"ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([a-z]+)\s*$")
+
+
+@attrs.frozen
+class Rate:
+    """``count`` calls per ``period_s`` seconds, with ``burst`` calls of slack."""
+
+    count: int
+    period_s: float
+    burst: int = 1
+
+    @property
+    def interval_ms(self) -> float:
+        return self.period_s * 1000.0 / self.count
+
+    @property
+    def tolerance_ms(self) -> float:
+        return self.interval_ms * (self.burst - 1)
+
+
+def parse_rate(text: str, burst: int = 1) -> Rate:
+    """``"30/m"``, ``"5000/h"``, ``"10/s"``, ``"100/10s"`` (units ms, s, m, h, d)."""
+    match = _RATE.match(text or "")
+    if not match or match.group(3) not in _UNITS or int(match.group(1)) < 1:
+        raise ConfigurationError(f"rate must look like 30/m, 5000/h or 100/10s, got {text!r}")
+    multiplier = float(match.group(2)) if match.group(2) else 1.0
+    if multiplier <= 0 or burst < 1:
+        raise ConfigurationError(f"rate period and burst must be positive, got {text!r} burst {burst}")
+    return Rate(count=int(match.group(1)), period_s=multiplier * _UNITS[match.group(3)], burst=burst)
+
+
+@attrs.frozen
+class Limiter:
+    """A named rate limit shared across workers and hosts (``limiter("github", "5000/h")``)."""
+
+    name: str
+    rate: Rate
+
+    def __enter__(self) -> "Limiter":
+        current_limits().wait_for_rate(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+@attrs.frozen
+class ConcurrencyCap:
+    """At most ``limit`` holders of a named resource at once, across workers and hosts."""
+
+    name: str
+    limit: int
+
+    def __enter__(self) -> "ConcurrencyCap":
+        stack = _held.__dict__.setdefault("stack", [])
+        stack.append(current_limits().hold_slot(self))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        current_limits().free_slot(self, _held.stack.pop())
+
+
+def limiter(name: str, rate: str, burst: int = 1) -> Limiter:
+    """A named, shared rate limit: pass it to ``@task(rate_limit=...)`` or use ``with``."""
+    return Limiter(name=name, rate=parse_rate(rate, burst))
+
+
+def concurrency_limit(name: str, limit: int) -> ConcurrencyCap:
+    """A named, shared concurrency cap: pass it to ``@task(concurrency=...)`` or use ``with``."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ConfigurationError(f"concurrency limit must be an integer >= 1, got {limit!r}")
+    return ConcurrencyCap(name=name, limit=limit)
+
+
+# Decide whether a claimed task may run now, and if not, move it in the same step.
+# A task over the rate is given its own future slot (GCRA scheduling: the theoretical
+# arrival time advances for it) and sent to the delayed set due at that slot; when it
+# comes back it holds a reservation and runs without asking again. Deferred tasks
+# therefore return evenly spaced, never all at once.
+# KEYS: 1 state hash, 2 in-flight list, 3 delayed sorted set, 4 rate key, 5 slots set,
+#       6 slot waiters list, 7 worker slots set, 8 limiters set, 9 total_deferred,
+#       10 total_fenced, 11 rate reservations set
+# ARGV: 1 epoch, 2 raw task, 3 rate interval ms ('' for none), 4 rate tolerance ms,
+#       5 cap limit ('' for none), 6 cap name, 7 slot holder, 8 task id
+# Returns: {1} run now | {0, due ms} deferred by the rate | {2} waiting for a slot | {-1} fenced
+ADMIT = """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
+  redis.call('INCR', KEYS[10])
+  return {-1}
+end
+if ARGV[5] ~= '' and redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[5]) then
+  redis.call('LREM', KEYS[2], -1, ARGV[2])
+  redis.call('RPUSH', KEYS[6], ARGV[2])
+  redis.call('SADD', KEYS[8], ARGV[6])
+  redis.call('INCR', KEYS[9])
+  return {2}
+end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
+if ARGV[3] ~= '' and redis.call('SREM', KEYS[11], ARGV[8]) == 0 then
+  local tat = tonumber(redis.call('GET', KEYS[4]) or now)
+  if tat < now then tat = now end
+  local run_at = math.max(now, tat - tonumber(ARGV[4]))
+  local next_tat = tat + tonumber(ARGV[3])
+  redis.call('SET', KEYS[4], string.format('%.3f', next_tat), 'PX', math.ceil(next_tat - now) + 60000)
+  if run_at > now then
+    redis.call('LREM', KEYS[2], -1, ARGV[2])
+    redis.call('ZADD', KEYS[3], string.format('%.3f', run_at / 1000), ARGV[2])
+    redis.call('SADD', KEYS[11], ARGV[8])
+    redis.call('INCR', KEYS[9])
+    return {0, string.format('%.3f', run_at)}
+  end
+end
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[5], now, ARGV[7])
+  redis.call('SADD', KEYS[7], ARGV[6] .. '|' .. ARGV[7])
+  redis.call('SADD', KEYS[8], ARGV[6])
+end
+return {1}
+"""
+
+# Free one slot; if it was held, wake the oldest waiter (front of the queue).
+# KEYS: 1 slots set, 2 slot waiters list, 3 queue, 4 worker slots set ('' owner: any key)
+# ARGV: 1 holder, 2 record in the worker's set (name|holder)
+# Returns: 1 if a slot was freed, 0 if it was not held (already freed by a takeover)
+RELEASE_SLOT = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('SREM', KEYS[4], ARGV[2])
+local waiter = redis.call('LPOP', KEYS[2])
+if waiter then redis.call('RPUSH', KEYS[3], waiter) end
+return 1
+"""
+
+# A code-level rate decision without a task: how long to wait (0: go, token taken).
+# KEYS: 1 rate key
+# ARGV: 1 interval ms, 2 tolerance ms
+# Returns: milliseconds to wait before asking again ('0' when allowed)
+RATE_ONLY = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local allowed_at = tat - tonumber(ARGV[2])
+if now < allowed_at then return string.format('%.3f', allowed_at - now) end
+local next_tat = tat + tonumber(ARGV[1])
+redis.call('SET', KEYS[1], string.format('%.3f', next_tat), 'PX', math.ceil(next_tat - now) + 1000)
+return '0'
+"""
+
+# A code-level slot: take one if the cap has room (stale holders past their hold time go).
+# KEYS: 1 slots set, 2 worker slots set, 3 limiters set
+# ARGV: 1 limit, 2 holder, 3 cap name, 4 oldest allowed acquire time (ms)
+# Returns: 1 taken, 0 full
+TAKE_SLOT = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3] .. '|' .. ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[3])
+return 1
+"""
+
+
+@attrs.frozen
+class Admission:
+    """What ADMIT decided for one task: run it, or it was moved (deferred or waiting)."""
+
+    run: bool
+    due_at: float | None = None  # epoch seconds, when deferred by a rate limit
+    waiting: bool = False  # parked until a slot frees
+
+
+class RedisLimits:
+    """Limits over one Redis client (created in the process using it).
+
+    Args:
+        client: a redis-py client.
+        worker_id: the worker these limits act for (slots are recorded in its partition).
+    """
+
+    slot_hold_s = 3600.0  # a code-level slot older than this is presumed abandoned
+
+    def __init__(self, client: redis.Redis, worker_id: str | None = None) -> None:
+        self.redis = client
+        self.worker_id = worker_id
+        self._admit = client.register_script(ADMIT)
+        self._release = client.register_script(RELEASE_SLOT)
+        self._rate_only = client.register_script(RATE_ONLY)
+        self._take = client.register_script(TAKE_SLOT)
+
+    # -- tasks ---------------------------------------------------------------------------------
+    def admit(
+        self, worker_id: str, epoch: int, raw: str, task_id: str, rate: Limiter | None, cap: ConcurrencyCap | None
+    ) -> Admission:
+        """One atomic decision for a claimed task; raises Fenced."""
+        reply = self._admit(
+            keys=[
+                keys.worker_state_key(worker_id),
+                keys.worker_inflight_key(worker_id),
+                keys.DELAYED,
+                keys.rate_limit_key(rate.name if rate else "-"),
+                keys.slots_key(cap.name if cap else "-"),
+                keys.slot_waiters_key(cap.name if cap else "-"),
+                keys.worker_slots_key(worker_id),
+                keys.LIMITERS,
+                keys.TOTAL_DEFERRED,
+                keys.TOTAL_FENCED,
+                keys.rate_reservations_key(rate.name if rate else "-"),
+            ],
+            args=[
+                epoch,
+                raw,
+                "" if rate is None else rate.rate.interval_ms,
+                0 if rate is None else rate.rate.tolerance_ms,
+                "" if cap is None else cap.limit,
+                "" if cap is None else cap.name,
+                self.holder(worker_id, task_id),
+                task_id,
+            ],
+        )
+        code = int(reply[0])
+        if code == -1:
+            raise Fenced(worker_id, epoch)
+        if code == 0:
+            return Admission(run=False, due_at=float(reply[1]) / 1000.0)
+        return Admission(run=False, waiting=True) if code == 2 else Admission(run=True)
+
+    def release(self, cap: ConcurrencyCap, worker_id: str, task_id: str) -> bool:
+        """Free the slot a task held and wake the oldest waiter."""
+        holder = self.holder(worker_id, task_id)
+        return self._free(cap.name, holder, worker_id)
+
+    def release_worker_slots(self, worker_id: str) -> int:
+        """Free every slot a dead worker held (part of its takeover). Returns how many."""
+        freed = 0
+        for record in self.redis.smembers(keys.worker_slots_key(worker_id)):
+            name, _, holder = record.partition("|")
+            freed += self._free(name, holder, worker_id)
+        return freed
+
+    @staticmethod
+    def holder(worker_id: str, task_id: str) -> str:
+        return f"{worker_id}|{task_id}"
+
+    def _free(self, name: str, holder: str, worker_id: str) -> bool:
+        return bool(
+            self._release(
+                keys=[
+                    keys.slots_key(name),
+                    keys.slot_waiters_key(name),
+                    keys.QUEUE,
+                    keys.worker_slots_key(worker_id),
+                ],
+                args=[holder, f"{name}|{holder}"],
+            )
+        )
+
+    # -- any code in a worker ----------------------------------------------------------------------
+    def wait_for_rate(self, limit: Limiter) -> float:
+        """Sleep until ``limit`` allows one call, then take it; returns seconds waited."""
+        waited = 0.0
+        while True:
+            wait_ms = float(
+                self._rate_only(
+                    keys=[keys.rate_limit_key(limit.name)], args=[limit.rate.interval_ms, limit.rate.tolerance_ms]
+                )
+            )
+            if wait_ms <= 0:
+                return waited
+            time.sleep(wait_ms / 1000.0)
+            waited += wait_ms / 1000.0
+
+    def hold_slot(self, cap: ConcurrencyCap, poll_s: float = 0.01) -> str:
+        """Block until a slot of ``cap`` is free, take it, return its holder id."""
+        owner = self.worker_id or "code"
+        holder = f"{owner}|{uuid.uuid4().hex}"
+        delay = poll_s
+        while True:
+            cutoff = time.time() * 1000.0 - self.slot_hold_s * 1000.0
+            taken = self._take(
+                keys=[keys.slots_key(cap.name), keys.worker_slots_key(owner), keys.LIMITERS],
+                args=[cap.limit, holder, cap.name, cutoff],
+            )
+            if taken == 1:
+                return holder
+            time.sleep(delay)
+            delay = min(0.25, delay * 2)
+
+    def free_slot(self, cap: ConcurrencyCap, holder: str) -> None:
+        self._free(cap.name, holder, self.worker_id or "code")
+
+    # -- accounting ------------------------------------------------------------------------------
+    def waiting(self) -> int:
+        """Tasks parked in every cap's waiting list (waiting work, for drains and audits)."""
+        names = sorted(self.redis.smembers(keys.LIMITERS))
+        if not names:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.llen(keys.slot_waiters_key(name))
+        return sum(int(n) for n in pipe.execute())
+
+
+_current: dict[str, Any] = {}
+_current_lock = threading.Lock()
+
+
+def bind(limits: RedisLimits | None) -> None:
+    """Set the limits code-level ``with limiter(...)`` uses in this process (workers do)."""
+    with _current_lock:
+        _current["limits"] = limits
+
+
+def current_limits() -> RedisLimits:
+    limits = _current.get("limits")
+    if limits is None:
+        raise ConfigurationError("limiters used in code need a worker (or bind(RedisLimits(client)) first)")
+    return limits

@@ -1,0 +1,68 @@
+"""Lock-free global rate limits and concurrency caps, with real workers."""
+from __future__ import annotations
+
+import pytest
+
+from orchestrator_mp import ContinuousOrchestrator
+from orchestrator_mp.exceptions import ConfigurationError
+from orchestrator_mp.limits import parse_rate
+from tests import tasks_for_tests  # noqa: F401  (registers the test tasks before workers fork)
+from tests.helpers import settings_for
+
+
+@pytest.mark.parametrize(
+    "text, count, period",
+    [("30/m", 30, 60.0), ("5000/h", 5000, 3600.0), ("10/s", 10, 1.0), ("100/10s", 100, 10.0), ("2/500ms", 2, 0.5)],
+)
+def test_rates_parse(text, count, period):
+    """Rates read as count per period."""
+    rate = parse_rate(text)
+    assert (rate.count, rate.period_s) == (count, period)
+
+
+@pytest.mark.parametrize("text", ["", "30", "x/m", "0/s", "5/fortnight", "5/0s"])
+def test_bad_rates_are_refused(text):
+    """A malformed rate is a ConfigurationError naming it."""
+    with pytest.raises(ConfigurationError, match="rate"):
+        parse_rate(text)
+
+
+def test_rate_limit_is_respected_by_all_workers_together(db_path):
+    """Four workers share one 40/s limit: the achieved rate is within 5% of it."""
+    with ContinuousOrchestrator(settings=settings_for(db_path, workers=4)) as orch:
+        handles = orch.submit_many("tests.rate_limited", [(i,) for i in range(120)])
+        started = sorted(h.result(timeout=60) for h in handles)
+        counters = orch.counters()
+        audit = orch.audit()
+    achieved = (len(started) - 1) / (started[-1] - started[0])
+    gaps = [b - a for a, b in zip(started, started[1:], strict=False)]
+    print(f"\nconfigured 40/s, achieved {achieved:.2f}/s; deferrals {counters['total_deferred']}; "
+          f"smallest gap {min(gaps) * 1000:.1f} ms")
+    assert abs(achieved - 40) / 40 <= 0.05
+    assert counters["total_errors"] == 0 and counters["total_deferred"] > 0
+    assert audit["ok"], audit
+
+
+def test_concurrency_cap_is_never_exceeded(db_path, tmp_path):
+    """At most 2 holders of the cap at once, across 4 workers; every call completes."""
+    with ContinuousOrchestrator(settings=settings_for(db_path, workers=4)) as orch:
+        handles = orch.submit_many("tests.capped", [(str(tmp_path), 40) for _ in range(40)])
+        observed = [h.result(timeout=60) for h in handles]
+        audit = orch.audit()
+    peak = max(int(line) for line in open(tmp_path / "max"))
+    print(f"\ncap 2: highest number of holders observed {peak}")
+    assert peak <= 2 and max(observed) <= 2
+    assert audit["ok"] and audit["counters"]["total_work_completed"] == 40
+
+
+def test_slot_of_a_killed_holder_is_freed_by_recovery(db_path, tmp_path):
+    """A worker dying while holding the only slot frees it: the waiting tasks run."""
+    with ContinuousOrchestrator(settings=settings_for(db_path, workers=2)) as orch:
+        first = orch.submit("tests.capped_crash", str(tmp_path), "a")
+        others = orch.submit_many("tests.capped_crash", [(str(tmp_path), f"b{i}") for i in range(3)])
+        assert first.result(timeout=30) == "a"
+        assert [h.result(timeout=30) for h in others] == ["b0", "b1", "b2"]
+        deaths = len(orch.supervisor.deaths)
+        audit = orch.audit()
+    assert deaths >= 1
+    assert audit["ok"], audit
