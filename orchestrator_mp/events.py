@@ -228,8 +228,10 @@ def throughput(
 
     Returns ``{"10s": {"completed_per_s": x, "errors_per_s": y}, ...}``: the
     difference of the running totals ``n`` between the first entry inside the
-    window and the newest one, divided by the window. A window reaching back
-    before the oldest retained entry counts from that entry.
+    window and the newest one, divided by the time from that first entry to now
+    (at least 1 s, at most the window), so a run that began 3 s ago shows its
+    rate rather than a third of it. A window reaching back before the oldest
+    retained entry counts from that entry.
     """
     now = server_time(client) if now is None else now
     streams = (keys.WORK_COMPLETIONS, keys.WORK_ERRORS)
@@ -244,10 +246,12 @@ def throughput(
         newest = next(replies)
         for window in windows_s:
             first = next(replies)
-            settled = 0
+            rate = 0.0
             if newest and first:
                 settled = _running_total(newest[0][1]) - _running_total(first[0][1]) + 1
-            result[_window_name(window)][field] = round(max(0, settled) / window, 1)
+                span = min(window, max(1.0, now - id_order(first[0][0])[0] / 1000.0))
+                rate = max(0, settled) / span
+            result[_window_name(window)][field] = round(rate, 1)
     return result
 
 

@@ -83,11 +83,15 @@ def test_throughput_counts_settled_tasks_from_running_totals(state):
     """Tasks settled in the window, from the n of the first and newest entries."""
     _settle(state, "w1", 40, fail=10)
     client = client_of(state)
-    rates = throughput(client, windows_s=(10, 60))
-    assert rates["10s"] == {"completed_per_s": 3.0, "errors_per_s": 1.0}
-    assert rates["60s"] == {"completed_per_s": 0.5, "errors_per_s": 0.2}
-    later = throughput(client, windows_s=(10,), now=server_time(client) + 30)
-    assert later["10s"] == {"completed_per_s": 0.0, "errors_per_s": 0.0}
+    now = server_time(client)
+    just_now = throughput(client, windows_s=(10, 60), now=now)  # all settled within 1 s: divided by 1 s
+    assert just_now == {"10s": {"completed_per_s": 30.0, "errors_per_s": 10.0},
+                        "60s": {"completed_per_s": 30.0, "errors_per_s": 10.0}}
+    later = throughput(client, windows_s=(10, 60), now=now + 5)  # divided by the 5 s since the first entry
+    assert later["10s"] == later["60s"] == {"completed_per_s": 6.0, "errors_per_s": 2.0}
+    much_later = throughput(client, windows_s=(10, 60), now=now + 30)
+    assert much_later["10s"] == {"completed_per_s": 0.0, "errors_per_s": 0.0}
+    assert much_later["60s"] == {"completed_per_s": 1.0, "errors_per_s": 0.3}
 
 
 def test_latency_from_completions_then_from_metric_samples_when_present(state):
