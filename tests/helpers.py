@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import pty
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -151,3 +155,34 @@ def started(*args: str, cwd: str | os.PathLike, stdout: bool = True) -> Iterator
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def run_in_pty(*args: str, cwd: str | os.PathLike, timeout: float = 120, columns: int = 120) -> tuple[int, str]:
+    """``python -m orchestrator_mp ARGS`` with a pseudo-terminal as stdin, stdout and
+    stderr (as a user's terminal); returns the exit code and everything it drew."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    env = {**os.environ, "ORCHESTRATOR_MP_LOG_LEVEL": "WARNING", "TERM": "xterm-256color", "COLUMNS": str(columns)}
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen([*CLI, *args], cwd=cwd, stdin=slave, stdout=slave, stderr=slave, env=env,
+                            start_new_session=True)
+    os.close(slave)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{args} did not finish within {timeout}s")
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed its side of the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return proc.wait(timeout=30), b"".join(chunks).decode("utf-8", "replace")
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
