@@ -86,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             say(f"socket: {orch.server.socket_path}")
             say(f"watch live: {orch.monitor_command()}")
             db = shlex.quote(settings.db_path)
-            say(f"from another terminal: python -m orchestrator_mp status --watch --db {db}  (or: monitor, metrics --port 9100)")
+            say(f"from another terminal: python -m orchestrator_mp status --watch --db {db}  (or: monitor, metrics)")
         if not args.json:
             say(f"{settings.workers} worker(s) started: {', '.join(orch.worker_ids())}")
         before = orch.counters()
