@@ -5,6 +5,7 @@
     python -m orchestrator_mp status [--db PATH] [--json] [--watch]
     python -m orchestrator_mp monitor [--db PATH] [--stream NAME] [--worker ID] [--since WHEN] [--json]
     python -m orchestrator_mp metrics [--db PATH] [--port PORT] [--host ADDR]
+    python -m orchestrator_mp redis-cli [--db PATH] [ARG ...]
 
 One module per command, each with ``add_parser(commands)``. Human-readable lines go
 to stderr; stdout carries only the requested output (the final JSON with ``--json``).
@@ -23,7 +24,7 @@ from ..exceptions import (
     TaskError,
     WorkerDied,
 )
-from . import enqueue, metrics, monitor, run, status
+from . import enqueue, metrics, monitor, redis_cli, run, status
 from .common import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -33,7 +34,7 @@ from .common import (
     say,
 )
 
-COMMANDS = (run, enqueue, status, monitor, metrics)
+COMMANDS = (run, enqueue, status, monitor, metrics, redis_cli)
 
 # Library errors mapped to the exit code the CLI returns for them (first match wins).
 EXIT_CODES: tuple[tuple[type[OrchestratorError], int], ...] = (
