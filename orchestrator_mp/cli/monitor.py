@@ -134,14 +134,20 @@ def _follow(attachment: Attachment, streams: list[str], since: str, printer: "Pr
                 printer.emit(follower.replay(), stop=stop)
             else:
                 follower.client = client
-            if waiting:
-                say(f"following {attachment.url}")
-                waiting = False
-            printer.emit(follower.poll(), stop=stop)
-        except (redis.ConnectionError, redis.TimeoutError):
+            entries = follower.poll()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # Also while an orchestrator shuts down: its lock file still names the
+            # socket for a moment after the server is gone. Say it once.
             attachment.reset()
-            say("the orchestrator went away; waiting for the next one (Ctrl-C to stop)")
-            waiting = True
+            if not waiting:
+                say(f"lost the orchestrator ({exc}); waiting for the next one (Ctrl-C to stop)")
+                waiting = True
+            time.sleep(WAIT_POLL_S)
+            continue
+        if waiting:
+            say(f"following {attachment.url}")
+            waiting = False
+        printer.emit(entries, stop=stop)
 
 
 class Printer:

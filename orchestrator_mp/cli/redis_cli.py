@@ -3,10 +3,11 @@
     python -m orchestrator_mp redis-cli [--db PATH] XLEN work_completions
     python -m orchestrator_mp redis-cli [--db PATH] -- -r -1 XREAD BLOCK 0 STREAMS events:stream '$'
 
-It reaches the orchestrator that owns ``--db`` through its private socket (or
-``--redis-url``); when nothing serves the database, a temporary server is started
-on it for as long as redis-cli runs. Arguments after the options go to redis-cli
-unchanged (put ``--`` before any that start with a dash); none opens its prompt.
+It becomes (``exec``) redis-cli on the private socket of the orchestrator that
+owns ``--db``, or on ``--redis-url``; when nothing serves the database, it starts a
+temporary server on it, runs redis-cli as a child for as long as it runs, and
+forwards SIGTERM to it. Arguments after the options go to redis-cli unchanged (put
+``--`` before any that start with a dash); none opens its interactive prompt.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Any
 
 from ..exceptions import ServerError
 from ..log import configure as configure_logging
-from ..orchestrator import open_state
+from ..orchestrator import live_url, open_state
 from ..server import redis_cli_path
 from .common import add_common_options, settings_from
 
@@ -41,12 +42,21 @@ def cmd_redis_cli(args: argparse.Namespace) -> int:
     if not os.access(executable, os.X_OK):
         raise ServerError(f"the bundled redis-cli is missing or not executable: {executable}")
     cli_args = args.cli_args[1:] if args.cli_args[:1] == ["--"] else args.cli_args
+    url = live_url(settings)
+    if url is not None:
+        os.execv(executable, [executable, *_target(url), *cli_args])
     with open_state(settings, role="redis-cli") as state:
-        url = state.url
-        target = ["-s", url.removeprefix("unix://")] if url.startswith("unix://") else ["-u", url]
-        # Ctrl-C belongs to redis-cli (it ends a follow loop or clears its prompt line).
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        child = subprocess.Popen([executable, *_target(state.url), *cli_args])
+        # Ctrl-C belongs to redis-cli (it ends a repeat loop or clears its prompt
+        # line); a SIGTERM for us is passed on, and we stop the server when it exits.
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous_term = signal.signal(signal.SIGTERM, lambda signum, _frame: child.send_signal(signum))
         try:
-            return subprocess.call([executable, *target, *cli_args])
+            return child.wait()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGINT, previous_int)
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+def _target(url: str) -> list[str]:
+    return ["-s", url.removeprefix("unix://")] if url.startswith("unix://") else ["-u", url]

@@ -36,7 +36,7 @@ def test_monitor_waits_for_an_orchestrator_and_never_holds_the_database(tmp_path
         assert report["run"]["errors"] == 2
         out.wait_for(lambda line: " errors " in line and "#2 demo" in line, what="the second error")
         out.wait_for(lambda line: " deregistered " in line, what="the worker's deregistration")
-        wait_for(lambda: "went away" in err.text() or err.text().count("waiting for an orchestrator") == 2,
+        wait_for(lambda: "lost the orchestrator" in err.text() or err.text().count("waiting for an orchestrator") == 2,
                  what="monitor waiting again after the run ended")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
