@@ -14,6 +14,7 @@ from orchestrator_mp import keys
 from orchestrator_mp.events import client_of
 from orchestrator_mp.metrics import LatencyHistograms
 from orchestrator_mp.models import Outcome, Task
+from orchestrator_mp.server import read_owner
 from tests.helpers import run_cli, run_cli_json, serving, started, wait_for
 
 
@@ -129,3 +130,22 @@ def test_histograms_switch_to_metric_samples_once_workers_record_them(state):
     assert sum(histograms.counts["queue_wait_ms"]) == 4 and sum(histograms.counts["run_ms"]) == 4
     assert histograms.counts["queue_wait_ms"][histograms.buckets.index(10)] == 1
     assert histograms.from_metrics == {"queue_wait_ms", "run_ms"}
+
+
+def test_readers_reach_a_server_by_redis_url_from_anywhere(tmp_path):
+    """--redis-url: status, monitor and metrics read the given server, whatever --db says."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with serving(tmp_path, workers=2):
+        url = "unix://" + read_owner(str(tmp_path / "orchestrator_mp.db"))["socket"]
+        status = run_cli_json("status", "--redis-url", url, cwd=elsewhere)
+        assert len(status["active_workers"]) == 2
+        lines = run_cli("monitor", "--redis-url", url, "--since", "0", "--no-follow", "--count", "3",
+                        cwd=elsewhere, check=True).stdout.splitlines()
+        assert len(lines) == 3 and " registered " in "\n".join(lines)
+        with started("metrics", "--redis-url", url, "--port", "0", cwd=elsewhere) as (proc, _out, err):
+            _, samples = scrape(exporter_port(err))
+            assert samples["orchestrator_mp_up"] == 1 and samples["orchestrator_mp_active_workers"] == 2
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=10) == 0
+    assert not (elsewhere / "orchestrator_mp.db").exists()
