@@ -4,6 +4,11 @@
 carry the process role, worker id and pid; workers call :func:`bind_worker` after
 the fork so every line they write names them. Library code logs through
 ``logger`` from here and never prints.
+
+The level comes from ``--log-level`` or the ``ORCHESTRATOR_MP_LOG_LEVEL``
+environment variable (``Settings.log_level``); ``--log-json FILE`` adds a file
+sink with ``serialize=True``: one JSON object per line whose ``record.extra``
+holds ``worker_id`` and ``pid``.
 """
 from __future__ import annotations
 
@@ -20,11 +25,31 @@ FORMAT = (
 logger.configure(extra={"worker_id": "main", "pid": os.getpid()})
 
 
+class _CurrentStderr:
+    """A stream sink that writes to whatever ``sys.stderr`` is at the time.
+
+    ``run``'s live progress display (rich) replaces ``sys.stderr`` while it draws, so
+    log lines written meanwhile appear above the display instead of through it.
+    """
+
+    def write(self, message: str) -> None:
+        sys.stderr.write(message)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        try:
+            return sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            return False
+
+
 def configure(level: str = "INFO", json_path: str | None = None) -> None:
     """Replace all sinks: stderr at ``level``, plus a serialized JSON file if asked."""
     logger.remove()
     logger.configure(extra={"worker_id": "main", "pid": os.getpid()})
-    logger.add(sys.stderr, level=level, format=FORMAT, colorize=None, backtrace=False, diagnose=False)
+    logger.add(_CurrentStderr(), level=level, format=FORMAT, colorize=None, backtrace=False, diagnose=False)
     if json_path:
         logger.add(json_path, level=level, serialize=True, backtrace=False, diagnose=False)
 

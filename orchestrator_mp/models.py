@@ -165,3 +165,41 @@ class Outcome:
                 "finished_at": finished_at,
             }
         )
+
+
+@attrs.frozen
+class StreamEntry:
+    """One entry of a Redis stream as the read side sees it (``XRANGE``/``XREAD``).
+
+    ``time`` comes from the entry id (milliseconds since the epoch, set by the
+    server that appended it), so it needs no field of its own.
+    """
+
+    stream: str
+    id: str
+    fields: dict[str, str]
+
+    @property
+    def time(self) -> float:
+        """When the server appended the entry, in seconds since the epoch."""
+        return int(self.id.split("-", 1)[0]) / 1000.0
+
+    @property
+    def worker(self) -> str:
+        """The worker the entry names (metrics name it in their tags), or ``""``."""
+        worker = self.fields.get("worker")
+        if worker:
+            return worker
+        tags = self.fields.get("tags")
+        if tags:
+            try:
+                decoded = json.loads(tags)
+            except ValueError:
+                return ""
+            if isinstance(decoded, dict) and isinstance(decoded.get("worker"), str):
+                return decoded["worker"]
+        return ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"stream", "id", "time", "fields"}``: the JSON shape ``monitor --json`` prints."""
+        return {"stream": self.stream, "id": self.id, "time": self.time, "fields": dict(self.fields)}

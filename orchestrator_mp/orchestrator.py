@@ -117,7 +117,7 @@ class ContinuousOrchestrator:
             if self.enable_parallel:
                 # The supervisor's own manager fails fast: it must never sit in
                 # client retries while the server it should restart is dead.
-                self._supervisor_state = create_state_manager(self.settings, self.url, worker=True)
+                self._supervisor_state = create_state_manager(self.settings, self.url, fail_fast=True)
                 self.supervisor = Supervisor(self.settings, self.url, self._supervisor_state, server=self.server)
                 self.supervisor.start()
             else:
@@ -351,7 +351,25 @@ def _split_call(call: Any) -> tuple[Iterable[Any], dict[str, Any]]:
     raise ConfigurationError(f"each call must be (args, kwargs) or a sequence of arguments, got {call!r}")
 
 
-__all__ = ["ContinuousOrchestrator", "open_state"]
+__all__ = ["ContinuousOrchestrator", "open_state", "live_url", "Attachment"]
+
+
+def live_url(settings: Settings) -> str | None:
+    """The Redis URL serving ``settings``' data right now, without starting anything.
+
+    ``redis_url`` when set; else the socket of the live owner of the database (read
+    from its lock file); None when nothing serves it.
+    """
+    if settings.redis_url:
+        return settings.redis_url
+    owner = read_owner(settings.db_path)
+    if owner and owner.get("socket"):
+        return f"unix://{owner['socket']}"
+    return None
+
+
+# Roles that only read: they refuse a database that does not exist instead of creating it.
+READ_ONLY_ROLES = ("status", "monitor", "redis-cli")
 
 
 @contextlib.contextmanager
@@ -361,23 +379,20 @@ def open_state(settings: Settings, role: str = "command") -> Iterator[StateManag
     With ``redis_url``: that server. Otherwise, when a live orchestrator owns the
     database, its socket (read from the lock file); when none does, a temporary
     embedded server on the database, saved and stopped on exit.
+
+    Raises:
+        ServerError: a read-only ``role`` (:data:`READ_ONLY_ROLES`) on a database
+            that does not exist, or the temporary server cannot start.
     """
-    if settings.redis_url:
-        state = create_state_manager(settings, settings.redis_url)
+    url = live_url(settings)
+    if url is not None:
+        state = create_state_manager(settings, url)
         try:
             yield state
         finally:
             state.close()
         return
-    owner = read_owner(settings.db_path)
-    if owner and owner.get("socket"):
-        state = create_state_manager(settings, f"unix://{owner['socket']}")
-        try:
-            yield state
-        finally:
-            state.close()
-        return
-    if not os.path.exists(settings.db_path) and role == "status":
+    if not os.path.exists(settings.db_path) and role in READ_ONLY_ROLES:
         raise ServerError(f"no database at {os.path.abspath(settings.db_path)} (nothing has run there yet)")
     with EmbeddedServer(settings.db_path, durability=settings.durability, role=role) as server:
         state = create_state_manager(settings, server.url)
@@ -385,3 +400,47 @@ def open_state(settings: Settings, role: str = "command") -> Iterator[StateManag
             yield state
         finally:
             state.close()
+
+
+class Attachment:
+    """A state manager on whatever serves a database right now, for long-running
+    readers (``monitor``, ``metrics``, ``status --watch``).
+
+    Unlike :func:`open_state` it never starts a server: a reader holding the
+    database would make the next ``run`` on it refuse to start. Call :meth:`get`
+    before each round of reads; it follows the owner across restarts (each start
+    has a new socket) and returns None while nothing serves the database. After a
+    ``redis.ConnectionError``, call :meth:`reset`.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.url: str | None = None
+        self.state: StateManager | None = None
+
+    def get(self) -> StateManager | None:
+        """The state manager on the current owner, or None when there is none."""
+        url = live_url(self.settings)
+        if url != self.url:
+            self.reset()
+        if url is None:
+            return None
+        if self.state is None:
+            self.state = create_state_manager(self.settings, url, fail_fast=True)
+            self.url = url
+        return self.state
+
+    def reset(self) -> None:
+        """Drop the connection; the next :meth:`get` looks for the owner again."""
+        if self.state is not None:
+            self.state.close()
+        self.state = None
+        self.url = None
+
+    close = reset
+
+    def __enter__(self) -> "Attachment":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.reset()

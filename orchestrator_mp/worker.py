@@ -419,7 +419,7 @@ def worker_main(settings: Settings, url: str, worker_id: str, parent_pid: int) -
     bind_worker(worker_id)
     if os.getppid() != parent_pid:
         raise SystemExit(EXIT_PARENT_GONE)
-    state = create_state_manager(settings, url, worker=True)
+    state = create_state_manager(settings, url, fail_fast=True)
     try:
         code = Worker(state, worker_id, settings, flags.should_stop).run()
     finally:

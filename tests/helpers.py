@@ -1,13 +1,19 @@
 """Fault helpers and process utilities shared by the tests."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import pty
 import signal
+import struct
 import subprocess
 import sys
+import termios
+import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import psutil
 
@@ -96,3 +102,106 @@ def wait_gone(processes: list[psutil.Process], timeout: float = 10.0) -> tuple[f
         if alive:
             time.sleep(0.005)
     return time.monotonic() - started, alive
+class LineReader:
+    """Collects a pipe's lines on a thread so tests can wait for one with a timeout."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: Any) -> None:
+        for line in stream:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[str], Any], timeout: float = 20.0, what: str = "a line") -> str:
+        """The first line (seen so far or arriving within ``timeout``) matching ``predicate``."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.lines:
+                    if predicate(line):
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out after {timeout}s waiting for {what}; got:\n" + "\n".join(self.lines))
+                self._cond.wait(left)
+
+    def text(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+
+@contextlib.contextmanager
+def serving(cwd: str | os.PathLike, *args: str, workers: int = 2) -> Iterator[subprocess.Popen]:
+    """``run --workers N`` serving the queue in ``cwd`` until the block ends (SIGTERM, exit 0)."""
+    env = {**os.environ, "ORCHESTRATOR_MP_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen(
+        [*CLI, "run", "--workers", str(workers), *args], cwd=cwd, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        seen = []
+        while not any("serving the queue" in line for line in seen):
+            line = proc.stderr.readline()
+            assert line, f"run exited early: {''.join(seen)}"
+            seen.append(line)
+        yield proc
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+
+
+@contextlib.contextmanager
+def started(*args: str, cwd: str | os.PathLike, stdout: bool = True) -> Iterator[tuple[subprocess.Popen, LineReader, LineReader]]:
+    """``python -m orchestrator_mp ARGS`` running in the background, with line readers on
+    stdout and stderr; ended by PID (SIGTERM, then SIGKILL) when the block ends."""
+    env = {**os.environ, "ORCHESTRATOR_MP_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([*CLI, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        yield proc, LineReader(proc.stdout), LineReader(proc.stderr)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def run_in_pty(*args: str, cwd: str | os.PathLike, timeout: float = 120, columns: int = 120) -> tuple[int, str]:
+    """``python -m orchestrator_mp ARGS`` with a pseudo-terminal as stdin, stdout and
+    stderr (as a user's terminal); returns the exit code and everything it drew."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    env = {**os.environ, "ORCHESTRATOR_MP_LOG_LEVEL": "WARNING", "TERM": "xterm-256color", "COLUMNS": str(columns)}
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen([*CLI, *args], cwd=cwd, stdin=slave, stdout=slave, stderr=slave, env=env,
+                            start_new_session=True)
+    os.close(slave)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{args} did not finish within {timeout}s")
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed its side of the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return proc.wait(timeout=30), b"".join(chunks).decode("utf-8", "replace")
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

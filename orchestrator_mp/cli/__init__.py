@@ -2,7 +2,10 @@
 
     python -m orchestrator_mp run [--workers N] [--db PATH] [--demo COUNT] [--json] ...
     python -m orchestrator_mp enqueue TASK [--args JSON] [--kwargs JSON] [--db PATH]
-    python -m orchestrator_mp status [--db PATH] [--json]
+    python -m orchestrator_mp status [--db PATH] [--json] [--watch]
+    python -m orchestrator_mp monitor [--db PATH] [--stream NAME] [--worker ID] [--since WHEN] [--json]
+    python -m orchestrator_mp metrics [--db PATH] [--port PORT] [--host ADDR]
+    python -m orchestrator_mp redis-cli [--db PATH] [ARG ...]
     python -m orchestrator_mp result ID [--wait S] [--json]
     python -m orchestrator_mp dlq list|retry|purge [ID ...|--all] [--json]
 
@@ -23,7 +26,7 @@ from ..exceptions import (
     TaskError,
     WorkerDied,
 )
-from . import dlq, enqueue, result, run, status
+from . import dlq, enqueue, metrics, monitor, redis_cli, result, run, status
 from .common import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -33,7 +36,7 @@ from .common import (
     say,
 )
 
-COMMANDS = (run, enqueue, status, result, dlq)
+COMMANDS = (run, enqueue, status, result, dlq, monitor, metrics, redis_cli)
 
 # Library errors mapped to the exit code the CLI returns for them (first match wins).
 EXIT_CODES: tuple[tuple[type[OrchestratorError], int], ...] = (

@@ -16,7 +16,7 @@ EXIT_SERVER = 3  # the Redis server could not start, was in use, or died
 EXIT_WORKER_DIED = 4  # workers kept dying
 EXIT_INTERRUPTED = 130  # stopped by a signal before the work was done
 
-SUBMIT_CHUNK = 10_000
+SUBMIT_CHUNK = 5_000  # tasks per submit transaction (and per progress update while submitting)
 
 
 class Parser(argparse.ArgumentParser):
@@ -50,6 +50,13 @@ def non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
     return value
 
 

@@ -1,9 +1,15 @@
-"""``run``: start the server and workers; run a demo to completion or serve the queue."""
+"""``run``: start the server and workers; run a demo to completion or serve the queue.
+
+While it works, stderr shows a live progress display on a terminal and plain
+``progress:`` lines otherwise (``progress.py``); ``--json`` prints nothing but the
+final report on stdout.
+"""
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import shlex
 import time
 from typing import Any
 
@@ -22,11 +28,13 @@ from .common import (
     add_common_options,
     non_negative_float,
     non_negative_int,
+    positive_float,
     positive_int,
     rate,
     say,
     settings_from,
 )
+from .progress import Display, Sampler, make_display
 
 
 def add_parser(commands: Any) -> None:
@@ -45,6 +53,13 @@ def add_parser(commands: Any) -> None:
         default=[],
         metavar="MODULE",
         help="import MODULE first, to register its tasks (repeatable)",
+    )
+    run.add_argument(
+        "--progress-interval",
+        type=positive_float,
+        default=1.0,
+        metavar="S",
+        help="seconds between progress lines when stderr is not a terminal (default 1)",
     )
     run.add_argument("--json", action="store_true", help="print one JSON object at the end and nothing else")
     run.set_defaults(handler=cmd_run)
@@ -70,20 +85,30 @@ def cmd_run(args: argparse.Namespace) -> int:
             say(f"orchestrator_mp {__version__}: redis-server pid {orch.server.pid}, db {orch.server.db_path}")
             say(f"socket: {orch.server.socket_path}")
             say(f"watch live: {orch.monitor_command()}")
+            db = shlex.quote(settings.db_path)
+            say(f"from another terminal: python -m orchestrator_mp status --watch --db {db}  (or: monitor, metrics)")
         if not args.json:
             say(f"{settings.workers} worker(s) started: {', '.join(orch.worker_ids())}")
         before = orch.counters()
+        backlog = orch.pending()  # tasks left queued by earlier runs are waited for too
+        total = backlog + args.demo if args.demo is not None else None
         submitted = 0
-        if args.demo is not None:
-            started = time.monotonic()
-            for start in range(0, args.demo, SUBMIT_CHUNK):
-                calls = [((i, args.demo_ms, args.demo_fail_rate), {}) for i in range(start, min(args.demo, start + SUBMIT_CHUNK))]
-                orch.submit_many(DEMO_TASK, calls, results=False)
-                submitted += len(calls)
-            drained = _wait_for_demo(orch, signals, before, submitted, quiet=args.json)
-        else:
-            _serve(orch, signals, quiet=args.json)
-            drained = orch.pending() == 0
+        display = make_display(args.json, total, args.progress_interval)
+        try:
+            if args.demo is not None:
+                started = time.monotonic()
+                sampler = Sampler(orch, before, total)
+                for start in range(0, args.demo, SUBMIT_CHUNK):
+                    calls = [((i, args.demo_ms, args.demo_fail_rate), {}) for i in range(start, min(args.demo, start + SUBMIT_CHUNK))]
+                    orch.submit_many(DEMO_TASK, calls, results=False)
+                    submitted += len(calls)
+                    display.update(sampler.sample())
+                drained = _wait_for_demo(orch, signals, sampler, display)
+            else:
+                _serve(orch, signals, Sampler(orch, before, None), display, quiet=args.json)
+                drained = orch.pending() == 0
+        finally:
+            display.close()
         elapsed = time.monotonic() - started
         if not args.json and signals.count:
             say("stopping: finishing running tasks (a second Ctrl-C kills the workers)")
@@ -100,25 +125,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _wait_for_demo(orch: ContinuousOrchestrator, signals: Signals, before: dict, submitted: int, quiet: bool) -> bool:
-    last_line = time.monotonic()
+def _wait_for_demo(orch: ContinuousOrchestrator, signals: Signals, sampler: Sampler, display: Display) -> bool:
     while not signals.count:
-        if orch.wait(timeout=0.25):
+        drained = orch.wait(timeout=0.25)
+        display.update(sampler.sample())
+        if drained:
             return True
-        if not quiet and time.monotonic() - last_line >= 1.0:
-            now = orch.counters()
-            done = now[keys.TOTAL_WORK_COMPLETED] - before[keys.TOTAL_WORK_COMPLETED]
-            errors = now[keys.TOTAL_ERRORS] - before[keys.TOTAL_ERRORS]
-            say(f"progress: {done + errors}/{submitted} settled ({done} completed, {errors} errors)")
-            last_line = time.monotonic()
     return False
 
 
-def _serve(orch: ContinuousOrchestrator, signals: Signals, quiet: bool) -> None:
+def _serve(orch: ContinuousOrchestrator, signals: Signals, sampler: Sampler, display: Display, quiet: bool) -> None:
     if not quiet:
         say("serving the queue; Ctrl-C to stop")
     while not signals.count:
-        time.sleep(0.2)
+        time.sleep(0.25)
+        display.update(sampler.sample())
 
 
 def _run_report(orch: ContinuousOrchestrator, before: dict, submitted: int, elapsed: float) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.helpers import CLI, run_cli, run_cli_json, wait_for
+from tests.helpers import CLI, run_cli, run_cli_json, serving, wait_for
 
 
 def test_run_demo_json_completes_everything_consistently(tmp_path):
@@ -148,7 +148,9 @@ def test_bad_arguments_give_one_line_and_non_zero_exit(tmp_path, args, message):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["enqueue"], ["status"]])
+@pytest.mark.parametrize(
+    "command", [[], ["run"], ["enqueue"], ["status"], ["monitor"], ["metrics"], ["redis-cli"]]
+)
 def test_help_on_every_command(tmp_path, command):
     """--help works everywhere and exits 0."""
     result = run_cli(*command, "--help", cwd=tmp_path)
@@ -159,3 +161,15 @@ def test_console_script_is_installed(tmp_path):
     """The orchestrator-mp entry point is on PATH after installation."""
     result = subprocess.run(["orchestrator-mp", "--version"], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0 and "orchestrator-mp" in result.stdout
+
+
+def test_redis_cli_reaches_the_database_live_or_not(tmp_path):
+    """redis-cli runs the bundled client on the live owner's socket, or on a temporary server."""
+    run_cli("run", "--workers", "1", "--demo", "12", cwd=tmp_path, check=True)
+    offline = run_cli("redis-cli", "XLEN", "work_completions", cwd=tmp_path, check=True)
+    assert offline.stdout.strip() == "12"
+    with serving(tmp_path, workers=1):
+        live = run_cli("redis-cli", "--", "-r", "2", "SCARD", "active_workers", cwd=tmp_path, check=True)
+        assert live.stdout.split() == ["1", "1"]
+    missing = run_cli("redis-cli", "--db", "other.db", "PING", cwd=tmp_path)
+    assert missing.returncode == 3 and "no database at" in missing.stderr

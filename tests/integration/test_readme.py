@@ -1,0 +1,256 @@
+"""Every shell command and Python example in the README, run as a user would.
+
+Shell blocks (```sh) run block by block, command by command, in README order, in one
+fresh directory, through bash, with `python` being this interpreter. What differs
+from the README, and why, is listed here and nowhere else:
+
+* NOT_RUN: commands this suite cannot run from inside itself; each gets a check instead.
+* SKIPPED_PREFIXES: an installation step this environment has already done; the rest
+  of the line runs.
+* SUBSTITUTIONS: a shorter demo where the README's is long, a free port, and
+  `--collect-only` on the Development section's pytest line (the suite cannot run
+  itself; collecting proves the marker expression selects tests).
+* IN_PROJECT: commands about the checkout itself (pytest) run in the project directory.
+* LONG_RUNNING: commands that run until Ctrl-C. Each is started, checked for what it
+  should show, and stopped by PID with SIGINT (expecting exit 0). Watchers (which
+  never hold the database) start before their block's other commands, as a user opens
+  terminal 2 while terminal 1 runs; a serving `run` starts at its place. A watcher with
+  nothing to watch by the end of its block gets a serving run and 200 enqueued tasks.
+
+Any other command runs to completion and must exit 0; a new long-running command
+must be added to LONG_RUNNING or this test times out naming it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import attrs
+import pytest
+
+from tests.helpers import LineReader, run_cli, run_cli_json, wait_for
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+FINITE_TIMEOUT_S = 180
+
+NOT_RUN = {
+    "pip install -e '.[test]' && pytest": "the suite cannot run itself; .ci/run runs exactly this line",
+    "tox -e tests | tox -e faults | tox -e bench": "tox is not a test dependency; tox.ini must define the three",
+}
+SKIPPED_PREFIXES = ("pip install -e . && ",)
+SUBSTITUTIONS = (
+    ("--demo 20000 --demo-ms 1", "--demo 1000 --demo-ms 1"),
+    ('pytest -m "not slow"', 'pytest -m "not slow" --collect-only -q'),
+)
+IN_PROJECT = ("pytest ",)
+LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} (events|metrics|workers|errors|completions) +\S+ ")
+
+
+@attrs.frozen
+class LongRunning:
+    watcher: bool  # attaches only (never holds the database): may start before the block's other commands
+    ready: Callable[["Background"], bool]  # true once it shows what it should
+    needs_activity: bool = False  # true: give it a serving run with work if it saw nothing
+
+
+def _has(stream: str, needle: str) -> Callable[["Background"], bool]:
+    return lambda bg: needle in getattr(bg, stream).text()
+
+
+def _monitor_lines(bg: "Background") -> bool:
+    return any(LINE.match(line) for line in bg.out.lines)
+
+
+def _json_lines_of_worker_0(bg: "Background") -> bool:
+    entries = [json.loads(line) for line in bg.out.lines]
+    return bool(entries) and all(e["fields"]["worker"].endswith(":0") for e in entries)
+
+
+LONG_RUNNING = {
+    "python -m orchestrator_mp run --workers 4": LongRunning(False, _has("err", "serving the queue")),
+    "python -m orchestrator_mp run --workers 2": LongRunning(False, _has("err", "serving the queue")),
+    "python -m orchestrator_mp status --watch": LongRunning(True, _has("out", "active workers: "), True),
+    "python -m orchestrator_mp status --watch --interval 2": LongRunning(True, _has("out", "active workers: "), True),
+    "python -m orchestrator_mp monitor": LongRunning(True, _monitor_lines, True),
+    "python -m orchestrator_mp monitor --stream completions --worker '*:0' --json": LongRunning(
+        True, _json_lines_of_worker_0, True
+    ),
+    "python -m orchestrator_mp metrics --port 9808": LongRunning(True, _has("err", "serving Prometheus metrics on")),
+}
+
+
+def shell_commands(text: str) -> list[list[str]]:
+    """The commands of each ```sh block, comments removed."""
+    blocks = []
+    for block in re.findall(r"^```sh\n(.*?)^```", text, re.M | re.S):
+        commands = [re.sub(r"\s+#\s.*$", "", line).strip() for line in block.splitlines()]
+        blocks.append([c for c in commands if c and not c.startswith("#")])
+    return blocks
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", text, re.M | re.S)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Background:
+    """A long-running README command, ended by PID."""
+
+    def __init__(self, command: str, cwd: pathlib.Path, env: dict[str, str]) -> None:
+        self.command = command
+        self.proc = subprocess.Popen(
+            ["bash", "-c", f"exec {command}"], cwd=cwd, env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        self.out = LineReader(self.proc.stdout)
+        self.err = LineReader(self.proc.stderr)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"{self.command!r} did not stop on SIGINT") from None
+
+
+def _environment() -> dict[str, str]:
+    bin_dir = os.path.dirname(sys.executable)
+    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "ORCHESTRATOR_MP_LOG_LEVEL": "WARNING"}
+
+
+def _prepare(command: str, port: int) -> str:
+    for prefix in SKIPPED_PREFIXES:
+        command = command.removeprefix(prefix)
+    for old, new in SUBSTITUTIONS:
+        command = command.replace(old, new)
+    return command.replace("9808", str(port))
+
+
+def _check_not_run(command: str) -> None:
+    if command.startswith("pip install -e '.[test]' && pytest"):
+        ci = (ROOT / ".ci" / "run").read_text()
+        pattern = re.search(r'grep -m1 -E "([^"]+)" README\.md', ci).group(1)
+        assert re.match(pattern, command), ".ci/run must find the README's test command"
+    elif command.startswith("tox "):
+        tox = (ROOT / "tox.ini").read_text()
+        for env in re.findall(r"tox -e (\w+)", command):
+            assert f"[testenv:{env}]" in tox, env
+
+
+def test_readme_keeps_its_first_two_lines():
+    """The README opens with the two set-up commands, exactly (.ci/run greps the second)."""
+    assert README.read_text().splitlines()[:3] == [
+        "```sh",
+        "pip install -e . && python -m orchestrator_mp run --demo 10000",
+        "pip install -e '.[test]' && pytest",
+    ]
+
+
+@pytest.mark.slow
+def test_every_readme_shell_command_works(tmp_path):
+    """Each ```sh command of the README runs (or, for the listed exceptions, is checked) in README order."""
+    assert shutil.which("curl"), "the README's metrics example uses curl"
+    env = _environment()
+    port = free_port()
+    blocks = shell_commands(README.read_text())
+    assert sum(len(b) for b in blocks) >= 20, blocks
+    ran = []
+    for block in blocks:
+        background: list[tuple[Background, LongRunning]] = []
+        try:
+            watchers = [c for c in block if c in LONG_RUNNING and LONG_RUNNING[c].watcher]
+            for command in watchers:
+                background.append((Background(_prepare(command, port), tmp_path, env), LONG_RUNNING[command]))
+            for command in block:
+                if command in NOT_RUN:
+                    _check_not_run(command)
+                elif command in LONG_RUNNING:
+                    if not LONG_RUNNING[command].watcher:
+                        bg = Background(_prepare(command, port), tmp_path, env)
+                        background.append((bg, LONG_RUNNING[command]))
+                        spec = LONG_RUNNING[command]
+                        wait_for(lambda bg=bg, spec=spec: spec.ready(bg) or bg.proc.poll() is not None,
+                                 timeout=60, what=f"{command!r} to be ready")
+                else:
+                    prepared = _prepare(command, port)
+                    try:
+                        cwd = ROOT if prepared.startswith(IN_PROJECT) else tmp_path
+                        result = subprocess.run(["bash", "-c", prepared], cwd=cwd, env=env, text=True,
+                                                capture_output=True, timeout=FINITE_TIMEOUT_S)
+                    except subprocess.TimeoutExpired:
+                        raise AssertionError(f"{command!r} ran over {FINITE_TIMEOUT_S}s: is it long-running?") from None
+                    assert result.returncode == 0, f"{prepared}\n{result.stdout}\n{result.stderr}"
+                    _check_output(command, result.stdout)
+                ran.append(command)
+            _check_background(background, tmp_path, env)
+        finally:
+            for bg, _spec in reversed(background):
+                code = bg.stop()
+                assert code == 0, f"{bg.command!r} exited {code} on SIGINT:\n{bg.err.text()}"
+    assert len(ran) == sum(len(b) for b in blocks)
+
+
+def _check_output(command: str, stdout: str) -> None:
+    """What a finite command printed, where the README shows or promises it."""
+    if command.startswith("curl "):
+        assert "orchestrator_mp_up 1.0" in stdout and "orchestrator_mp_work_completed_total " in stdout, stdout
+    elif "--json" in command and "run" in command:
+        assert json.loads(stdout)["consistent"] is True
+    elif command.startswith("pytest "):
+        assert re.search(r"^\d+/\d+ tests collected \(\d+ deselected\)", stdout, re.M), stdout
+    elif "monitor --since 0 --no-follow --count 5" in command:
+        assert len(stdout.splitlines()) == 5 and all(LINE.match(line) for line in stdout.splitlines()), stdout
+
+
+def _check_background(background: list[tuple[Background, LongRunning]], cwd: pathlib.Path, env: dict) -> None:
+    """Wait for every long-running command to show its part, feeding idle watchers some work."""
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and not all(spec.ready(bg) for bg, spec in background):
+        time.sleep(0.1)
+    idle = [bg for bg, spec in background if spec.needs_activity and not spec.ready(bg)]
+    if idle:
+        serve = Background("python -m orchestrator_mp run --workers 2", cwd, env)
+        try:
+            wait_for(lambda: "serving the queue" in serve.err.text(), timeout=60, what="the serving run")
+            run_cli("enqueue", "demo", "--args", "[1, 2]", "--count", "200", cwd=cwd, check=True)
+            wait_for(lambda: all(spec.ready(bg) for bg, spec in background), timeout=60,
+                     what="every watcher to show the run: " + ", ".join(bg.command for bg in idle))
+        finally:
+            assert serve.stop() == 0
+    for bg, spec in background:
+        assert spec.ready(bg), f"{bg.command!r} showed nothing expected:\n{bg.out.text()}\n{bg.err.text()}"
+    if any("run --workers 4" in bg.command for bg, _ in background):
+        # The quick start's serving run takes the task `enqueue` queued just before it.
+        wait_for(lambda: run_cli_json("status", cwd=cwd)["queues"]["pending"] == 0, timeout=60,
+                 what="the serving run to take the queued task")
+
+
+@pytest.mark.slow
+def test_every_readme_python_example_runs(tmp_path):
+    """Each ```python block of the README runs, in order, in one directory, and exits 0."""
+    examples = python_blocks(README.read_text())
+    assert len(examples) >= 3
+    for index, code in enumerate(examples):
+        script = tmp_path / f"example_{index}.py"
+        script.write_text(code)
+        result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=_environment(), text=True,
+                                capture_output=True, timeout=FINITE_TIMEOUT_S)
+        assert result.returncode == 0, f"example {index}:\n{code}\n{result.stdout}\n{result.stderr}"
