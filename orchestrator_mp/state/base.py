@@ -90,6 +90,17 @@ def requeueable_task(entry: dict[str, Any]) -> str | None:
         return None
 
 
+@attrs.frozen
+class AuditSnapshot:
+    """Counters, per-worker counters, stream tails and queue depths read together."""
+
+    counters: dict[str, int]
+    per_worker: dict[str, dict[str, int]]
+    completions: StreamTail
+    errors: StreamTail
+    depths: dict[str, Any]
+
+
 class StateManager(abc.ABC):
     """Shared state for one orchestrator: workers, counters, streams and the queue."""
 
@@ -356,17 +367,26 @@ class StateManager(abc.ABC):
         for diagnostics, not hot paths."""
 
     # -- auditing ---------------------------------------------------------------------------
+    def audit_snapshot(self) -> AuditSnapshot:
+        """Everything :meth:`audit` compares. Backends that can read it all in one
+        atomic step override this, so an audit during a busy run is still exact."""
+        return AuditSnapshot(
+            counters=self.get_counters(),
+            per_worker=self.worker_counters(self.known_workers()),
+            completions=self.stream_tail(keys.WORK_COMPLETIONS),
+            errors=self.stream_tail(keys.WORK_ERRORS),
+            depths=self.queue_depths(),
+        )
+
     def audit(self) -> dict[str, Any]:
         """Check that counters agree with each other and with the streams.
 
         Holds after any run, including crashed ones; streams carry each entry's
         running total ``n``, so trimming (MAXLEN) never hides a mismatch.
         """
-        counters = self.get_counters()
-        per_worker = self.worker_counters(self.known_workers())
-        completions = self.stream_tail(keys.WORK_COMPLETIONS)
-        errors = self.stream_tail(keys.WORK_ERRORS)
-        depths = self.queue_depths()
+        snapshot = self.audit_snapshot()
+        counters, per_worker, depths = snapshot.counters, snapshot.per_worker, snapshot.depths
+        completions, errors = snapshot.completions, snapshot.errors
         completed = counters[keys.TOTAL_WORK_COMPLETED]
         failed = counters[keys.TOTAL_ERRORS]
         dead = counters[keys.TOTAL_DEAD_LETTERED]

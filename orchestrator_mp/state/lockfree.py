@@ -33,6 +33,7 @@ from ..limits import RedisLimits
 from ..models import Outcome, dumps, new_task_id
 from . import scripts
 from .base import (
+    AuditSnapshot,
     ReclaimResult,
     SettleResult,
     StateManager,
@@ -522,6 +523,57 @@ class RedisLockFreeStateManager(StateManager):
             "dead_letter": int(dead),
             "by_worker": by_worker,
         }
+
+    def audit_snapshot(self) -> AuditSnapshot:
+        """One MULTI/EXEC: a consistent snapshot even while workers settle batches."""
+        while True:
+            known = sorted(self.known_workers())
+            limiters = sorted(self.redis.smembers(keys.LIMITERS))
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.smembers(keys.KNOWN_WORKERS)
+            pipe.mget([keys.counter_key(name) for name in keys.COUNTERS])
+            for worker_id in known:
+                pipe.get(keys.worker_completed_key(worker_id))
+                pipe.get(keys.worker_errors_key(worker_id))
+                pipe.llen(keys.worker_inflight_key(worker_id))
+            for stream in (keys.WORK_COMPLETIONS, keys.WORK_ERRORS):
+                pipe.xlen(stream)
+                pipe.xrevrange(stream, count=1)
+            pipe.llen(keys.QUEUE)
+            pipe.llen(keys.DEAD_LETTER)
+            pipe.zcard(keys.DELAYED)
+            for name in limiters:
+                pipe.llen(keys.slot_waiters_key(name))
+            reply = pipe.execute()
+            if set(reply[0]) == set(known):
+                break  # no worker registered between the two reads
+        values = iter(reply[2:])
+        per_worker, inflight = {}, {}
+        for worker_id in known:
+            per_worker[worker_id] = {"completed": int(next(values) or 0), "errors": int(next(values) or 0)}
+            inflight[worker_id] = int(next(values))
+        tails = []
+        for _ in range(2):
+            length, last = next(values), next(values)
+            tails.append(
+                StreamTail(length=int(length), last=last[0][1], last_id=last[0][0])
+                if last
+                else StreamTail(length=int(length), last={})
+            )
+        pending, dead, delayed = int(next(values)), int(next(values)), int(next(values))
+        limited = sum(int(n) for n in values)
+        depths = {
+            "pending": pending,
+            "inflight": sum(inflight.values()),
+            "delayed": delayed,
+            "limited": limited,
+            "dead_letter": dead,
+            "by_worker": inflight,
+        }
+        counters = {name: int(value or 0) for name, value in zip(keys.COUNTERS, reply[1], strict=True)}
+        return AuditSnapshot(
+            counters=counters, per_worker=per_worker, completions=tails[0], errors=tails[1], depths=depths
+        )
 
     def limits(self, worker_id: str | None = None) -> RedisLimits:
         return RedisLimits(self.redis, worker_id)

@@ -46,8 +46,8 @@ def test_every_worker_gets_work(db_path):
 
 def test_active_workers_empty_after_shutdown_and_versions_grow(db_path):
     """A clean stop deregisters every worker; each worker's version grew with its work."""
-    with ContinuousOrchestrator(settings=settings_for(db_path, workers=2)) as orch:
-        orch.submit_many("tests.add", [(1, 2)] * 200)
+    with ContinuousOrchestrator(settings=settings_for(db_path, workers=2, batch_size=2)) as orch:
+        orch.submit_many("tests.sleep", [(5,)] * 100)  # slow enough that both workers take some
         assert orch.wait(timeout=60)
         url, ids = orch.url, orch.worker_ids()
         orch.stop_workers()

@@ -7,10 +7,12 @@ import os
 import multiprocess
 import pytest
 
-from orchestrator_mp import keys
+from orchestrator_mp import ContinuousOrchestrator, keys
 from orchestrator_mp.exceptions import ConfigurationError, Fenced
 from orchestrator_mp.models import Outcome, Task
 from orchestrator_mp.state import RedisLockFreeStateManager, create_state_manager
+from tests import tasks_for_tests  # noqa: F401  (registers the test tasks before workers fork)
+from tests.helpers import settings_for
 
 IMPLEMENTATIONS = ["lockfree"]
 
@@ -268,3 +270,13 @@ def test_a_task_that_crashed_a_worker_is_claimed_alone(manager):
     assert manager.claim("w1", epoch, 16) == [innocent[0]]  # stops before the suspect
     assert manager.claim("w1", epoch, 16) == [suspect]  # then the suspect, alone
     assert manager.claim("w1", epoch, 16) == innocent[1:]
+
+
+def test_audit_is_exact_while_workers_settle(db_path):
+    """An audit taken in the middle of a busy run agrees with itself (one atomic read)."""
+    with ContinuousOrchestrator(settings=settings_for(db_path, workers=2)) as orch:
+        orch.submit_many("tests.add", [(1, 1)] * 20000, results=False)
+        audits = []
+        while orch.pending():
+            audits.append(orch.audit())
+        assert audits and all(a["ok"] for a in audits), [a["checks"] for a in audits if not a["ok"]][:1]
