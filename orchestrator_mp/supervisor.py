@@ -53,7 +53,8 @@ class Supervisor:
 
     Args:
         settings: worker count, timeouts, crash limits.
-        url: the Redis URL every worker connects to (after its fork).
+        url: the Redis URL every worker connects to (after its fork); None for a
+            state kind that needs no server.
         state: the parent's own state manager, used for reclaiming partitions.
         target: the worker entry point (tests may pass another).
     """
@@ -61,7 +62,7 @@ class Supervisor:
     def __init__(
         self,
         settings: Settings,
-        url: str,
+        url: str | None,
         state: StateManager,
         target: Callable[..., None] = worker_main,
     ) -> None:

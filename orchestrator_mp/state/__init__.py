@@ -1,20 +1,86 @@
-"""State managers: one interface, chosen by name through :func:`create_state_manager`."""
+"""State managers: one interface, chosen by name through :func:`create_state_manager`.
+
+Each kind is registered once, with what it needs from the runtime; the rest of the
+code asks the registry (``state_kind(name).needs_server``) instead of testing names.
+"""
 from __future__ import annotations
 
 from typing import Callable
 
+import attrs
+
 from ..config import Settings
 from ..exceptions import ConfigurationError
 from .base import ReclaimResult, SettleResult, StateManager, StreamTail
+from .filebased import FileStateManager, state_dir_for
+from .locked import RedisEnabledStateManager
 from .lockfree import RedisLockFreeStateManager
 
-_FACTORIES: dict[str, Callable[[Settings, str | None], StateManager]] = {
-    "lockfree": lambda settings, url: RedisLockFreeStateManager(
-        url,
-        completions_maxlen=settings.completions_maxlen,
-        events_maxlen=settings.events_maxlen,
-    ),
+
+@attrs.frozen
+class StateKind:
+    """One registered implementation.
+
+    Attributes:
+        name: the ``Settings.state`` / ``--state`` value.
+        factory: builds a manager from the settings and the server URL (None without a server).
+        needs_server: whether the runtime must start (or be given) a Redis server.
+        summary: one line for help texts and reports.
+    """
+
+    name: str
+    factory: Callable[[Settings, str | None], StateManager]
+    needs_server: bool
+    summary: str
+
+
+_KINDS: dict[str, StateKind] = {
+    kind.name: kind
+    for kind in (
+        StateKind(
+            "lockfree",
+            lambda settings, url: RedisLockFreeStateManager(
+                url,
+                completions_maxlen=settings.completions_maxlen,
+                events_maxlen=settings.events_maxlen,
+            ),
+            needs_server=True,
+            summary="atomic Redis operations only (Lua, INCR, XADD, MULTI)",
+        ),
+        StateKind(
+            "locked",
+            lambda settings, url: RedisEnabledStateManager(
+                url,
+                completions_maxlen=settings.completions_maxlen,
+                events_maxlen=settings.events_maxlen,
+            ),
+            needs_server=True,
+            summary="baseline: redis-py Lock (leased, fenced, tuned backoff) per partition",
+        ),
+        StateKind(
+            "file",
+            lambda settings, _url: FileStateManager(
+                state_dir_for(settings.db_path),
+                completions_maxlen=settings.completions_maxlen,
+                events_maxlen=settings.events_maxlen,
+            ),
+            needs_server=False,
+            summary="legacy fallback: fcntl-locked files beside the database, fsync'd (slow)",
+        ),
+    )
 }
+
+
+# What the orchestrator uses when the embedded server cannot run at all.
+FALLBACK_KIND = "file"
+
+
+def state_kind(name: str) -> StateKind:
+    """The registered kind ``name``; raises ConfigurationError for an unknown one."""
+    try:
+        return _KINDS[name]
+    except KeyError:
+        raise ConfigurationError(f"state must be one of {', '.join(_KINDS)}, got {name!r}") from None
 
 
 def create_state_manager(settings: Settings, url: str | None) -> StateManager:
@@ -22,11 +88,7 @@ def create_state_manager(settings: Settings, url: str | None) -> StateManager:
 
     Call it in the process that will use the manager (after any fork).
     """
-    try:
-        factory = _FACTORIES[settings.state]
-    except KeyError:
-        raise ConfigurationError(f"state must be one of {', '.join(_FACTORIES)}, got {settings.state!r}") from None
-    return factory(settings, url)
+    return state_kind(settings.state).factory(settings, url)
 
 
 __all__ = [
@@ -34,6 +96,12 @@ __all__ = [
     "SettleResult",
     "ReclaimResult",
     "StreamTail",
+    "StateKind",
     "RedisLockFreeStateManager",
+    "RedisEnabledStateManager",
+    "FileStateManager",
     "create_state_manager",
+    "state_kind",
+    "FALLBACK_KIND",
+    "state_dir_for",
 ]
