@@ -3,6 +3,7 @@
     python -m orchestrator_mp run [--workers N] [--db PATH] [--demo COUNT] [--json] ...
     python -m orchestrator_mp enqueue TASK [--args JSON] [--kwargs JSON] [--db PATH]
     python -m orchestrator_mp status [--db PATH] [--json]
+    python -m orchestrator_mp bench [--workers 1,2,4,8] [--quick] [--check --min-ratio R]
 
 One module per command, each with ``add_parser(commands)``. Human-readable lines go
 to stderr; stdout carries only the requested output (the final JSON with ``--json``).
@@ -21,7 +22,7 @@ from ..exceptions import (
     TaskError,
     WorkerDied,
 )
-from . import enqueue, run, status
+from . import bench, enqueue, run, status
 from .common import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -31,7 +32,7 @@ from .common import (
     say,
 )
 
-COMMANDS = (run, enqueue, status)
+COMMANDS = (run, enqueue, status, bench)
 
 # Library errors mapped to the exit code the CLI returns for them (first match wins).
 EXIT_CODES: tuple[tuple[type[OrchestratorError], int], ...] = (

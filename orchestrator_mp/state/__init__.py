@@ -5,7 +5,7 @@ code asks the registry (``state_kind(name).needs_server``) instead of testing na
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import attrs
 
@@ -23,13 +23,14 @@ class StateKind:
 
     Attributes:
         name: the ``Settings.state`` / ``--state`` value.
-        factory: builds a manager from the settings and the server URL (None without a server).
+        factory: builds a manager from the settings, the server URL (None without a
+            server) and implementation-specific constructor options.
         needs_server: whether the runtime must start (or be given) a Redis server.
         summary: one line for help texts and reports.
     """
 
     name: str
-    factory: Callable[[Settings, str | None], StateManager]
+    factory: Callable[..., StateManager]
     needs_server: bool
     summary: str
 
@@ -39,30 +40,33 @@ _KINDS: dict[str, StateKind] = {
     for kind in (
         StateKind(
             "lockfree",
-            lambda settings, url: RedisLockFreeStateManager(
+            lambda settings, url, **options: RedisLockFreeStateManager(
                 url,
                 completions_maxlen=settings.completions_maxlen,
                 events_maxlen=settings.events_maxlen,
+                **options,
             ),
             needs_server=True,
             summary="atomic Redis operations only (Lua, INCR, XADD, MULTI)",
         ),
         StateKind(
             "locked",
-            lambda settings, url: RedisEnabledStateManager(
+            lambda settings, url, **options: RedisEnabledStateManager(
                 url,
                 completions_maxlen=settings.completions_maxlen,
                 events_maxlen=settings.events_maxlen,
+                **options,
             ),
             needs_server=True,
             summary="baseline: redis-py Lock (leased, fenced, tuned backoff) per partition",
         ),
         StateKind(
             "file",
-            lambda settings, _url: FileStateManager(
+            lambda settings, _url, **options: FileStateManager(
                 state_dir_for(settings.db_path),
                 completions_maxlen=settings.completions_maxlen,
                 events_maxlen=settings.events_maxlen,
+                **options,
             ),
             needs_server=False,
             summary="legacy fallback: fcntl-locked files beside the database, fsync'd (slow)",
@@ -83,12 +87,14 @@ def state_kind(name: str) -> StateKind:
         raise ConfigurationError(f"state must be one of {', '.join(_KINDS)}, got {name!r}") from None
 
 
-def create_state_manager(settings: Settings, url: str | None) -> StateManager:
+def create_state_manager(settings: Settings, url: str | None, **options: Any) -> StateManager:
     """The state manager ``settings.state`` names, connected to ``url``.
 
-    Call it in the process that will use the manager (after any fork).
+    ``options`` go to the implementation's constructor (for example
+    ``lock_scope="global"`` for the lock-based one). Call it in the process that
+    will use the manager (after any fork).
     """
-    return state_kind(settings.state).factory(settings, url)
+    return state_kind(settings.state).factory(settings, url, **options)
 
 
 __all__ = [

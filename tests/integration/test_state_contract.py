@@ -10,7 +10,7 @@ import pytest
 from orchestrator_mp import keys
 from orchestrator_mp.exceptions import ConfigurationError, Fenced
 from orchestrator_mp.models import Outcome, Task
-from orchestrator_mp.state import RedisEnabledStateManager, create_state_manager
+from orchestrator_mp.state import create_state_manager
 
 # Every registered kind, plus the baseline's global-lock variant.
 IMPLEMENTATIONS = ["lockfree", "locked", "locked-global", "file"]
@@ -19,7 +19,7 @@ IMPLEMENTATIONS = ["lockfree", "locked", "locked-global", "file"]
 def build_manager(variant, settings, url):
     """The manager a contract test runs against (in the calling process)."""
     if variant == "locked-global":
-        return RedisEnabledStateManager(url, lock_scope="global")
+        return create_state_manager(settings.evolve(state="locked"), url, lock_scope="global")
     return create_state_manager(settings.evolve(state=variant), url)
 
 
@@ -276,4 +276,41 @@ def test_stale_versions_are_refused_under_multiprocess_contention(request, setti
     assert won + lost == 4 * rounds
     assert lost > 0, "no contention observed; the test proves nothing"
     assert int(state.get_worker_state("shared")["version"]) == start + won
+    state.close()
+
+
+def _drain(variant, settings, url, worker_id, results):
+    state = build_manager(variant, settings, url)
+    epoch = state.register_worker(worker_id, pid=os.getpid(), host="h")
+    seen = []
+    while True:
+        claimed = state.claim(worker_id, epoch, 8, divisor=4)
+        if not claimed:
+            break
+        seen.extend(Task.from_json(raw).id for raw in claimed)
+        state.settle(worker_id, epoch, [_ok(raw) for raw in claimed])
+    results.put(seen)
+    state.close()
+
+
+@pytest.mark.parametrize("variant", IMPLEMENTATIONS)
+def test_concurrent_claimers_take_and_count_each_task_once(request, settings, variant):
+    """Four processes drain one queue at once: every task is claimed and counted exactly once."""
+    url = server_url(request, variant)
+    state = build_manager(variant, settings, url)
+    raws = [_raw("tests.add", i, i) for i in range(400)]
+    state.submit(raws)
+    results = multiprocess.Queue()
+    procs = [
+        multiprocess.Process(target=_drain, args=(variant, settings, url, f"w{i}", results)) for i in range(4)
+    ]
+    for proc in procs:
+        proc.start()
+    seen = [task_id for _ in procs for task_id in results.get(timeout=120)]
+    for proc in procs:
+        proc.join(timeout=30)
+    assert sorted(seen) == sorted(Task.from_json(raw).id for raw in raws)
+    assert state.get_counter("total_work_completed") == 400
+    assert state.stream_tail(keys.WORK_COMPLETIONS).last["n"] == "400"
+    assert state.audit()["ok"]
     state.close()
