@@ -352,8 +352,9 @@ def render(report: dict[str, Any]) -> str:
         header += "".join(f"{'lf/' + n:>17}" for n in others)
     lines.append(header)
     by = {(r["variant"], r["processes"]): r for r in report["contention"]}
-    for count in plan["counts"]:
-        cells = "".join(f"{_fmt(by[(n, count)]['updates_per_s']):>15}" for n in names)
+    counts = sorted({r["processes"] for r in report["contention"]})
+    for count in counts:
+        cells = "".join(f"{_fmt(by.get((n, count), {}).get('updates_per_s')):>15}" for n in names)
         if "lockfree" in names:
             cells += "".join(
                 f"{_fmt(report['ratios']['contention'].get(str(count), {}).get(n), '.1f') + 'x':>17}" for n in others
@@ -364,19 +365,19 @@ def render(report: dict[str, Any]) -> str:
         lines.append("")
         lines.append("Lock waits (acquire start to held, ms) and retries per acquire")
         lines.append(f"{'P':>3} {'variant':<15} {'p50 ms':>9} {'p99 ms':>9} {'retries':>9} {'lost leases':>12}")
-        for count in plan["counts"]:
+        for count in counts:
             for n in locked:
-                r = by[(n, count)]
+                r = by.get((n, count), {})
                 lines.append(f"{count:>3} {n:<15} {_fmt(r.get('lock_wait_p50_ms'), '.3f'):>9} "
                              f"{_fmt(r.get('lock_wait_p99_ms'), '.3f'):>9} {_fmt(r.get('retries_per_acquire'), '.2f'):>9}"
                              f" {r.get('lost_leases', 0):>12}")
-    redis_names = [n for n in names if by.get((n, plan["counts"][0]), {}).get("commands_per_update")]
+    redis_names = [n for n in names if any(by.get((n, c), {}).get("commands_per_update") for c in counts)]
     if redis_names:
         lines.append("")
         lines.append("Redis commands per update (INFO commandstats, commands inside scripts included)")
         for n in redis_names:
-            per = [_fmt(by[(n, c)]["commands_per_update"], ".1f") for c in plan["counts"]]
-            lines.append(f"  {n:<15} " + "  ".join(f"P={c}: {p}" for c, p in zip(plan["counts"], per, strict=True)))
+            per = [_fmt(by.get((n, c), {}).get("commands_per_update"), ".1f") for c in counts]
+            lines.append(f"  {n:<15} " + "  ".join(f"P={c}: {p}" for c, p in zip(counts, per, strict=True)))
     if report["end_to_end"]:
         lines.extend(_render_end_to_end(report))
     bad = [r for r in report["contention"] + report["end_to_end"] if not r["consistent"]]
@@ -397,13 +398,15 @@ def _render_end_to_end(report: dict[str, Any]) -> list[str]:
         header += "".join(f"{'lf/' + k:>12}" for k in others)
     header += "".join(f"{'cmd/task ' + k:>20}" for k in kinds if k != "file")
     lines.append(header)
-    for count in plan["counts"]:
-        cells = "".join(f"{_fmt(by[(k, count)]['tasks_per_s']):>15}" for k in kinds)
+    for count in sorted({r["workers"] for r in report["end_to_end"]}):
+        cells = "".join(f"{_fmt(by.get((k, count), {}).get('tasks_per_s')):>15}" for k in kinds)
         if "lockfree" in kinds:
             cells += "".join(
                 f"{_fmt(report['ratios']['end_to_end'].get(str(count), {}).get(k), '.2f') + 'x':>12}" for k in others
             )
-        cells += "".join(f"{_fmt(by[(k, count)]['commands_per_task'], '.2f'):>20}" for k in kinds if k != "file")
+        cells += "".join(
+            f"{_fmt(by.get((k, count), {}).get('commands_per_task'), '.2f'):>20}" for k in kinds if k != "file"
+        )
         lines.append(f"{count:>3} {cells}")
     return lines
 
