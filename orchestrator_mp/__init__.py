@@ -20,6 +20,7 @@ from .exceptions import (
     OrchestratorError,
     PayloadError,
     ServerError,
+    ServerNotRunnable,
     StateError,
     StopWorker,
     SupervisorClosed,
@@ -33,7 +34,13 @@ from .models import Outcome, Task
 from .orchestrator import ContinuousOrchestrator, open_state
 from .registry import get_task, register_task, registered_names, task
 from .server import EmbeddedServer
-from .state import RedisLockFreeStateManager, StateManager, create_state_manager
+from .state import (
+    FileStateManager,
+    RedisEnabledStateManager,
+    RedisLockFreeStateManager,
+    StateManager,
+    create_state_manager,
+)
 
 __all__ = [
     "__version__",
@@ -44,6 +51,8 @@ __all__ = [
     "EmbeddedServer",
     "StateManager",
     "RedisLockFreeStateManager",
+    "RedisEnabledStateManager",
+    "FileStateManager",
     "create_state_manager",
     "Task",
     "Outcome",
@@ -65,6 +74,7 @@ __all__ = [
     "BackendUnavailable",
     "LockTimeout",
     "ServerError",
+    "ServerNotRunnable",
     "DatabaseInUse",
     "WorkerDied",
     "SupervisorClosed",

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import platform
 import signal
-import statistics
 import tempfile
 import time
 from contextlib import contextmanager
@@ -368,9 +367,10 @@ def render(report: dict[str, Any]) -> str:
         for count in counts:
             for n in locked:
                 r = by.get((n, count), {})
-                lines.append(f"{count:>3} {n:<15} {_fmt(r.get('lock_wait_p50_ms'), '.3f'):>9} "
-                             f"{_fmt(r.get('lock_wait_p99_ms'), '.3f'):>9} {_fmt(r.get('retries_per_acquire'), '.2f'):>9}"
-                             f" {r.get('lost_leases', 0):>12}")
+                p50 = _fmt(r.get("lock_wait_p50_ms"), ".3f")
+                p99 = _fmt(r.get("lock_wait_p99_ms"), ".3f")
+                retries = _fmt(r.get("retries_per_acquire"), ".2f")
+                lines.append(f"{count:>3} {n:<15} {p50:>9} {p99:>9} {retries:>9} {r.get('lost_leases', 0):>12}")
     redis_names = [n for n in names if any(by.get((n, c), {}).get("commands_per_update") for c in counts)]
     if redis_names:
         lines.append("")
@@ -409,9 +409,3 @@ def _render_end_to_end(report: dict[str, Any]) -> list[str]:
         )
         lines.append(f"{count:>3} {cells}")
     return lines
-
-
-def median_ratio(reports: Sequence[dict[str, Any]], count: int, other: str = BASELINE) -> float:
-    """The median lockfree/``other`` contention ratio at ``count`` over several reports."""
-    values = [r["ratios"]["contention"][str(count)][other] for r in reports]
-    return statistics.median(values)

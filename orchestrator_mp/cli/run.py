@@ -82,7 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             say(f"socket: {orch.server.socket_path}")
             say(f"watch live: {orch.monitor_command()}")
         if orch.server is None and orch.url is None and not args.json:
-            say(f"orchestrator_mp {__version__}: {orch.settings.state} state in {state_dir_for(orch.settings.db_path)}")
+            where = state_dir_for(orch.settings.db_path)
+            say(f"orchestrator_mp {__version__}: {orch.settings.state} state in {where} (no Redis server)")
         if not args.json:
             say(f"{settings.workers} worker(s) started: {', '.join(orch.worker_ids())}")
         before = orch.counters()

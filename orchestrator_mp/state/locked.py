@@ -14,7 +14,8 @@ have written it, not as a straw man:
 * Lock granularity like the lock-free design's partitions: one lock per worker
   partition, one work-queue lock around claiming, one lock for the global counters.
   ``lock_scope="global"`` takes a single lock for everything instead.
-* Reads of one key, and appends to streams, take no lock (they need none).
+* Reads of one key, and appends to streams, take no lock (they need none); they
+  are the same as the lock-free manager's (:mod:`.redisreads`).
 * ``acquire_lock(name)`` is a real lock here: the old design held it around calls
   to rate-limited external services.
 
@@ -42,7 +43,7 @@ from ..connection import create_client
 from ..exceptions import ConfigurationError, Fenced, LockTimeout
 from ..models import Outcome, dumps
 from . import common
-from .base import ReclaimResult, SettleResult, StateManager, StreamTail
+from .base import ReclaimResult, SettleResult, StateManager
 from .locks import (
     FENCED_APPLY,
     WAIT_POLICIES,
@@ -53,6 +54,7 @@ from .locks import (
     fenced_args,
     release,
 )
+from .redisreads import RedisReadsMixin
 
 LOCK_SCOPES = ("partition", "global")
 # A critical section whose lease ran out is retried (nothing was written) this often.
@@ -83,7 +85,7 @@ def _xadd(stream: str, maxlen: int, fields: dict[str, object]) -> Write:
     return ("XADD", stream, "MAXLEN", "~", maxlen, "*", *flat)
 
 
-class RedisEnabledStateManager(StateManager):
+class RedisEnabledStateManager(RedisReadsMixin, StateManager):
     """The lock-based baseline on one Redis server.
 
     Args:
@@ -222,12 +224,6 @@ class RedisEnabledStateManager(StateManager):
 
         self._transact([keys.worker_lock_key(worker_id)], plan)
 
-    def active_workers(self) -> set[str]:
-        return set(self.redis.smembers(keys.ACTIVE_WORKERS))
-
-    def known_workers(self) -> set[str]:
-        return set(self.redis.smembers(keys.KNOWN_WORKERS))
-
     def get_worker_state(self, worker_id: str) -> dict[str, str]:
         return self._read_state(worker_id)
 
@@ -286,43 +282,6 @@ class RedisEnabledStateManager(StateManager):
 
         value = self._transact([keys.COUNTERS_LOCK], plan)
         return 0 if pipeline is not None else value
-
-    def get_counter(self, name: str) -> int:
-        return int(self.redis.get(keys.counter_key(name)) or 0)
-
-    def get_counters(self, names: Sequence[str] = keys.COUNTERS) -> dict[str, int]:
-        values = self.redis.mget([keys.counter_key(name) for name in names])
-        return {name: int(value or 0) for name, value in zip(names, values, strict=True)}
-
-    def worker_counters(self, worker_ids: Iterable[str]) -> dict[str, dict[str, int]]:
-        ids = sorted(worker_ids)
-        if not ids:
-            return {}
-        values = self.redis.mget([k for w in ids for k in (keys.worker_completed_key(w), keys.worker_errors_key(w))])
-        return {
-            worker_id: {"completed": int(values[2 * i] or 0), "errors": int(values[2 * i + 1] or 0)}
-            for i, worker_id in enumerate(ids)
-        }
-
-    def record_metric(
-        self, name: str, value: float, tags: dict[str, object] | None = None, *, pipeline: Any = None
-    ) -> None:
-        """An append needs no lock: XADD, as in the lock-free design."""
-        fields: dict[str, object] = {"name": name, "value": value, "ts": time.time()}
-        if tags:
-            fields["tags"] = dumps(tags)
-        target = pipeline if pipeline is not None else self.redis
-        target.xadd(keys.METRICS, fields, maxlen=self.events_maxlen, approximate=True)
-
-    def stream_tail(self, stream: str) -> StreamTail:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xlen(stream)
-        pipe.xrevrange(stream, count=1)
-        length, last = pipe.execute()
-        return StreamTail(length=int(length), last=last[0][1] if last else {})
-
-    def read_stream(self, stream: str, count: int = 100) -> list[tuple[str, dict[str, str]]]:
-        return list(reversed(self.redis.xrevrange(stream, count=count)))
 
     # -- rate-limited external services -------------------------------------------------------
     def acquire_lock(
@@ -443,7 +402,12 @@ class RedisEnabledStateManager(StateManager):
         return self._transact([keys.worker_lock_key(worker_id), keys.COUNTERS_LOCK], plan)
 
     def _plan_settle(
-        self, worker_id: str, state: dict[str, str], inflight: list[str], count: dict[str, int], outcomes: Sequence[Outcome]
+        self,
+        worker_id: str,
+        state: dict[str, str],
+        inflight: list[str],
+        count: dict[str, int],
+        outcomes: Sequence[Outcome],
     ) -> _Step:
         inflight_key = keys.worker_inflight_key(worker_id)
         done, failed, duplicates = common.split_settled(inflight, outcomes)
@@ -553,24 +517,3 @@ class RedisEnabledStateManager(StateManager):
         return self._transact(
             [keys.worker_lock_key(worker_id), keys.QUEUE_LOCK, keys.COUNTERS_LOCK], plan
         )
-
-    def queue_depths(self, worker_ids: Iterable[str] | None = None) -> dict[str, Any]:
-        ids = sorted(self.known_workers() if worker_ids is None else worker_ids)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.llen(keys.QUEUE)
-        pipe.llen(keys.DEAD_LETTER)
-        for worker_id in ids:
-            pipe.llen(keys.worker_inflight_key(worker_id))
-        pending, dead, *inflight = pipe.execute()
-        by_worker = {worker_id: int(n) for worker_id, n in zip(ids, inflight, strict=True)}
-        return {"pending": int(pending), "inflight": sum(by_worker.values()), "dead_letter": int(dead),
-                "by_worker": by_worker}
-
-    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        entries = []
-        for raw in self.redis.lrange(keys.DEAD_LETTER, 0, max(0, limit - 1)):
-            try:
-                entries.append(json.loads(raw))
-            except ValueError:
-                entries.append({"task": raw, "category": "bad_payload", "message": "unreadable entry"})
-        return entries

@@ -236,4 +236,5 @@ def test_commands_open_the_kind_that_wrote_the_database(db_path, state):
             assert live.kind == state
     with open_state(settings_for(db_path), role="status") as offline:
         assert offline.kind == state
-        assert all(s.get("status") == "stopped" for s in offline.batch_get_worker_states(offline.known_workers()).values())
+        states = offline.batch_get_worker_states(offline.known_workers())
+        assert states and all(s.get("status") == "stopped" for s in states.values())
