@@ -346,9 +346,10 @@ def render(report: dict[str, Any]) -> str:
     for name in names:
         lines.append(f"  {name:<15} {report['variants'][name]}")
     others = [n for n in names if n != "lockfree"]
+    width = {n: max(10, len(n) + 5) for n in others}
     header = f"{'P':>3} " + "".join(f"{n:>15}" for n in names)
     if "lockfree" in names:
-        header += "".join(f"{'lf/' + n:>17}" for n in others)
+        header += "".join(f"{'lf/' + n:>{width[n]}}" for n in others)
     lines.append(header)
     by = {(r["variant"], r["processes"]): r for r in report["contention"]}
     counts = sorted({r["processes"] for r in report["contention"]})
@@ -356,7 +357,8 @@ def render(report: dict[str, Any]) -> str:
         cells = "".join(f"{_fmt(by.get((n, count), {}).get('updates_per_s')):>15}" for n in names)
         if "lockfree" in names:
             cells += "".join(
-                f"{_fmt(report['ratios']['contention'].get(str(count), {}).get(n), '.1f') + 'x':>17}" for n in others
+                f"{_fmt(report['ratios']['contention'].get(str(count), {}).get(n), '.1f') + 'x':>{width[n]}}"
+                for n in others
             )
         lines.append(f"{count:>3} {cells}")
     locked = [n for n in names if variant(n).kind == "locked"]
