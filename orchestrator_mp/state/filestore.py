@@ -15,8 +15,14 @@ to a transaction that never committed: readers never look at them, and the next
 writer truncates them before appending. A log is compacted (its live part copied to
 generation GEN+1) when most of it has been consumed or trimmed.
 
-Every operation opens the lock file, so a forked child never shares a lock with
-its parent, and two threads of one process exclude each other like two processes.
+Every operation opens the lock file anew, so two threads of one process exclude
+each other like two processes. A fork while another thread holds the lock would
+hand the child a duplicate of that descriptor, and flock locks belong to the
+descriptor, not the process: the lock would outlive the parent's release for as
+long as the child lives (a worker forked during a parent's read deadlocked the
+parent's next write this way). So open lock descriptors are tracked under a guard
+that fork waits for, and a child closes its duplicates at once (closing, never
+unlocking: the parent's lock stays the parent's).
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 import time
 from typing import Any, Iterator
 
@@ -33,6 +40,27 @@ _DOCUMENT = "state.json"
 _LOCK = "lock"
 _COMPACT_BYTES = 1 << 20
 _READ_CHUNK = 1 << 16
+
+# Lock descriptors open in this process right now, and the guard fork holds so that
+# none is opened or closed while the process is being copied.
+_OPEN_LOCK_FDS: set[int] = set()
+_FDS_GUARD = threading.Lock()
+
+
+def _close_inherited_lock_fds() -> None:
+    global _FDS_GUARD
+    for fd in _OPEN_LOCK_FDS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _OPEN_LOCK_FDS.clear()
+    _FDS_GUARD = threading.Lock()
+
+
+os.register_at_fork(
+    before=lambda: _FDS_GUARD.acquire(),
+    after_in_parent=lambda: _FDS_GUARD.release(),
+    after_in_child=_close_inherited_lock_fds,
+)
 
 
 def _fsync_dir(directory: str) -> None:
@@ -214,12 +242,16 @@ class FileStore:
 
     @contextlib.contextmanager
     def _locked(self, mode: int) -> Iterator[None]:
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with _FDS_GUARD:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            _OPEN_LOCK_FDS.add(fd)
         try:
-            fcntl.flock(fd, mode)
+            fcntl.flock(fd, mode)  # may block: the guard is not held here
             yield
         finally:
-            os.close(fd)  # closing the descriptor releases the flock
+            with _FDS_GUARD:
+                _OPEN_LOCK_FDS.discard(fd)
+                os.close(fd)  # closing the descriptor releases the flock
 
     def _load(self) -> dict[str, Any]:
         try:

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 
+import multiprocess
 import pytest
 
 from orchestrator_mp import keys
@@ -97,3 +100,19 @@ def test_streams_are_trimmed_approximately(tmp_path):
     assert [e[1]["value"] for e in entries] == ["295", "296", "297", "298", "299"]
     ids = [e[0] for e in manager.read_stream(keys.METRICS, count=300)]
     assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+
+
+def test_a_child_forked_while_the_lock_is_held_does_not_keep_it(files):
+    """flock follows descriptors: a process forked during a read must not keep the parent's lock."""
+    with files.store.read():
+        child = multiprocess.Process(target=time.sleep, args=(10,))
+        child.start()
+    try:
+        writer = threading.Thread(target=files.increment_counter, args=("c",), daemon=True)
+        writer.start()
+        writer.join(3)
+        assert not writer.is_alive(), "the forked child kept the parent's lock"
+        assert files.get_counter("c") == 1
+    finally:
+        child.kill()
+        child.join()
