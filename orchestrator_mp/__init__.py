@@ -20,6 +20,7 @@ from .exceptions import (
     OrchestratorError,
     PayloadError,
     ServerError,
+    ServerNotRunnable,
     StateError,
     StopWorker,
     SupervisorClosed,
@@ -35,7 +36,13 @@ from .models import Outcome, Task
 from .orchestrator import ContinuousOrchestrator, open_state
 from .registry import get_task, register_task, registered_names, task
 from .server import EmbeddedServer
-from .state import RedisLockFreeStateManager, StateManager, create_state_manager
+from .state import (
+    FileStateManager,
+    RedisEnabledStateManager,
+    RedisLockFreeStateManager,
+    StateManager,
+    create_state_manager,
+)
 
 __all__ = [
     "__version__",
@@ -48,6 +55,8 @@ __all__ = [
     "EmbeddedServer",
     "StateManager",
     "RedisLockFreeStateManager",
+    "RedisEnabledStateManager",
+    "FileStateManager",
     "create_state_manager",
     "Task",
     "Outcome",
@@ -69,6 +78,7 @@ __all__ = [
     "BackendUnavailable",
     "LockTimeout",
     "ServerError",
+    "ServerNotRunnable",
     "DatabaseInUse",
     "WorkerDied",
     "SupervisorClosed",

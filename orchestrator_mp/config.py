@@ -13,7 +13,7 @@ import attrs
 
 from .exceptions import ConfigurationError
 
-STATE_KINDS = ("lockfree",)
+STATE_KINDS = ("lockfree", "locked", "file")
 DURABILITY_MODES = ("fast", "strict")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
@@ -66,7 +66,9 @@ class Settings:
         db_path: the embedded server's database file (AOF beside it as ``PATH.aof``).
         redis_url: an external server instead of the embedded one (None: embedded).
         workers: worker processes to fork.
-        state: which state manager implementation to use.
+        state: which state manager implementation to use: ``lockfree`` (atomic Redis
+            operations), ``locked`` (the lock-based baseline) or ``file`` (legacy
+            files beside ``db_path``, no Redis server).
         batch_size: most tasks a worker claims in one round trip when the queue is deep.
         block_timeout_s: how long an idle worker blocks on an empty queue per call.
         completions_maxlen: approximate cap of ``work_completions`` and ``work_errors``.

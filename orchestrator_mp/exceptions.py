@@ -90,11 +90,25 @@ class BackendUnavailable(StateError):
 
 
 class LockTimeout(StateError):
-    """The lock-based baseline gave up waiting for a lock."""
+    """The lock-based baseline gave up waiting for a lock (or kept losing its lease)."""
+
+    def __init__(self, lock: str, waited_s: float, reason: str = "still held by another owner") -> None:
+        self.lock = lock
+        self.waited_s = waited_s
+        message = f"lock {lock!r}: gave up after {waited_s:.3f}s ({reason})"
+        super().__init__(message)
 
 
 class ServerError(OrchestratorError):
     """The embedded Redis server failed to start, was in use, or died."""
+
+
+class ServerNotRunnable(ServerError):
+    """The redis-server binary is missing or cannot run on this machine.
+
+    The orchestrator answers this one (and only this one) by falling back to the
+    file-based state; a server that runs but cannot load the data is a ServerError.
+    """
 
 
 class DatabaseInUse(ServerError):

@@ -134,3 +134,28 @@ def worker_lease_key(worker_id: str) -> str:
 def counter_key(name: str) -> str:
     """Counters live under their own names, as in the design this replaces."""
     return name
+
+
+# -- which state manager wrote the data (read by `status` / `enqueue`) ------------------------
+STATE_KIND = "orchestrator_mp:state_kind"  # string: lockfree | locked
+
+# -- the lock-based baseline (state/locked.py) -------------------------------------------------
+WORKER_STATES = "worker_states"  # hash: worker id -> JSON state, the old design's shared structure
+QUEUE_LOCK = "lock:queue"  # held around claiming (and every other queue change)
+COUNTERS_LOCK = "lock:counters"  # held around read-modify-write of the global counters
+GLOBAL_LOCK = "lock:global"  # the global-lock variant: one lock for everything
+
+
+def worker_lock_key(worker_id: str) -> str:
+    """The lock of one worker's partition (its state entry, in-flight list and counters)."""
+    return f"lock:worker:{{{worker_id}}}"
+
+
+def external_lock_key(name: str) -> str:
+    """The lock held around calls to a rate-limited external service (``acquire_lock``)."""
+    return f"lock:external:{name}"
+
+
+def fence_key(lock_key: str) -> str:
+    """Fencing counter of a lock: INCR at each acquire; protected writes check it."""
+    return f"fence:{lock_key}"

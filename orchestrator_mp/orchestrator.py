@@ -8,9 +8,11 @@
         print(orch.counters())
 
 Without ``redis_url`` an embedded server is started on ``db`` (locked against a
-second orchestrator); with it, that server is used as is. ``enable_parallel=False``
-runs the same tasks in this process, one batch at a time, through the same state
-manager, so accounting is identical.
+second orchestrator); with it, that server is used as is. A state kind that needs
+no server (``state="file"``) starts none but still locks ``db``; when the embedded
+server cannot run at all, the orchestrator falls back to that kind with a warning.
+``enable_parallel=False`` runs the same tasks in this process, one batch at a time,
+through the same state manager, so accounting is identical.
 """
 from __future__ import annotations
 
@@ -21,21 +23,30 @@ import socket
 import time
 from typing import Any, Callable, Iterable, Iterator
 
+from . import keys
 from .config import Settings
+from .connection import create_client
 from .exceptions import (
     ConfigurationError,
     PayloadError,
     ServerError,
+    ServerNotRunnable,
     SupervisorClosed,
     UnknownTaskError,
 )
 from .handles import TaskHandle
-from .log import configure_if_untouched
+from .log import configure_if_untouched, logger
 from .models import Task
 from .recovery import recover_stale_partitions
 from .registry import is_registered, name_of
-from .server import EmbeddedServer, monitor_command, read_owner
-from .state import StateManager, create_state_manager
+from .server import DatabaseLock, EmbeddedServer, monitor_command, read_owner
+from .state import (
+    FALLBACK_KIND,
+    StateManager,
+    create_state_manager,
+    state_dir_for,
+    state_kind,
+)
 from .supervisor import Supervisor
 from .worker import Worker
 
@@ -66,7 +77,8 @@ class ContinuousOrchestrator:
 
     Raises:
         ConfigurationError: invalid settings.
-        DatabaseInUse / ServerError: the embedded server cannot start on ``db``.
+        DatabaseInUse / ServerError: the embedded server cannot start on ``db``
+            (a binary that cannot run at all falls back to the file-based state).
     """
 
     def __init__(
@@ -91,6 +103,7 @@ class ContinuousOrchestrator:
         self.enable_parallel = enable_parallel
         self.strict_names = strict_names
         self.server: EmbeddedServer | None = None
+        self.db_lock: DatabaseLock | None = None
         self.state: StateManager | None = None
         self.supervisor: Supervisor | None = None
         self._supervisor_state: StateManager | None = None
@@ -107,11 +120,7 @@ class ContinuousOrchestrator:
             return self
         configure_if_untouched(self.settings.log_level, self.settings.log_json)
         try:
-            if self.settings.redis_url:
-                self.url = self.settings.redis_url
-            else:
-                self.server = EmbeddedServer(self.settings.db_path, durability=self.settings.durability).start()
-                self.url = self.server.url
+            self._start_backend()
             self.state = create_state_manager(self.settings, self.url)
             recover_stale_partitions(self.state, self.settings)
             if self.enable_parallel:
@@ -128,6 +137,31 @@ class ContinuousOrchestrator:
             raise
         self._started = True
         return self
+
+    def _start_backend(self) -> None:
+        """The server (or the database lock) the chosen state kind needs."""
+        if state_kind(self.settings.state).needs_server:
+            if self.settings.redis_url:
+                self.url = self.settings.redis_url
+            else:
+                try:
+                    self.server = EmbeddedServer(self.settings.db_path, durability=self.settings.durability).start()
+                except ServerNotRunnable as exc:
+                    logger.warning(
+                        "the embedded redis-server cannot run ({}); falling back to the {} state in {}: "
+                        "correct but much slower",
+                        exc,
+                        FALLBACK_KIND,
+                        state_dir_for(self.settings.db_path),
+                    )
+                    self.settings = self.settings.evolve(state=FALLBACK_KIND)
+                else:
+                    self.url = self.server.url
+        if state_kind(self.settings.state).needs_server:
+            _record_kind(self.url, self.settings.state)
+        else:
+            self.db_lock = DatabaseLock(self.settings.db_path).acquire()
+            self.db_lock.write_record(state=self.settings.state, files=state_dir_for(self.settings.db_path))
 
     def close(self, timeout: float | None = None) -> None:
         """Warm-stop the workers (SIGKILL after ``timeout``), save and stop the server."""
@@ -160,6 +194,8 @@ class ContinuousOrchestrator:
                     state.close()
             if self.server is not None:
                 self.server.stop()
+            if self.db_lock is not None:
+                self.db_lock.release()
 
     def __enter__(self) -> "ContinuousOrchestrator":
         return self.start()
@@ -372,34 +408,77 @@ def live_url(settings: Settings) -> str | None:
 READ_ONLY_ROLES = ("status", "monitor", "redis-cli")
 
 
+def _record_kind(url: str, kind: str) -> None:
+    """Note in the database which state kind writes it, for ``status`` and ``enqueue``."""
+    client = create_client(url)
+    try:
+        client.set(keys.STATE_KIND, kind)
+    finally:
+        client.close()
+
+
+def _recorded_kind(url: str, default: str) -> str:
+    client = create_client(url)
+    try:
+        return client.get(keys.STATE_KIND) or default
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def _managed(settings: Settings, url: str | None) -> Iterator[StateManager]:
+    state = create_state_manager(settings, url)
+    try:
+        yield state
+    finally:
+        state.close()
+
+
+def _is_file_database(settings: Settings) -> bool:
+    """No live owner: is ``db_path`` file-based state (and no Redis data)?"""
+    db = os.path.abspath(settings.db_path)
+    redis_data = os.path.exists(db) or os.path.exists(db + ".aof")
+    return not redis_data and (os.path.isdir(state_dir_for(db)) or not state_kind(settings.state).needs_server)
+
+
 @contextlib.contextmanager
 def open_state(settings: Settings, role: str = "command") -> Iterator[StateManager]:
     """A state manager on ``settings``' database, whether or not an orchestrator runs.
 
     With ``redis_url``: that server. Otherwise, when a live orchestrator owns the
-    database, its socket (read from the lock file); when none does, a temporary
-    embedded server on the database, saved and stopped on exit.
+    database, its socket (read from the lock file), or its state directory when it
+    runs without a server. When none does: the file-based state if that is what the
+    database holds, else a temporary embedded server on the database, saved and
+    stopped on exit. Redis databases name the kind that wrote them; it is used.
 
     Raises:
         ServerError: a read-only ``role`` (:data:`READ_ONLY_ROLES`) on a database
             that does not exist, or the temporary server cannot start.
     """
-    url = live_url(settings)
-    if url is not None:
-        state = create_state_manager(settings, url)
-        try:
+    if settings.redis_url:
+        url = settings.redis_url
+        with _managed(settings.evolve(state=_recorded_kind(url, settings.state)), url) as state:
             yield state
-        finally:
-            state.close()
+        return
+    file_settings = settings.evolve(state=FALLBACK_KIND)
+    owner = read_owner(settings.db_path)
+    if owner and owner.get("socket"):
+        url = f"unix://{owner['socket']}"
+        with _managed(settings.evolve(state=_recorded_kind(url, settings.state)), url) as state:
+            yield state
+        return
+    if owner or _is_file_database(settings):
+        if not os.path.isdir(state_dir_for(settings.db_path)) and role in READ_ONLY_ROLES:
+            raise ServerError(f"no database at {os.path.abspath(settings.db_path)} (nothing has run there yet)")
+        with _managed(file_settings, None) as state:
+            yield state
         return
     if not os.path.exists(settings.db_path) and role in READ_ONLY_ROLES:
         raise ServerError(f"no database at {os.path.abspath(settings.db_path)} (nothing has run there yet)")
     with EmbeddedServer(settings.db_path, durability=settings.durability, role=role) as server:
-        state = create_state_manager(settings, server.url)
-        try:
+        url = server.url
+        with _managed(settings.evolve(state=_recorded_kind(url, settings.state)), url) as state:
             yield state
-        finally:
-            state.close()
 
 
 class Attachment:

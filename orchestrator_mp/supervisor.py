@@ -67,7 +67,8 @@ class Supervisor:
 
     Args:
         settings: worker count, timeouts, crash limits.
-        url: the Redis URL every worker connects to (after its fork).
+        url: the Redis URL every worker connects to (after its fork); None for a
+            state kind that needs no server.
         state: the parent's own state manager, used for reclaiming partitions.
         server: the embedded server to restart if it dies (None: external).
         target: the worker entry point (tests may pass another).
@@ -76,7 +77,7 @@ class Supervisor:
     def __init__(
         self,
         settings: Settings,
-        url: str,
+        url: str | None,
         state: StateManager,
         server: EmbeddedServer | None = None,
         target: Callable[..., None] = worker_main,

@@ -410,7 +410,7 @@ class _StopFlags:
         return self.stop or os.getppid() != self.parent_pid
 
 
-def worker_main(settings: Settings, url: str, worker_id: str, parent_pid: int) -> None:
+def worker_main(settings: Settings, url: str | None, worker_id: str, parent_pid: int) -> None:
     """Entry point of a forked worker process."""
     die_with_parent(signal.SIGTERM)
     flags = _StopFlags(parent_pid)

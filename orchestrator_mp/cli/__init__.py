@@ -8,6 +8,7 @@
     python -m orchestrator_mp redis-cli [--db PATH] [ARG ...]
     python -m orchestrator_mp result ID [--wait S] [--json]
     python -m orchestrator_mp dlq list|retry|purge [ID ...|--all] [--json]
+    python -m orchestrator_mp bench [--workers 1,2,4,8] [--quick] [--check --min-ratio R]
 
 One module per command, each with ``add_parser(commands)``. Human-readable lines go
 to stderr; stdout carries only the requested output (the final JSON with ``--json``).
@@ -26,7 +27,7 @@ from ..exceptions import (
     TaskError,
     WorkerDied,
 )
-from . import dlq, enqueue, metrics, monitor, redis_cli, result, run, status
+from . import bench, dlq, enqueue, metrics, monitor, redis_cli, result, run, status
 from .common import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -36,7 +37,7 @@ from .common import (
     say,
 )
 
-COMMANDS = (run, enqueue, status, result, dlq, monitor, metrics, redis_cli)
+COMMANDS = (run, enqueue, status, result, dlq, monitor, metrics, redis_cli, bench)
 
 # Library errors mapped to the exit code the CLI returns for them (first match wins).
 EXIT_CODES: tuple[tuple[type[OrchestratorError], int], ...] = (

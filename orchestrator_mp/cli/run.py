@@ -14,11 +14,12 @@ import time
 from typing import Any
 
 from .. import __version__, keys
-from ..config import default_workers
+from ..config import STATE_KINDS, default_workers
 from ..demo import DEMO_TASK
 from ..exceptions import ConfigurationError
 from ..log import configure as configure_logging
 from ..orchestrator import ContinuousOrchestrator
+from ..state import state_dir_for
 from .common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -47,6 +48,12 @@ def add_parser(commands: Any) -> None:
     run.add_argument("--batch", type=positive_int, default=None, metavar="K", help="most tasks claimed per round trip")
     run.add_argument("--durability", choices=("fast", "strict"), default=None, help="appendfsync everysec | always")
     run.add_argument(
+        "--state",
+        choices=STATE_KINDS,
+        default=None,
+        help="state manager: lockfree (default), locked (lock-based baseline), file (legacy files, no server)",
+    )
+    run.add_argument(
         "--import",
         dest="imports",
         action="append",
@@ -68,7 +75,11 @@ def add_parser(commands: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a demo (``--demo``) or serve until a signal; returns the exit code."""
     settings = settings_from(
-        args, workers=args.workers or default_workers(), batch_size=args.batch, durability=args.durability
+        args,
+        workers=args.workers or default_workers(),
+        batch_size=args.batch,
+        durability=args.durability,
+        state=args.state,
     )
     configure_logging(settings.log_level if not args.json else "WARNING", settings.log_json)
     for module in args.imports:
@@ -87,6 +98,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             say(f"watch live: {orch.monitor_command()}")
             db = shlex.quote(settings.db_path)
             say(f"from another terminal: python -m orchestrator_mp status --watch --db {db}  (or: monitor, metrics)")
+        if orch.server is None and orch.url is None and not args.json:
+            where = state_dir_for(orch.settings.db_path)
+            say(f"orchestrator_mp {__version__}: {orch.settings.state} state in {where} (no Redis server)")
         if not args.json:
             say(f"{settings.workers} worker(s) started: {', '.join(orch.worker_ids())}")
         before = orch.counters()
@@ -151,6 +165,7 @@ def _run_report(orch: ContinuousOrchestrator, before: dict, submitted: int, elap
         keys.TOTAL_WORK_CREATED: counters[keys.TOTAL_WORK_CREATED],
         keys.TOTAL_WORK_COMPLETED: counters[keys.TOTAL_WORK_COMPLETED],
         keys.TOTAL_ERRORS: counters[keys.TOTAL_ERRORS],
+        "state": orch.settings.state,
         "elapsed_s": round(elapsed, 3),
         "throughput_per_s": round(settled / elapsed, 1) if elapsed > 0 else 0.0,
         "run": {

@@ -1,6 +1,7 @@
 """The command line as a user meets it: real subprocesses on a temporary directory."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -151,6 +152,74 @@ def test_bad_arguments_give_one_line_and_non_zero_exit(tmp_path, args, message):
 @pytest.mark.parametrize(
     "command", [[], ["run"], ["enqueue"], ["status"], ["monitor"], ["metrics"], ["redis-cli"]]
 )
+
+
+@pytest.mark.parametrize("state", ["lockfree", "locked", "file"])
+def test_run_demo_on_each_state_kind_is_consistent(tmp_path, state):
+    """run --state X --demo N --json: counters consistent; status then reads the same database."""
+    report = run_cli_json(
+        "run", "--state", state, "--workers", "2", "--demo", "400", "--demo-fail-rate", "0.05", cwd=tmp_path
+    )
+    assert report["state"] == state
+    assert report["run"] == {"submitted": 400, "completed": 380, "errors": 20, "dead_lettered": 20, "requeued": 0}
+    assert report["consistent"] is True and all(report["checks"].values())
+    assert sum(w["completed"] for w in report["workers"].values()) == 380
+    status = run_cli_json("status", cwd=tmp_path)
+    assert status["counters"]["total_work_completed"] == 380 and status["consistent"] is True
+    assert status["queues"]["dead_letter"] == 20
+    assert all(w["status"] == "stopped" for w in status["workers"].values())
+
+
+@pytest.mark.slow
+def test_bench_quick_prints_implementations_side_by_side(tmp_path):
+    """bench --quick --json: contention and end-to-end rows per implementation, ratios to lock-free."""
+    result = run_cli("bench", "--quick", "--workers", "1,2", "--json", cwd=tmp_path, timeout=300, check=True)
+    report = json.loads(result.stdout)
+    assert {(r["variant"], r["processes"]) for r in report["contention"]} == {
+        (v, p) for v in ("lockfree", "locked", "file") for p in (1, 2)
+    }
+    assert {(r["kind"], r["workers"]) for r in report["end_to_end"]} == {
+        (k, n) for k in ("lockfree", "locked", "file") for n in (1, 2)
+    }
+    assert all(r["consistent"] for r in report["contention"] + report["end_to_end"])
+    assert set(report["ratios"]["contention"]["2"]) == {"locked", "file"}
+    locked = next(r for r in report["contention"] if r["variant"] == "locked" and r["processes"] == 2)
+    assert locked["lock_wait_p99_ms"] >= locked["lock_wait_p50_ms"] > 0 and locked["retries_per_acquire"] >= 0
+    assert "lf/locked" in result.stderr and "lf/file" in result.stderr  # the table, beside the JSON
+    assert os.listdir(tmp_path) == []  # every measurement cleaned up after itself
+
+
+@pytest.mark.slow
+def test_bench_check_fails_below_the_minimum_ratio(tmp_path):
+    """--check exits 1 when lock-free's advantage is below --min-ratio (here: an impossible one)."""
+    result = run_cli(
+        "bench", "--quick", "--workers", "2", "--state", "lockfree,locked", "--check", "--min-ratio", "1000",
+        cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "check FAILED: lockfree/locked at 2 processes" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["bench", "--check"], "--check needs --min-ratio R"),
+        (["bench", "--check", "--min-ratio", "2", "--state", "file"], "include both in --state"),
+        (["bench", "--workers", "0"], "expected a number >= 1"),
+        (["bench", "--state", "lockfree,redis"], "expected some of lockfree,locked,file"),
+        (["bench", "--min-ratio", "-1"], "expected a number > 0"),
+        (["run", "--state", "sqlite"], "argument --state: invalid choice"),
+    ],
+)
+def test_bench_and_state_arguments_are_checked(tmp_path, args, message):
+    """Bad bench / --state arguments: one line naming them, exit code 2."""
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["enqueue"], ["status"], ["bench"]])
 def test_help_on_every_command(tmp_path, command):
     """--help works everywhere and exits 0."""
     result = run_cli(*command, "--help", cwd=tmp_path)

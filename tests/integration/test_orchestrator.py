@@ -9,21 +9,28 @@ import pytest
 import redis
 
 from orchestrator_mp import ContinuousOrchestrator, keys
+from orchestrator_mp import server as server_module
+from orchestrator_mp.config import STATE_KINDS
 from orchestrator_mp.exceptions import (
     DatabaseInUse,
     PayloadError,
+    ServerError,
+    ServerNotRunnable,
     SupervisorClosed,
     UnknownTaskError,
 )
-from orchestrator_mp.state import RedisLockFreeStateManager
+from orchestrator_mp.log import logger
+from orchestrator_mp.orchestrator import open_state
+from orchestrator_mp.state import RedisLockFreeStateManager, state_dir_for
 from tests import tasks_for_tests  # noqa: F401  (registers the test tasks before workers fork)
 from tests.helpers import settings_for, sigkill_worker, wait_for
 
 
+@pytest.mark.parametrize("state", STATE_KINDS)
 @pytest.mark.parametrize("workers", [1, 4])
-def test_invariant_holds_for_a_run(db_path, workers):
-    """total_work_completed == sum of worker counters == completions recorded."""
-    with ContinuousOrchestrator(settings=settings_for(db_path, workers=workers)) as orch:
+def test_invariant_holds_for_a_run(db_path, workers, state):
+    """total_work_completed == sum of worker counters == completions recorded, on every kind."""
+    with ContinuousOrchestrator(settings=settings_for(db_path, workers=workers, state=state)) as orch:
         orch.submit_many("tests.add", [(i, i) for i in range(3000)])
         assert orch.wait(timeout=60)
         audit = orch.audit()
@@ -146,12 +153,16 @@ def test_embedded_server_is_private(db_path):
     assert not os.path.exists(directory)
 
 
-def test_killed_worker_loses_no_task(db_path):
+@pytest.mark.parametrize("state", STATE_KINDS)
+def test_killed_worker_loses_no_task(db_path, state):
     """SIGKILL a worker mid-run: its in-flight tasks come back and every task completes once."""
-    with ContinuousOrchestrator(settings=settings_for(db_path, workers=2, batch_size=4)) as orch:
+    with ContinuousOrchestrator(settings=settings_for(db_path, workers=2, batch_size=4, state=state)) as orch:
         orch.submit_many("tests.sleep", [(2,) for _ in range(400)])
         wait_for(lambda: orch.counters()["total_work_completed"] > 50, what="some progress")
         victim_id, victim_pid = next(iter(orch.supervisor.pids().items()))
+        # Kill it while it holds claimed tasks (the locked and file managers spend
+        # longer between batches, so an unlucky instant could find it empty-handed).
+        wait_for(lambda: orch.state.queue_depths([victim_id])["by_worker"][victim_id], what="in-flight work")
         sigkill_worker(victim_pid)
         wait_for(lambda: orch.supervisor.deaths, what="the death to be noticed")
         assert orch.wait(timeout=60)
@@ -184,3 +195,70 @@ def test_delayed_tasks_survive_a_restart(db_path):
     with ContinuousOrchestrator(settings=settings_for(db_path, workers=1)) as orch:
         assert orch.handle(handle_id).result(timeout=10) > 0
         assert orch.audit()["ok"]
+
+
+def _unrunnable_binaries(tmp_path):
+    missing_exec_bit = tmp_path / "plain-file"
+    missing_exec_bit.write_text("not a program")
+    broken = tmp_path / "broken-server"
+    broken.write_text("#!/bin/sh\necho 'cannot execute on this machine' >&2\nexit 126\n")
+    broken.chmod(0o755)
+    return {"not executable": str(missing_exec_bit), "exits at once": str(broken)}
+
+
+@pytest.mark.parametrize("case", ["not executable", "exits at once"])
+def test_falls_back_to_file_state_when_redis_server_cannot_run(db_path, tmp_path, monkeypatch, case):
+    """A redis-server that cannot run: one clear warning, then the same run on the file state."""
+    monkeypatch.setattr(server_module, "redis_server_path", lambda: _unrunnable_binaries(tmp_path)[case])
+    warnings = []
+    sink = logger.add(lambda message: warnings.append(str(message)), level="WARNING")
+    try:
+        with ContinuousOrchestrator(settings=settings_for(db_path, workers=2)) as orch:
+            assert orch.settings.state == "file" and orch.server is None and orch.url is None
+            orch.submit_many("tests.add", [(i, 1) for i in range(300)])
+            assert orch.wait(timeout=60)
+            audit = orch.audit()
+    finally:
+        logger.remove(sink)
+    assert audit["ok"] and audit["counters"]["total_work_completed"] == 300
+    assert any("cannot run" in w and "falling back to the file state" in w for w in warnings), warnings
+    assert os.path.isdir(state_dir_for(db_path))
+
+
+def test_data_the_server_cannot_load_is_an_error_not_a_fallback(db_path):
+    """Only an unrunnable binary falls back: a server that refuses the data stops the start."""
+    with open(db_path + ".aof", "w") as handle:
+        handle.write("this is not an append-only file\n")
+    with pytest.raises(ServerError) as info:
+        ContinuousOrchestrator(settings=settings_for(db_path, workers=1)).start()
+    assert not isinstance(info.value, ServerNotRunnable)
+    assert not os.path.exists(state_dir_for(db_path))
+
+
+def test_file_state_keeps_one_owner_per_database(db_path):
+    """Without a server the database lock still refuses a second orchestrator, and commands reach the owner."""
+    with ContinuousOrchestrator(settings=settings_for(db_path, workers=1, state="file")) as orch:
+        orch.submit("tests.add", 1, 2)
+        assert orch.wait(timeout=30)
+        with pytest.raises(DatabaseInUse, match="in use by a live orchestrator"):
+            ContinuousOrchestrator(settings=settings_for(db_path, workers=1, state="file")).start()
+        with pytest.raises(DatabaseInUse):
+            ContinuousOrchestrator(settings=settings_for(db_path, workers=1)).start()
+        with open_state(settings_for(db_path)) as state:
+            assert state.kind == "file" and state.get_counter("total_work_completed") == 1
+    with open_state(settings_for(db_path), role="status") as state:
+        assert state.kind == "file" and state.active_workers() == set()
+
+
+@pytest.mark.parametrize("state", ["lockfree", "locked"])
+def test_commands_open_the_kind_that_wrote_the_database(db_path, state):
+    """status and enqueue read a Redis database with the manager that wrote it."""
+    with ContinuousOrchestrator(settings=settings_for(db_path, workers=1, state=state)) as orch:
+        orch.submit("tests.add", 1, 2)
+        assert orch.wait(timeout=30)
+        with open_state(settings_for(db_path)) as live:
+            assert live.kind == state
+    with open_state(settings_for(db_path), role="status") as offline:
+        assert offline.kind == state
+        states = offline.batch_get_worker_states(offline.known_workers())
+        assert states and all(s.get("status") == "stopped" for s in states.values())

@@ -14,12 +14,25 @@ from orchestrator_mp.state import RedisLockFreeStateManager, create_state_manage
 from tests import tasks_for_tests  # noqa: F401  (registers the test tasks before workers fork)
 from tests.helpers import settings_for
 
-IMPLEMENTATIONS = ["lockfree"]
+# Every registered kind, plus the baseline's global-lock variant.
+IMPLEMENTATIONS = ["lockfree", "locked", "locked-global", "file"]
+
+
+def build_manager(variant, settings, url):
+    """The manager a contract test runs against (in the calling process)."""
+    if variant == "locked-global":
+        return create_state_manager(settings.evolve(state="locked"), url, lock_scope="global")
+    return create_state_manager(settings.evolve(state=variant), url)
+
+
+def server_url(request, variant):
+    """A fresh server's URL for the Redis implementations; None for the file one."""
+    return None if variant == "file" else request.getfixturevalue("server").url
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)
-def manager(request, server, settings):
-    state = create_state_manager(settings.evolve(state=request.param), server.url)
+def manager(request, settings):
+    state = build_manager(request.param, settings, server_url(request, request.param))
     yield state
     state.close()
 
@@ -115,8 +128,9 @@ def test_record_metric_appends_to_metrics_stream(manager):
     assert json.loads(entry["tags"]) == {"task": "x"}
 
 
-def test_lock_compatibility_calls_are_no_ops(manager):
-    """acquire_lock/release_lock exist for ported callers and never block."""
+def test_lock_compatibility_calls_succeed_uncontended(manager):
+    """acquire_lock/release_lock exist for ported callers: uncontended, True at once
+    (a no-op for the lock-free and file managers, a real lock for the baseline)."""
     assert manager.acquire_lock("anything", timeout=5) is True
     assert manager.release_lock("anything") is None
 
@@ -228,8 +242,8 @@ def test_submit_is_counted_with_the_queue(manager):
     assert manager.queue_depths()["pending"] == 2500
 
 
-def _contend(url, worker_id, rounds, results):
-    state = RedisLockFreeStateManager(url)
+def _contend(variant, settings, url, worker_id, rounds, results):
+    state = build_manager(variant, settings, url)
     won = lost = 0
     for i in range(rounds):
         version = int(state.get_worker_state(worker_id)["version"])
@@ -241,13 +255,19 @@ def _contend(url, worker_id, rounds, results):
     state.close()
 
 
-def test_stale_versions_are_refused_under_multiprocess_contention(server):
-    """Four processes race optimistic updates on one hash: every success is one version."""
-    state = RedisLockFreeStateManager(server.url)
+@pytest.mark.parametrize("variant", IMPLEMENTATIONS)
+def test_stale_versions_are_refused_under_multiprocess_contention(request, settings, variant):
+    """Four processes race optimistic updates on one state: every success is one version."""
+    url = server_url(request, variant)
+    state = build_manager(variant, settings, url)
     state.register_worker("shared", pid=1, host="h")
     start = int(state.get_worker_state("shared")["version"])
     results = multiprocess.Queue()
-    procs = [multiprocess.Process(target=_contend, args=(server.url, "shared", 400, results)) for _ in range(4)]
+    rounds = 100 if variant == "file" else 400
+    procs = [
+        multiprocess.Process(target=_contend, args=(variant, settings, url, "shared", rounds, results))
+        for _ in range(4)
+    ]
     for proc in procs:
         proc.start()
     outcomes = [results.get(timeout=60) for _ in procs]
@@ -255,7 +275,7 @@ def test_stale_versions_are_refused_under_multiprocess_contention(server):
         proc.join(timeout=30)
     won = sum(w for w, _ in outcomes)
     lost = sum(lost for _, lost in outcomes)
-    assert won + lost == 1600
+    assert won + lost == 4 * rounds
     assert lost > 0, "no contention observed; the test proves nothing"
     assert int(state.get_worker_state("shared")["version"]) == start + won
     state.close()
@@ -280,3 +300,40 @@ def test_audit_is_exact_while_workers_settle(db_path):
         while orch.pending():
             audits.append(orch.audit())
         assert audits and all(a["ok"] for a in audits), [a["checks"] for a in audits if not a["ok"]][:1]
+
+
+def _drain(variant, settings, url, worker_id, results):
+    state = build_manager(variant, settings, url)
+    epoch = state.register_worker(worker_id, pid=os.getpid(), host="h")
+    seen = []
+    while True:
+        claimed = state.claim(worker_id, epoch, 8, divisor=4)
+        if not claimed:
+            break
+        seen.extend(Task.from_json(raw).id for raw in claimed)
+        state.settle(worker_id, epoch, [_ok(raw) for raw in claimed])
+    results.put(seen)
+    state.close()
+
+
+@pytest.mark.parametrize("variant", IMPLEMENTATIONS)
+def test_concurrent_claimers_take_and_count_each_task_once(request, settings, variant):
+    """Four processes drain one queue at once: every task is claimed and counted exactly once."""
+    url = server_url(request, variant)
+    state = build_manager(variant, settings, url)
+    raws = [_raw("tests.add", i, i) for i in range(400)]
+    state.submit(raws)
+    results = multiprocess.Queue()
+    procs = [
+        multiprocess.Process(target=_drain, args=(variant, settings, url, f"w{i}", results)) for i in range(4)
+    ]
+    for proc in procs:
+        proc.start()
+    seen = [task_id for _ in procs for task_id in results.get(timeout=120)]
+    for proc in procs:
+        proc.join(timeout=30)
+    assert sorted(seen) == sorted(Task.from_json(raw).id for raw in raws)
+    assert state.get_counter("total_work_completed") == 400
+    assert state.stream_tail(keys.WORK_COMPLETIONS).last["n"] == "400"
+    assert state.audit()["ok"]
+    state.close()
