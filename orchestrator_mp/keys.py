@@ -159,3 +159,9 @@ def external_lock_key(name: str) -> str:
 def fence_key(lock_key: str) -> str:
     """Fencing counter of a lock: INCR at each acquire; protected writes check it."""
     return f"fence:{lock_key}"
+
+
+def applied_key(lock_key: str) -> str:
+    """String with a PX expiry: the fencing tokens of the last write applied under a lock,
+    so a write resent after a lost reply is recognised and not applied twice."""
+    return f"applied:{lock_key}"

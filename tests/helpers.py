@@ -102,6 +102,8 @@ def wait_gone(processes: list[psutil.Process], timeout: float = 10.0) -> tuple[f
         if alive:
             time.sleep(0.005)
     return time.monotonic() - started, alive
+
+
 class LineReader:
     """Collects a pipe's lines on a thread so tests can wait for one with a timeout."""
 

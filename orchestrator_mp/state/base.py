@@ -54,7 +54,7 @@ class StreamTail:
     last_id: str = "0-0"
 
 
-def dead_letter_entry(outcome: Outcome, worker_id: str) -> str:
+def dead_letter_entry(outcome: Outcome, worker_id: str, failed_at: float | None = None) -> str:
     """The JSON stored in the dead-letter list for a failure (same for every backend)."""
     return dumps(
         {
@@ -65,7 +65,7 @@ def dead_letter_entry(outcome: Outcome, worker_id: str) -> str:
             "message": outcome.message,
             "traceback": outcome.traceback,
             "worker": worker_id,
-            "failed_at": time.time(),
+            "failed_at": time.time() if failed_at is None else failed_at,
         }
     )
 
@@ -80,6 +80,17 @@ def decode_dead_letter(raw: str) -> dict[str, Any]:
         entry = {"task": raw, "category": BAD_PAYLOAD, "message": "unreadable dead-letter entry"}
     entry["raw"] = raw
     return entry
+
+
+def decode_result(stored: str | None) -> dict[str, Any] | None:
+    """A stored task result as a dict (see :meth:`StateManager.get_result`); None if absent."""
+    if stored is None:
+        return None
+    try:
+        value = json.loads(stored)
+    except ValueError:
+        return {"status": "unknown", "message": "unreadable stored result"}
+    return value if isinstance(value, dict) else {"status": "unknown"}
 
 
 def requeueable_task(entry: dict[str, Any]) -> str | None:

@@ -3,48 +3,67 @@ server can run. Correct across processes, and deliberately simple; it is the slo
 
 ::
 
-    every write   flock(EX) ─ read state.json ─ change it ─ append to logs + fsync ─
-                  state.json.tmp + fsync ─ rename ─ fsync dir ─ unlock
+    every write   flock(EX) ─ read state.json ─ plan (state/common.py) ─ apply: change
+                  the document, append to logs + fsync ─ state.json.tmp + fsync ─
+                  rename ─ fsync dir ─ unlock
     every read    flock(SH) ─ read state.json (+ the committed part of a log)
 
-``state.json`` holds what the Redis layouts keep in hashes, sets and counters:
-worker states, active / known workers, each worker's in-flight list and counters,
-the global counters, and the front of the queue (tasks handed back, taken first).
-The queue's backlog, the dead letters and the streams are append-only logs
-(see :mod:`.filestore`). One transaction is one atomic step, as the contract asks;
-a crash at any point leaves either the old or the new state.
+``state.json`` holds what the Redis layouts keep in hashes, sets, sorted sets and
+counters: worker states, active / known workers, leases (expiry times), each worker's
+in-flight list, every counter (global and per worker, under its Redis key name), the
+front of the queue (tasks handed back, taken first), the delayed set and submitted
+batch ids. The queue's backlog, the dead letters, stored task results and the streams
+are append-only logs (see :mod:`.filestore`). One transaction is one atomic step, as
+the contract asks; a crash at any point leaves either the old or the new state.
 
-The cost: every write is a whole-directory lock and three or more fsyncs, and an
-idle worker polls the queue with short sleeps (there is nothing to block on).
+The cost: every write is a whole-directory lock and three or more fsyncs (heartbeats
+included), and whatever waits (an idle worker, :meth:`wait_result`, :meth:`follow`)
+polls with short sleeps: there is nothing to block on. Cancelling a queued task and
+retrying or purging dead letters rewrite their log. Rate limits and concurrency caps
+are not supported (``limits()`` is None): limited tasks fail with a clear message.
 """
 from __future__ import annotations
 
-import json
+import bisect
 import os
+import threading
 import time
-from typing import Any, Iterable, Sequence
+from collections import Counter
+from typing import Any, Callable, Iterable, Sequence
 
 from .. import keys
-from ..exceptions import Fenced
 from ..models import Outcome, dumps
 from . import common
-from .base import ReclaimResult, SettleResult, StateManager, StreamTail
-from .filestore import FileStore, Transaction
+from .base import (
+    AuditSnapshot,
+    ReclaimResult,
+    SettleResult,
+    StreamTail,
+    decode_dead_letter,
+    decode_result,
+)
+from .common import MirroredStateManager, Step, Tally
+from .filestore import FileStore, Reader, Transaction
 
 QUEUE_LOG = "queue"
 DEAD_LETTER_LOG = "dead_letter"
+RESULTS_LOG = "results"  # [task id, expiry (epoch s), stored JSON], newest last; a later line wins
 _POLL_FIRST_S = 0.001
 _POLL_CAP_S = 0.02
+_PROMOTE_LIMIT = 1000
+_PRUNE_RESULTS = 16  # expired results dropped from the log's old end per storing transaction
 
 _INITIAL = {
-    "format": 1,
+    "format": 2,
     "workers": {},
     "active": [],
     "known": [],
+    "leases": {},
     "inflight": {},
-    "worker_counts": {},
     "counters": {},
     "front": [],
+    "delayed": [],
+    "batches": {},
     "logs": {},
 }
 
@@ -64,77 +83,222 @@ def _discard(members: list[str], item: str) -> None:
         members.remove(item)
 
 
-class FileStateManager(StateManager):
+def _remove_last(values: list[Any], item: Any) -> bool:
+    """Remove the newest occurrence (what ``LREM key 1`` removes from a list LPUSHed to)."""
+    for index in range(len(values) - 1, -1, -1):
+        if values[index] == item:
+            del values[index]
+            return True
+    return False
+
+
+def _poll(read: Callable[[], Any], timeout_s: float | None) -> Any:
+    """Call ``read`` until it returns something truthy or ``timeout_s`` passes (None:
+    forever), sleeping 1 ms doubling to 20 ms between calls; returns the last value."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    delay = _POLL_FIRST_S
+    while True:
+        value = read()
+        if value:
+            return value
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return value
+        time.sleep(delay if left is None else min(left, delay))
+        delay = min(_POLL_CAP_S, delay * 2)
+
+
+class _ResultIndex:
+    """Where each task's newest stored result sits in the results log, as far as this
+    process has read it: each lookup reads only what was appended since the last one."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._gen: int | None = None
+        self._end = 0
+        self._where: dict[str, tuple[int, float]] = {}  # task id -> (offset, expiry)
+
+    def get(self, snap: Reader, task_ids: Sequence[str], now: float) -> dict[str, dict[str, Any] | None]:
+        with self._guard:
+            rec = snap.log(RESULTS_LOG)
+            if rec["gen"] != self._gen:
+                self._gen, self._end, self._where = rec["gen"], 0, {}
+            found, self._end = snap.scan(RESULTS_LOG, self._end)
+            for offset, (task_id, expires, _stored) in found:
+                self._where[task_id] = (offset, expires)
+            results: dict[str, dict[str, Any] | None] = {}
+            for task_id in task_ids:
+                offset, expires = self._where.get(task_id, (-1, 0.0))
+                alive = offset >= rec["start"] and expires > now
+                results[task_id] = decode_result(snap.value_at(RESULTS_LOG, offset)[2]) if alive else None
+            return results
+
+
+class FileStateManager(MirroredStateManager):
     """Shared state in a directory (``PATH.files``), safe across processes.
 
     Args:
         directory: the state directory; created if missing.
         completions_maxlen / events_maxlen: approximate caps of the stream logs.
+        lease_s: how long a worker's lease lasts without a heartbeat.
+        result_ttl_s: how long a stored task result is kept.
     """
 
     kind = "file"
 
-    def __init__(self, directory: str, *, completions_maxlen: int = 200_000, events_maxlen: int = 20_000) -> None:
+    def __init__(
+        self,
+        directory: str,
+        *,
+        completions_maxlen: int = 200_000,
+        events_maxlen: int = 20_000,
+        lease_s: float = 3.0,
+        result_ttl_s: float = 86_400.0,
+    ) -> None:
+        super().__init__(
+            completions_maxlen=completions_maxlen,
+            events_maxlen=events_maxlen,
+            worker_lease_s=lease_s,
+            result_ttl_s=result_ttl_s,
+        )
         self.store = FileStore(directory, _INITIAL)
         self.directory = self.store.directory
-        self.completions_maxlen = completions_maxlen
-        self.events_maxlen = events_maxlen
+        self._results = _ResultIndex()
+        self._appliers: dict[str, Callable[..., None]] = {
+            common.STREAM: lambda txn, w, stream, fields: self._xadd(txn, stream, fields),
+            common.DEAD_LETTER: lambda txn, w, entry: txn.append(DEAD_LETTER_LOG, [entry]),
+            common.DELAY: lambda txn, w, due, raw: bisect.insort(txn.doc["delayed"], [float(due), raw]),
+            common.RESULT: lambda txn, w, task_id, stored: txn.append(
+                RESULTS_LOG, [[task_id, time.time() + self.result_ttl_s, stored]]
+            ),
+            common.REQUEUE: lambda txn, w, raw: txn.doc["front"].insert(0, raw),
+            common.UNCLAIM: lambda txn, w, raw: txn.doc["inflight"][w].remove(raw),
+            common.LEASE: self._lease,
+            common.MEMBERSHIP: self._membership,
+            common.ENQUEUE: lambda txn, w, raws: txn.append(QUEUE_LOG, list(raws)),
+            common.SUBMITTED: lambda txn, w, batch_id: txn.doc["batches"].__setitem__(
+                batch_id, time.time() + self.submit_marker_ttl_s
+            ),
+            common.PROMOTE: self._promote,
+            common.TAKE: self._take,
+            common.DROP_INFLIGHT: lambda txn, w: txn.doc["inflight"].pop(w, None),
+            common.CANCEL: self._cancel,
+            common.UNLETTER: lambda txn, w, entry: _remove_last(txn.editable(DEAD_LETTER_LOG), entry),
+            common.UNLETTER_ALL: lambda txn, w: txn.editable(DEAD_LETTER_LOG).clear(),
+        }
 
     def close(self) -> None:
         """Nothing stays open between calls."""
 
-    # -- helpers --------------------------------------------------------------------------
-    def _xadd(self, txn: Transaction, stream: str, maxlen: int, fields: dict[str, object]) -> None:
-        entry = {name: common.encode_value(value) for name, value in fields.items()}
-        txn.trim(stream, maxlen)
-        txn.append(stream, [[txn.next_id(stream), entry]])
+    # -- transactions -----------------------------------------------------------------------
+    def _transact(self, plan: Callable[[Transaction], Step]) -> Any:
+        """One step: plan it from the document, apply it, commit; then return or raise."""
+        with self.store.write() as txn:
+            step = plan(txn)
+            self._apply(txn, step)
+        if step.error is not None:
+            raise step.error
+        return step.result
 
-    def _event(self, txn: Transaction, fields: dict[str, object]) -> None:
-        self._xadd(txn, keys.EVENTS, self.events_maxlen, fields)
-
-    def _count(self, txn: Transaction, name: str, amount: int = 1) -> int:
+    def _apply(self, txn: Transaction, step: Step) -> None:
+        for kind, *args in step.ops:
+            self._appliers[kind](txn, step.worker_id, *args)
+        if step.state is not None:
+            txn.doc["workers"][step.worker_id] = step.state
         counters = txn.doc["counters"]
-        counters[name] = counters.get(name, 0) + amount
-        return counters[name]
-
-    def _worker_count(self, txn: Transaction, worker_id: str, field: str, amount: int) -> None:
-        counts = txn.doc["worker_counts"].setdefault(worker_id, {"completed": 0, "errors": 0})
-        counts[field] += amount
+        counters.update(step.changed_counters)
+        if step.fenced:
+            counters[keys.TOTAL_FENCED] = counters.get(keys.TOTAL_FENCED, 0) + step.fenced
+        if any(op[0] == common.RESULT for op in step.ops):
+            self._prune_results(txn)
 
     @staticmethod
-    def _fenced(txn: Transaction, worker_id: str, epoch: int) -> bool:
-        return txn.doc["workers"].get(worker_id, {}).get("epoch") != str(epoch)
+    def _tally(txn: Transaction) -> Tally:
+        counters = txn.doc["counters"]
+        return Tally(lambda key: counters.get(key, 0))
+
+    @staticmethod
+    def _state(txn: Reader, worker_id: str) -> dict[str, str]:
+        return dict(txn.doc["workers"].get(worker_id, {}))
+
+    @staticmethod
+    def _inflight(snap: Reader, worker_id: str) -> list[str]:
+        return list(snap.doc["inflight"].get(worker_id, ()))
+
+    # -- applying operations ------------------------------------------------------------------
+    def _xadd(self, txn: Transaction, stream: str, fields: dict[str, object]) -> None:
+        entry = {name: common.encode_value(value) for name, value in fields.items()}
+        txn.trim(stream, self.maxlen(stream))
+        txn.append(stream, [[txn.next_id(stream), entry]])
+
+    def _lease(self, txn: Transaction, worker_id: str, epoch: int | None) -> None:
+        if epoch is None:
+            txn.doc["leases"].pop(worker_id, None)
+        else:
+            txn.doc["leases"][worker_id] = time.time() + self.worker_lease_s
+
+    @staticmethod
+    def _membership(txn: Transaction, worker_id: str, active: bool) -> None:
+        if active:
+            _add(txn.doc["active"], worker_id)
+            _add(txn.doc["known"], worker_id)
+        else:
+            _discard(txn.doc["active"], worker_id)
+
+    @staticmethod
+    def _promote(txn: Transaction, _worker_id: str, due: list[str]) -> None:
+        moving = Counter(due)
+        kept = []
+        for pair in txn.doc["delayed"]:
+            if moving[pair[1]] > 0:
+                moving[pair[1]] -= 1
+            else:
+                kept.append(pair)
+        txn.doc["delayed"] = kept
+        txn.append(QUEUE_LOG, due)
+
+    @staticmethod
+    def _take(txn: Transaction, worker_id: str, claimed: list[str]) -> None:
+        front = txn.doc["front"]
+        from_front = min(len(claimed), len(front))
+        del front[:from_front]
+        txn.pop_oldest(QUEUE_LOG, len(claimed) - from_front)
+        txn.doc["inflight"].setdefault(worker_id, []).extend(claimed)
+
+    @staticmethod
+    def _cancel(txn: Transaction, _worker_id: str, raw: str) -> None:
+        # The queue's newest end is the log's end, its oldest the front's start.
+        if raw in txn.values(QUEUE_LOG):
+            _remove_last(txn.editable(QUEUE_LOG), raw)
+        else:
+            _remove_last(txn.doc["front"], raw)
+
+    def _prune_results(self, txn: Transaction) -> None:
+        oldest, _ = txn.read_oldest(RESULTS_LOG, _PRUNE_RESULTS)
+        now = time.time()
+        expired = next((i for i, (_, expires, _) in enumerate(oldest) if expires > now), len(oldest))
+        if expired:
+            txn.pop_oldest(RESULTS_LOG, expired)
 
     # -- workers --------------------------------------------------------------------------
     def register_worker(self, worker_id: str, *, pid: int, host: str) -> int:
-        with self.store.write() as txn:
-            state = txn.doc["workers"].setdefault(worker_id, {})
-            now = common.encode_value(time.time())
-            epoch = int(state.get("epoch", 0)) + 1
-            version = int(state.get("version", 0)) + 1
-            state.update(
-                epoch=str(epoch), version=str(version), status="idle", current_task="",
-                pid=common.encode_value(pid), host=host, started_at=now, last_activity=now,
-            )
-            _add(txn.doc["active"], worker_id)
-            _add(txn.doc["known"], worker_id)
-            self._xadd(txn, keys.WORKER_EVENTS, self.events_maxlen,
-                       {"event": "registered", "worker": worker_id, "pid": pid, "host": host, "epoch": epoch})
-            self._event(txn, {"event": "state", "worker": worker_id, "status": "idle", "version": version})
-        return epoch
+        return self._transact(
+            lambda txn: common.plan_register(worker_id, self._state(txn, worker_id), pid=pid, host=host,
+                                             now=time.time())
+        )
+
+    def heartbeat(self, worker_id: str, epoch: int) -> None:
+        self._transact(lambda txn: common.plan_heartbeat(worker_id, self._state(txn, worker_id), epoch, time.time()))
+
+    def expired_workers(self) -> list[str]:
+        with self.store.read() as snap:
+            leases, now = snap.doc["leases"], time.time()
+            return sorted(w for w in snap.doc["active"] if leases.get(w, 0.0) <= now)
 
     def deregister_worker(self, worker_id: str, epoch: int) -> None:
-        with self.store.write() as txn:
-            if self._fenced(txn, worker_id, epoch):
-                raise Fenced(worker_id, epoch)
-            state = txn.doc["workers"][worker_id]
-            version = int(state.get("version", 0)) + 1
-            state.update(version=str(version), status="stopped", current_task="",
-                         last_activity=common.encode_value(time.time()))
-            _discard(txn.doc["active"], worker_id)
-            self._xadd(txn, keys.WORKER_EVENTS, self.events_maxlen,
-                       {"event": "deregistered", "worker": worker_id, "epoch": epoch})
-            self._event(txn, {"event": "state", "worker": worker_id, "status": "stopped", "version": version})
+        self._transact(
+            lambda txn: common.plan_deregister(worker_id, self._state(txn, worker_id), epoch, time.time())
+        )
 
     def active_workers(self) -> set[str]:
         with self.store.read() as snap:
@@ -146,56 +310,27 @@ class FileStateManager(StateManager):
 
     def get_worker_state(self, worker_id: str) -> dict[str, str]:
         with self.store.read() as snap:
-            return dict(snap.doc["workers"].get(worker_id, {}))
+            return self._state(snap, worker_id)
 
     def batch_get_worker_states(self, worker_ids: Iterable[str]) -> dict[str, dict[str, str]]:
         with self.store.read() as snap:
-            return {worker_id: dict(snap.doc["workers"].get(worker_id, {})) for worker_id in worker_ids}
-
-    def update_worker_field(
-        self, worker_id: str, field: str, value: object, *, epoch: int | None = None, pipeline: Any = None
-    ) -> int:
-        """As the contract says; ``pipeline`` is accepted and ignored (written at once)."""
-        version = self._do_update_state(worker_id, {field: value}, None, epoch)
-        return 0 if pipeline is not None else version
-
-    def update_worker_state(
-        self,
-        worker_id: str,
-        mapping: dict[str, object],
-        expected_version: int | None = None,
-        *,
-        epoch: int | None = None,
-    ) -> bool:
-        return self._do_update_state(worker_id, mapping, expected_version, epoch) != 0
+            return {worker_id: self._state(snap, worker_id) for worker_id in worker_ids}
 
     def _do_update_state(
-        self, worker_id: str, mapping: dict[str, object], expected_version: int | None, epoch: int | None
+        self, worker_id: str, fields: dict[str, str], expected_version: int | None, epoch: int | None
     ) -> int:
-        fields = common.checked_fields(mapping)
-        with self.store.write() as txn:
-            if epoch is not None and self._fenced(txn, worker_id, epoch):
-                raise Fenced(worker_id, epoch)
-            state = txn.doc["workers"].setdefault(worker_id, {})
-            if expected_version is not None and state.get("version", "0") != str(expected_version):
-                if not state:
-                    del txn.doc["workers"][worker_id]
-                return 0
-            version = int(state.get("version", 0)) + 1
-            state.update(fields)
-            state["version"] = str(version)
-            self._event(txn, {"event": "state", "worker": worker_id, "version": version, **fields})
-        return version
+        return self._transact(
+            lambda txn: common.plan_update(worker_id, self._state(txn, worker_id), fields, expected_version, epoch)
+        )
 
-    # -- counters, metrics ----------------------------------------------------------------
+    # -- counters, streams ----------------------------------------------------------------
     def increment_counter(self, name: str, amount: int = 1, *, pipeline: Any = None) -> int:
-        with self.store.write() as txn:
-            value = self._count(txn, keys.counter_key(name), amount)
+        """As the contract says; ``pipeline`` is accepted and ignored (written at once)."""
+        value = self._transact(lambda txn: common.plan_increment(keys.counter_key(name), amount, self._tally(txn)))
         return 0 if pipeline is not None else value
 
     def get_counter(self, name: str) -> int:
-        with self.store.read() as snap:
-            return int(snap.doc["counters"].get(keys.counter_key(name), 0))
+        return self.get_counters([name])[name]
 
     def get_counters(self, names: Sequence[str] = keys.COUNTERS) -> dict[str, int]:
         with self.store.read() as snap:
@@ -203,8 +338,16 @@ class FileStateManager(StateManager):
 
     def worker_counters(self, worker_ids: Iterable[str]) -> dict[str, dict[str, int]]:
         with self.store.read() as snap:
-            counts = snap.doc["worker_counts"]
-            return {w: dict(counts.get(w, {"completed": 0, "errors": 0})) for w in sorted(worker_ids)}
+            return self._worker_counters(snap, worker_ids)
+
+    @staticmethod
+    def _worker_counters(snap: Reader, worker_ids: Iterable[str]) -> dict[str, dict[str, int]]:
+        counters = snap.doc["counters"]
+        return {
+            w: {"completed": counters.get(keys.worker_completed_key(w), 0),
+                "errors": counters.get(keys.worker_errors_key(w), 0)}
+            for w in sorted(worker_ids)
+        }
 
     def record_metric(
         self, name: str, value: float, tags: dict[str, object] | None = None, *, pipeline: Any = None
@@ -213,181 +356,226 @@ class FileStateManager(StateManager):
         if tags:
             fields["tags"] = dumps(tags)
         with self.store.write() as txn:
-            self._xadd(txn, keys.METRICS, self.events_maxlen, fields)
+            self._xadd(txn, keys.METRICS, fields)
 
     def stream_tail(self, stream: str) -> StreamTail:
         with self.store.read() as snap:
-            last = snap.tail(stream, 1)
-            return StreamTail(length=snap.count(stream), last=last[0][1] if last else {})
+            return self._stream_tail(snap, stream)
+
+    @staticmethod
+    def _stream_tail(snap: Reader, stream: str) -> StreamTail:
+        last = snap.tail(stream, 1)
+        if not last:
+            return StreamTail(length=snap.count(stream), last={})
+        return StreamTail(length=snap.count(stream), last=last[0][1], last_id=last[0][0])
 
     def read_stream(self, stream: str, count: int = 100) -> list[tuple[str, dict[str, str]]]:
         with self.store.read() as snap:
             return [(entry_id, fields) for entry_id, fields in snap.tail(stream, count)]
 
+    def follow(
+        self, positions: dict[str, str], block_s: float, count: int = 1000
+    ) -> list[tuple[str, str, dict[str, str]]]:
+        """As the contract says, polling the logs with short sleeps (nothing to block on);
+        a position of ``$`` means the stream's newest entry now."""
+        if "$" in positions.values():
+            with self.store.read() as snap:
+                for stream, last_id in positions.items():
+                    if last_id == "$":
+                        positions[stream] = snap.log(stream)["last_id"]
+
+        def read() -> list[tuple[str, str, dict[str, str]]]:
+            entries = []
+            with self.store.read() as snap:
+                for stream, last_id in positions.items():
+                    found = snap.after(stream, last_id, count)
+                    entries.extend((stream, entry_id, fields) for entry_id, fields in found)
+                    if found:
+                        positions[stream] = found[-1][0]
+            return entries
+
+        return _poll(read, block_s)
+
     # -- the queue ------------------------------------------------------------------------
-    def submit(self, raw_tasks: Sequence[str]) -> int:
+    def submit(self, raw_tasks: Sequence[str], batch_id: str | None = None, due_at: float | None = None) -> int:
+        """As the contract says. Only a given ``batch_id`` is recorded: a local transaction
+        has no lost reply to retry after, so a fresh id could never repeat."""
         if not raw_tasks:
             return 0
-        with self.store.write() as txn:
-            txn.append(QUEUE_LOG, list(raw_tasks))
-            self._count(txn, keys.TOTAL_WORK_CREATED, len(raw_tasks))
-        return len(raw_tasks)
 
-    def _depth(self, doc: dict[str, Any]) -> int:
-        return len(doc["front"]) + (doc["logs"].get(QUEUE_LOG) or {"count": 0})["count"]
+        def plan(txn: Transaction) -> Step:
+            batches, now = txn.doc["batches"], time.time()
+            for stale in [b for b, expires in batches.items() if expires <= now]:
+                del batches[stale]
+            return common.plan_submit(
+                raw_tasks, seen=batch_id in batches, batch_id=batch_id, due_at=due_at, tally=self._tally(txn)
+            )
+
+        return self._transact(plan)
+
+    @staticmethod
+    def _depth(snap: Reader) -> int:
+        return len(snap.doc["front"]) + snap.count(QUEUE_LOG)
+
+    @staticmethod
+    def _due(snap: Reader, now: float, limit: int) -> list[str]:
+        delayed = snap.doc["delayed"]
+        return [raw for _, raw in delayed[: min(limit, bisect.bisect_right(delayed, now, key=lambda pair: pair[0]))]]
+
+    def promote_due(self, limit: int = 1000) -> int:
+        with self.store.read() as snap:
+            if not self._due(snap, time.time(), 1):
+                return 0  # a shared-lock look first: the supervisor asks ten times a second
+        return self._transact(lambda txn: common.plan_promote(self._due(txn, time.time(), limit)))
 
     def claim(self, worker_id: str, epoch: int, max_count: int, divisor: int = 1) -> list[str]:
-        with self.store.write() as txn:
-            if self._fenced(txn, worker_id, epoch):
-                raise Fenced(worker_id, epoch)
-            want = common.fair_share(max_count, self._depth(txn.doc), divisor)
-            if want == 0:
-                return []
-            front = txn.doc["front"]
-            claimed = front[:want]
-            del front[:want]
-            claimed += txn.pop_oldest(QUEUE_LOG, want - len(claimed))
-            txn.doc["inflight"].setdefault(worker_id, []).extend(claimed)
-            state = txn.doc["workers"][worker_id]
-            version = int(state.get("version", 0)) + 1
-            task_id = common.task_id_of(claimed[0], "?")
-            state.update(version=str(version), status="busy", current_task=task_id, batch=str(want),
-                         last_activity=common.encode_value(time.time()))
-            self._event(txn, {"event": "state", "worker": worker_id, "status": "busy", "current_task": task_id,
-                              "batch": want, "version": version})
-        return claimed
+        def plan(txn: Transaction) -> Step:
+            now = time.time()
+            oldest = txn.doc["front"][:max_count]
+            oldest += txn.read_oldest(QUEUE_LOG, max_count - len(oldest))[0]
+            return common.plan_claim(
+                worker_id, epoch, self._state(txn, worker_id), depth=self._depth(txn), oldest=oldest,
+                due=self._due(txn, now, _PROMOTE_LIMIT), max_count=max_count, divisor=divisor, now=now,
+            )
+
+        return self._transact(plan)
 
     def wait_claim(self, worker_id: str, epoch: int, max_count: int, divisor: int, timeout_s: float) -> list[str]:
-        """Claim, then poll the queue (shared lock) with short sleeps: the legacy, slow path."""
+        """Claim, then poll (shared lock) with short sleeps until a task is queued or a
+        delayed one is due: the legacy, slow path."""
+
+        def ready() -> bool:
+            with self.store.read() as snap:
+                return bool(self._depth(snap) or self._due(snap, time.time(), 1))
+
         deadline = time.monotonic() + timeout_s
-        delay = _POLL_FIRST_S
         while True:
             claimed = self.claim(worker_id, epoch, max_count, divisor)
-            if claimed:
+            left = deadline - time.monotonic()
+            if claimed or left <= 0 or not _poll(ready, left):
                 return claimed
-            while True:
-                with self.store.read() as snap:
-                    if self._depth(snap.doc):
-                        break
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return []
-                time.sleep(min(left, delay))
-                delay = min(_POLL_CAP_S, delay * 2)
 
     def settle(self, worker_id: str, epoch: int, outcomes: Sequence[Outcome]) -> SettleResult:
         if not outcomes:
             return SettleResult(0, 0, 0)
-        with self.store.write() as txn:
-            if self._fenced(txn, worker_id, epoch):
-                self._count(txn, keys.TOTAL_FENCED, len(outcomes))
-                fenced = True
-            else:
-                fenced = False
-                result = self._settle(txn, worker_id, outcomes)
-        if fenced:
-            raise Fenced(worker_id, epoch)
-        return result
+        return self._transact(
+            lambda txn: common.plan_settle(
+                worker_id, epoch, self._state(txn, worker_id), self._inflight(txn, worker_id), outcomes,
+                self._tally(txn), time.time(),
+            )
+        )
 
-    def _settle(self, txn: Transaction, worker_id: str, outcomes: Sequence[Outcome]) -> SettleResult:
-        inflight = txn.doc["inflight"].setdefault(worker_id, [])
-        done, failed, duplicates = common.split_settled(inflight, outcomes)
-        now = time.time()
-        for outcome in done:
-            inflight.remove(outcome.raw)
-            n = self._count(txn, keys.TOTAL_WORK_COMPLETED)
-            self._xadd(txn, keys.WORK_COMPLETIONS, self.completions_maxlen, {
-                "n": n, "task_id": outcome.task_id, "name": outcome.name, "worker": worker_id,
-                "wait_ms": common.ms(outcome.wait_ms), "run_ms": common.ms(outcome.run_ms)})
-        for outcome in failed:
-            inflight.remove(outcome.raw)
-            n = self._count(txn, keys.TOTAL_ERRORS)
-            self._xadd(txn, keys.WORK_ERRORS, self.completions_maxlen, {
-                "n": n, "task_id": outcome.task_id, "name": outcome.name, "worker": worker_id,
-                "category": outcome.category, "message": outcome.message})
-            txn.append(DEAD_LETTER_LOG, [common.dead_letter_entry(
-                outcome.raw, outcome.task_id, outcome.name, outcome.category, outcome.message,
-                outcome.traceback, worker_id, now)])
-            self._count(txn, keys.TOTAL_DEAD_LETTERED)
-        self._worker_count(txn, worker_id, "completed", len(done))
-        self._worker_count(txn, worker_id, "errors", len(failed))
-        if duplicates:
-            self._count(txn, keys.TOTAL_DUPLICATES, duplicates)
-        state = txn.doc["workers"][worker_id]
-        version = int(state.get("version", 0)) + 1
-        state.update(version=str(version), status="idle", current_task="", batch="0",
-                     last_activity=common.encode_value(now))
-        self._event(txn, {"event": "state", "worker": worker_id, "status": "idle", "completed": len(done),
-                          "failed": len(failed), "version": version})
-        return SettleResult(len(done), len(failed), duplicates)
+    def cancel_queued(self, raw_task: str) -> bool:
+        def plan(txn: Transaction) -> Step:
+            queued = raw_task in txn.doc["front"] or raw_task in txn.values(QUEUE_LOG)
+            return common.plan_cancel(raw_task, queued, self._tally(txn))
+
+        return self._transact(plan)
 
     def release(self, worker_id: str, epoch: int, raw_tasks: Sequence[str]) -> int:
         if not raw_tasks:
             return 0
-        with self.store.write() as txn:
-            if self._fenced(txn, worker_id, epoch):
-                raise Fenced(worker_id, epoch)
-            inflight = txn.doc["inflight"].setdefault(worker_id, [])
-            released = []
-            for raw in raw_tasks:
-                if raw in inflight:
-                    inflight.remove(raw)
-                    released.append(raw)
-            txn.doc["front"][:0] = list(reversed(released))  # the last handed back is taken first
-        return len(released)
+        return self._transact(
+            lambda txn: common.plan_release(
+                worker_id, epoch, self._state(txn, worker_id), self._inflight(txn, worker_id), raw_tasks
+            )
+        )
 
-    def reclaim(self, worker_id: str, *, max_crashes: int, reason: str = "died") -> ReclaimResult:
-        with self.store.write() as txn:
-            state = txn.doc["workers"].setdefault(worker_id, {})
-            epoch = int(state.get("epoch", 0)) + 1
-            state.update(epoch=str(epoch), status="dead", current_task="", batch="0")
-            inflight = txn.doc["inflight"].pop(worker_id, [])
-            requeued: list[str] = []
-            dead = 0
+    def inflight(self, worker_id: str) -> list[str]:
+        with self.store.read() as snap:
+            return self._inflight(snap, worker_id)
+
+    def reclaim(
+        self,
+        worker_id: str,
+        *,
+        max_crashes: int,
+        reason: str = "died",
+        crashed: bool = True,
+        only_if_expired: bool = False,
+        cause: Outcome | None = None,
+    ) -> ReclaimResult | None:
+        def plan(txn: Transaction) -> Step:
             now = time.time()
-            for raw in inflight:  # claim order: the oldest claimed lands in front
-                again, category, message = common.requeue_or_poison(raw, max_crashes)
-                if again is not None:
-                    requeued.append(again)
-                    continue
-                task_id, name = common.task_id_of(raw), common.name_of(raw)
-                self._worker_count(txn, worker_id, "errors", 1)
-                n = self._count(txn, keys.TOTAL_ERRORS)
-                self._xadd(txn, keys.WORK_ERRORS, self.completions_maxlen, {
-                    "n": n, "task_id": task_id, "name": name, "worker": worker_id,
-                    "category": category, "message": message})
-                txn.append(DEAD_LETTER_LOG, [common.dead_letter_entry(
-                    raw, task_id, name, category, message, "", worker_id, now)])
-                self._count(txn, keys.TOTAL_DEAD_LETTERED)
-                dead += 1
-            txn.doc["front"][:0] = requeued
-            if requeued:
-                self._count(txn, keys.TOTAL_REQUEUED, len(requeued))
-            _discard(txn.doc["active"], worker_id)
-            self._xadd(txn, keys.WORKER_EVENTS, self.events_maxlen, {
-                "event": "reclaimed", "worker": worker_id, "reason": reason, "epoch": epoch,
-                "requeued": len(requeued), "dead_lettered": dead})
-        return ReclaimResult(epoch, len(requeued), dead)
+            return common.plan_reclaim(
+                worker_id, self._state(txn, worker_id), self._inflight(txn, worker_id), self._tally(txn),
+                lease_alive=txn.doc["leases"].get(worker_id, 0.0) > now, max_crashes=max_crashes, reason=reason,
+                crashed=crashed, only_if_expired=only_if_expired, cause=cause, now=now,
+            )
+
+        return self._transact(plan)
 
     def queue_depths(self, worker_ids: Iterable[str] | None = None) -> dict[str, Any]:
         with self.store.read() as snap:
-            doc = snap.doc
-            ids = sorted(doc["known"] if worker_ids is None else worker_ids)
-            by_worker = {w: len(doc["inflight"].get(w, ())) for w in ids}
-            return {
-                "pending": self._depth(doc),
-                "inflight": sum(by_worker.values()),
-                "dead_letter": snap.count(DEAD_LETTER_LOG),
-                "by_worker": by_worker,
-            }
+            return self._depths(snap, worker_ids)
 
-    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+    def _depths(self, snap: Reader, worker_ids: Iterable[str] | None) -> dict[str, Any]:
+        doc = snap.doc
+        ids = sorted(doc["known"] if worker_ids is None else worker_ids)
+        by_worker = {w: len(doc["inflight"].get(w, ())) for w in ids}
+        return {
+            "pending": self._depth(snap),
+            "inflight": sum(by_worker.values()),
+            "delayed": len(doc["delayed"]),
+            "limited": 0,
+            "dead_letter": snap.count(DEAD_LETTER_LOG),
+            "by_worker": by_worker,
+        }
+
+    def audit_snapshot(self) -> AuditSnapshot:
+        """One shared-lock read of the document and the two streams: always exact."""
         with self.store.read() as snap:
-            raws = snap.tail(DEAD_LETTER_LOG, limit)
-        entries = []
-        for raw in reversed(raws):
-            try:
-                entries.append(json.loads(raw))
-            except ValueError:
-                entries.append({"task": raw, "category": "bad_payload", "message": "unreadable entry"})
-        return entries
+            return AuditSnapshot(
+                counters={name: int(snap.doc["counters"].get(keys.counter_key(name), 0)) for name in keys.COUNTERS},
+                per_worker=self._worker_counters(snap, snap.doc["known"]),
+                completions=self._stream_tail(snap, keys.WORK_COMPLETIONS),
+                errors=self._stream_tail(snap, keys.WORK_ERRORS),
+                depths=self._depths(snap, None),
+            )
+
+    # -- dead letters ---------------------------------------------------------------------------
+    def dead_letters(self, limit: int | None = 100) -> list[dict[str, Any]]:
+        with self.store.read() as snap:
+            raws = snap.values(DEAD_LETTER_LOG) if limit is None else snap.tail(DEAD_LETTER_LOG, limit)
+        return [decode_dead_letter(raw) for raw in reversed(raws)]
+
+    def retry_dead_letters(self, entries: Sequence[dict[str, Any]]) -> int:
+        pairs = common.retry_pairs(entries)
+        if not pairs:
+            return 0
+        return self._transact(
+            lambda txn: common.plan_dlq_retry(txn.values(DEAD_LETTER_LOG), pairs, self._tally(txn))
+        )
+
+    def purge_dead_letters(self, entries: Sequence[dict[str, Any]] | None = None) -> int:
+        raws = None if entries is None else [entry["raw"] for entry in entries]
+        if raws is not None and not raws:
+            return 0
+        return self._transact(
+            lambda txn: common.plan_dlq_purge(txn.values(DEAD_LETTER_LOG), raws, self._tally(txn))
+        )
+
+    # -- results ----------------------------------------------------------------------------
+    def get_results(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        with self.store.read() as snap:
+            return self._results.get(snap, task_ids, time.time())
+
+    def wait_result(self, task_id: str, timeout_s: float | None) -> dict[str, Any] | None:
+        """As the contract says, but polling (1 ms doubling to 20 ms): files have no
+        blocking read."""
+        return _poll(lambda: self.get_results([task_id])[task_id], timeout_s)
+
+    def task_status(self, task_id: str) -> tuple[str, dict[str, Any] | None]:
+        needle = f'"id":"{task_id}"'
+        with self.store.read() as snap:
+            stored = self._results.get(snap, [task_id], time.time())[task_id]
+            if stored is not None:
+                return stored.get("status", "unknown"), stored
+            doc = snap.doc
+            if any(needle in raw for w in doc["known"] for raw in doc["inflight"].get(w, ())):
+                return "running", None
+            if any(needle in raw for raw in doc["front"]) or any(needle in raw for raw in snap.values(QUEUE_LOG)):
+                return "queued", None
+            if any(needle in raw for _, raw in doc["delayed"]):
+                return "delayed", None
+        return "unknown", None

@@ -75,11 +75,17 @@ def _new_log() -> dict[str, Any]:
     return {"gen": 0, "start": 0, "size": 0, "count": 0, "last_id": "0-0"}
 
 
+def entry_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id ``ms-seq`` as a sortable pair."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def _encode_line(value: Any) -> bytes:
     return (json.dumps(value, separators=(",", ":")) + "\n").encode("ascii")
 
 
-class _Reader:
+class Reader:
     """Reads committed state: the document and the committed part of each log."""
 
     def __init__(self, store: "FileStore", doc: dict[str, Any]) -> None:
@@ -111,6 +117,46 @@ class _Reader:
             lines = lines[1:]  # the first piece may be a partial line
         return [json.loads(line) for line in lines[-n:]]
 
+    def values(self, name: str) -> list[Any]:
+        """Every committed value of a log, oldest first (O(log size): for rare operations)."""
+        return self.read_oldest(name, self.count(name))[0]
+
+    def scan(self, name: str, offset: int) -> tuple[list[tuple[int, Any]], int]:
+        """Committed values from byte ``offset`` (a line start, or anything before the log's
+        start) to the committed end, each with its offset; and that end."""
+        rec = self.log(name)
+        begin, end = max(offset, rec["start"]), rec["size"]
+        if begin >= end:
+            return [], end
+        with open(self.store.log_path(name, rec["gen"]), "rb") as handle:
+            handle.seek(begin)
+            data = handle.read(end - begin)
+        found = []
+        for line in data.split(b"\n")[:-1]:
+            found.append((begin, json.loads(line)))
+            begin += len(line) + 1
+        return found, end
+
+    def value_at(self, name: str, offset: int) -> Any:
+        """The committed value at byte ``offset`` (as :meth:`scan` reported it)."""
+        with open(self.store.log_path(name, self.log(name)["gen"]), "rb") as handle:
+            handle.seek(offset)
+            return json.loads(handle.readline())
+
+    def after(self, name: str, last_id: str, count: int) -> list[Any]:
+        """The oldest ``count`` entries of a stream log whose id is past ``last_id``."""
+        rec = self.log(name)
+        after = entry_key(last_id)
+        if rec["count"] == 0 or entry_key(rec["last_id"]) <= after:
+            return []
+        n = 64
+        while True:
+            entries = self.tail(name, n)
+            if n >= rec["count"] or entry_key(entries[0][0]) <= after:
+                break
+            n *= 4
+        return [entry for entry in entries if entry_key(entry[0]) > after][:count]
+
     def read_oldest(self, name: str, n: int) -> tuple[list[Any], int]:
         """The oldest ``n`` committed values and the byte length they occupy."""
         rec = self.log(name)
@@ -130,12 +176,13 @@ class _Reader:
         return values, consumed
 
 
-class Transaction(_Reader):
+class Transaction(Reader):
     """A writer's view: a private copy of the document plus pending appends."""
 
     def __init__(self, store: "FileStore", doc: dict[str, Any]) -> None:
         super().__init__(store, doc)
         self.pending: dict[str, list[bytes]] = {}
+        self.edits: dict[str, list[Any]] = {}
 
     def _rec(self, name: str) -> dict[str, Any]:
         return self.doc["logs"].setdefault(name, _new_log())
@@ -144,12 +191,25 @@ class Transaction(_Reader):
         self.pending.setdefault(name, []).extend(_encode_line(value) for value in values)
 
     def pop_oldest(self, name: str, n: int) -> list[Any]:
-        """Consume the oldest ``n`` committed values (queue semantics)."""
+        """Consume the oldest ``n`` values (queue semantics): committed ones first, then
+        ones appended in this transaction."""
         values, consumed = self.read_oldest(name, n)
         rec = self._rec(name)
         rec["start"] += consumed
         rec["count"] -= len(values)
+        short = n - len(values)
+        if short > 0 and self.pending.get(name):
+            taken, self.pending[name] = self.pending[name][:short], self.pending[name][short:]
+            values += [json.loads(line) for line in taken]
         return values
+
+    def editable(self, name: str) -> list[Any]:
+        """The log's committed values as a list to change in place (oldest first); at
+        commit they replace the log, as a new generation. For rare edits (removing
+        entries from the middle): it costs a copy of the whole log."""
+        if name not in self.edits:
+            self.edits[name] = self.values(name)
+        return self.edits[name]
 
     def next_id(self, name: str) -> str:
         """A stream entry id ``ms-seq``, increasing within the log (as Redis makes them)."""
@@ -170,6 +230,7 @@ class Transaction(_Reader):
     # -- commit -------------------------------------------------------------------------------
     def commit(self) -> None:
         directory = self.store.directory
+        obsolete = [self._next_generation(name, values) for name, values in self.edits.items()]
         created = False
         for name, lines in self.pending.items():
             rec = self._rec(name)
@@ -185,7 +246,7 @@ class Transaction(_Reader):
                 os.close(fd)
             rec["size"] += len(data)
             rec["count"] += len(lines)
-        obsolete = [self._compact(name) for name in list(self.doc["logs"]) if self._needs_compaction(name)]
+        obsolete += [self._compact(name) for name in list(self.doc["logs"]) if self._needs_compaction(name)]
         if created or obsolete:
             _fsync_dir(directory)
         temporary = os.path.join(directory, _DOCUMENT + ".tmp")
@@ -206,16 +267,25 @@ class Transaction(_Reader):
     def _compact(self, name: str) -> str:
         """Copy the live part into the next generation; returns the old file to delete."""
         rec = self.doc["logs"][name]
-        old = self.store.log_path(name, rec["gen"])
-        new = self.store.log_path(name, rec["gen"] + 1)
-        with open(old, "rb") as source:
+        with open(self.store.log_path(name, rec["gen"]), "rb") as source:
             source.seek(rec["start"])
             live = source.read(rec["size"] - rec["start"])
-        with open(new, "wb") as target:
-            target.write(live)
+        return self._write_generation(name, live)
+
+    def _next_generation(self, name: str, values: list[Any]) -> str:
+        """The edited values as the log's next generation; returns the old file to delete."""
+        old = self._write_generation(name, b"".join(_encode_line(value) for value in values))
+        self._rec(name)["count"] = len(values)
+        return old
+
+    def _write_generation(self, name: str, data: bytes) -> str:
+        rec = self._rec(name)
+        old = self.store.log_path(name, rec["gen"])
+        with open(self.store.log_path(name, rec["gen"] + 1), "wb") as target:
+            target.write(data)
             target.flush()
             os.fsync(target.fileno())
-        rec.update(gen=rec["gen"] + 1, start=0, size=len(live))
+        rec.update(gen=rec["gen"] + 1, start=0, size=len(data))
         return old
 
 
@@ -261,10 +331,10 @@ class FileStore:
             return json.loads(json.dumps(self.initial))
 
     @contextlib.contextmanager
-    def read(self) -> Iterator[_Reader]:
+    def read(self) -> Iterator[Reader]:
         """A consistent view of the committed state (shared lock)."""
         with self._locked(fcntl.LOCK_SH):
-            yield _Reader(self, self._load())
+            yield Reader(self, self._load())
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Transaction]:
@@ -275,5 +345,5 @@ class FileStore:
             original = json.loads(json.dumps(doc))
             txn = Transaction(self, doc)
             yield txn
-            if txn.pending or txn.doc != original:
+            if txn.pending or txn.edits or txn.doc != original:
                 txn.commit()

@@ -8,26 +8,39 @@ have written it, not as a straw man:
 * Every read-modify-write runs under redis-py's own ``Lock`` (subclassed only to
   take a fencing token in the same round trip, see :mod:`.locks`), with a lease far
   longer than the critical section, and writes that the fence refuses once the
-  lease is lost. A critical section's writes land in one atomic call or not at all.
+  lease is lost. A critical section's writes land in one atomic call or not at all,
+  and once: a call resent after a lost reply is recognised.
 * Tuned waiting: exponential backoff with jitter from 0.5 ms (``wait_policy="default"``
   selects redis-py's fixed 100 ms sleep, for comparison).
 * Lock granularity like the lock-free design's partitions: one lock per worker
-  partition, one work-queue lock around claiming, one lock for the global counters.
-  ``lock_scope="global"`` takes a single lock for everything instead.
-* Reads of one key, and appends to streams, take no lock (they need none); they
-  are the same as the lock-free manager's (:mod:`.redisreads`).
+  partition, one work-queue lock around every change at the queue's near end (claims,
+  hand-backs, requeues, promotions of due tasks, cancellations), one lock for the
+  global counters, which also guards the dead-letter list (every writer of it changes
+  counters). ``lock_scope="global"`` takes a single lock for everything instead.
+* Reads take no lock (they need none); they are the lock-free manager's own
+  (:mod:`.redisreads`), and so is the MULTI/EXEC audit snapshot: every critical
+  section lands in one atomic call, so a snapshot never sees half of one.
+* What each step decides (counting once, retries, poison, fencing, stored results)
+  is computed by :mod:`.common`, the Python mirror of the Lua scripts.
 * ``acquire_lock(name)`` is a real lock here: the old design held it around calls
-  to rate-limited external services.
+  to rate-limited external services. Rate limits and concurrency caps of tasks are
+  not supported (``limits()`` is None): such tasks fail with a clear message.
 
 Data flow of one batch (R = round trips; every lock is acquire + release)::
 
-    claim   lock worker:{w}, lock queue  ─ read state, LLEN, LRANGE ─ FENCED_APPLY
-            (LTRIM queue, LPUSH in-flight, state busy, XADD event) ─ release both  R=6
+    claim   lock worker:{w}, lock queue ─ read state, due tasks, LLEN, LRANGE ─
+            FENCED_APPLY (ZREM/LPUSH due, LTRIM queue, LPUSH in-flight, state busy,
+            XADD event) ─ release both                                           R=6
     settle  lock worker:{w}, lock counters ─ read state, in-flight, counters ─
-            FENCED_APPLY (LREM, SET counters, XADD completions/errors, dead letters,
-            state idle, XADD event) ─ release both                                R=6
+            FENCED_APPLY (LREM, SET counters, XADD completions/errors, dead letters
+            or retries, results, state idle, XADD event) ─ release both          R=6
+    beat    lock worker:{w} ─ read state ─ FENCED_APPLY (lease, last_activity)   R=4
 
 Lock order is always worker < queue < counters, so no two operations deadlock.
+Appends at the queue's far end (submit, dead-letter retries) and to the delayed set
+need no queue lock: they never race a claim, which reads and trims the near end.
+A refused (fenced) write is counted in ``total_fenced`` by a second, short critical
+section on the counters lock after the first one's locks are released.
 """
 from __future__ import annotations
 
@@ -35,15 +48,15 @@ import json
 import time
 from typing import Any, Callable, Iterable, Sequence
 
-import attrs
 import redis
 
 from .. import keys
 from ..connection import create_client
-from ..exceptions import ConfigurationError, Fenced, LockTimeout
-from ..models import Outcome, dumps
+from ..exceptions import ConfigurationError, LockTimeout
+from ..models import Outcome, dumps, new_task_id
 from . import common
-from .base import ReclaimResult, SettleResult, StateManager
+from .base import ReclaimResult, SettleResult
+from .common import MirroredStateManager, Step, Tally
 from .locks import (
     FENCED_APPLY,
     WAIT_POLICIES,
@@ -54,24 +67,16 @@ from .locks import (
     fenced_args,
     release,
 )
-from .redisreads import RedisReadsMixin
+from .redisreads import RedisReadsMixin, translate_connection_errors
 
 LOCK_SCOPES = ("partition", "global")
 # A critical section whose lease ran out is retried (nothing was written) this often.
 LEASE_ATTEMPTS = 3
 _SUBMIT_CHUNK = 1000
+_PROMOTE_LIMIT = 1000
 # Idle polling of the queue by wait_claim: there is no BLMOVE under a queue lock.
 _POLL_FIRST_S = 0.0005
 _POLL_CAP_S = 0.02
-
-
-@attrs.frozen
-class _Step:
-    """What a critical section decided: writes to apply, then a result or an error."""
-
-    writes: list[Write] = attrs.Factory(list)
-    result: Any = None
-    error: Exception | None = None
 
 
 def _decode_state(raw: str | None) -> dict[str, str]:
@@ -85,7 +90,13 @@ def _xadd(stream: str, maxlen: int, fields: dict[str, object]) -> Write:
     return ("XADD", stream, "MAXLEN", "~", maxlen, "*", *flat)
 
 
-class RedisEnabledStateManager(RedisReadsMixin, StateManager):
+def _tally(counter_keys: Sequence[str], values: Sequence[str | None]) -> Tally:
+    """Counters read in the critical section (touching any other one is a bug: KeyError)."""
+    return Tally(dict(zip(counter_keys, (int(v or 0) for v in values), strict=True)).__getitem__)
+
+
+@translate_connection_errors
+class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
     """The lock-based baseline on one Redis server.
 
     Args:
@@ -96,6 +107,9 @@ class RedisEnabledStateManager(RedisReadsMixin, StateManager):
         lease_s: each lock's expiry; far longer than any critical section.
         blocking_timeout_s: how long to wait for a lock before raising LockTimeout.
         record_lock_samples: keep every acquire's wait time (benchmarks).
+        worker_lease_s: how long a worker's lease lasts without a heartbeat.
+        result_ttl_s: how long a stored task result is kept.
+        client_retries: let redis-py resend commands after a reconnect (workers: False).
         completions_maxlen / events_maxlen / client: as for the lock-free manager.
     """
 
@@ -112,6 +126,9 @@ class RedisEnabledStateManager(RedisReadsMixin, StateManager):
         record_lock_samples: bool = False,
         completions_maxlen: int = 200_000,
         events_maxlen: int = 20_000,
+        worker_lease_s: float = 3.0,
+        result_ttl_s: float = 86_400.0,
+        client_retries: bool = True,
         client: redis.Redis | None = None,
     ) -> None:
         if client is None and url is None:
@@ -124,17 +141,47 @@ class RedisEnabledStateManager(RedisReadsMixin, StateManager):
             raise ConfigurationError(
                 f"need blocking_timeout_s > lease_s > 0, got {blocking_timeout_s!r} and {lease_s!r}"
             )
+        super().__init__(
+            completions_maxlen=completions_maxlen,
+            events_maxlen=events_maxlen,
+            worker_lease_s=worker_lease_s,
+            result_ttl_s=result_ttl_s,
+        )
         self.url = url
-        self.redis = client if client is not None else create_client(url)
+        self.redis = client if client is not None else create_client(url, retries=client_retries)
         self.lock_scope = lock_scope
         self.policy = WAIT_POLICIES[wait_policy]
         self.lease_s = lease_s
         self.blocking_timeout_s = blocking_timeout_s
-        self.completions_maxlen = completions_maxlen
-        self.events_maxlen = events_maxlen
         self.stats = LockStats(record_samples=record_lock_samples)
         self._apply = self.redis.register_script(FENCED_APPLY)
         self._external: dict[str, FencedLock] = {}
+        self._writers: dict[str, Callable[..., list[Write]]] = {
+            common.STREAM: lambda w, stream, fields: [_xadd(stream, self.maxlen(stream), fields)],
+            common.DEAD_LETTER: lambda w, entry: [("LPUSH", keys.DEAD_LETTER, entry)],
+            common.DELAY: lambda w, due, raw: [("ZADD", keys.DELAYED, due, raw)],
+            common.RESULT: self._result_writes,
+            common.REQUEUE: lambda w, raw: [("RPUSH", keys.QUEUE, raw)],
+            common.UNCLAIM: lambda w, raw: [("LREM", keys.worker_inflight_key(w), -1, raw)],
+            common.LEASE: self._lease_writes,
+            common.MEMBERSHIP: self._membership_writes,
+            common.ENQUEUE: lambda w, raws: [
+                ("LPUSH", keys.QUEUE, *raws[start : start + _SUBMIT_CHUNK])
+                for start in range(0, len(raws), _SUBMIT_CHUNK)
+            ],
+            common.SUBMITTED: lambda w, batch_id: [
+                ("SET", keys.submit_marker_key(batch_id), 1, "EX", self.submit_marker_ttl_s)
+            ],
+            common.PROMOTE: lambda w, due: [("ZREM", keys.DELAYED, *due), ("LPUSH", keys.QUEUE, *due)],
+            common.TAKE: lambda w, raws: [
+                ("LTRIM", keys.QUEUE, 0, -(len(raws) + 1)),
+                ("LPUSH", keys.worker_inflight_key(w), *raws),
+            ],
+            common.DROP_INFLIGHT: lambda w: [("DEL", keys.worker_inflight_key(w))],
+            common.CANCEL: lambda w, raw: [("LREM", keys.QUEUE, 1, raw)],
+            common.UNLETTER: lambda w, entry: [("LREM", keys.DEAD_LETTER, 1, entry)],
+            common.UNLETTER_ALL: lambda w: [("DEL", keys.DEAD_LETTER)],
+        }
 
     def close(self) -> None:
         for lock in self._external.values():
@@ -146,9 +193,10 @@ class RedisEnabledStateManager(RedisReadsMixin, StateManager):
     def _lock(self, name: str) -> FencedLock:
         return FencedLock(self.redis, name, lease_s=self.lease_s, blocking_timeout_s=self.blocking_timeout_s)
 
-    def _transact(self, lock_names: Sequence[str], plan: Callable[[], _Step]) -> Any:
+    def _transact(self, lock_names: Sequence[str], plan: Callable[[], Step]) -> Any:
         """Hold the locks (in the given order), run ``plan`` (reads, decisions), apply its
-        writes fenced, release. A lost lease means nothing was written: start over."""
+        writes fenced, release; then count a refused write and return or raise. A lost
+        lease means nothing was written: start over."""
         if self.lock_scope == "global":
             lock_names = [keys.GLOBAL_LOCK]
         for _ in range(LEASE_ATTEMPTS):
@@ -159,70 +207,79 @@ class RedisEnabledStateManager(RedisReadsMixin, StateManager):
                     acquire(lock, self.policy, self.stats)
                     held.append(lock)
                 step = plan()
-                if not step.writes or self._do_apply(held, step.writes):
-                    if step.error is not None:
-                        raise step.error
-                    return step.result
+                writes = self._writes(step)
+                if not writes or self._do_apply(held, writes):
+                    break
             finally:
                 for lock in reversed(held):
                     release(lock)
             self.stats.lost_leases += 1
-        raise LockTimeout(", ".join(lock_names), 0.0, f"lost the lease before writing {LEASE_ATTEMPTS} times")
+        else:
+            raise LockTimeout(", ".join(lock_names), 0.0, f"lost the lease before writing {LEASE_ATTEMPTS} times")
+        if step.fenced:
+            self.increment_counter(keys.TOTAL_FENCED, step.fenced)
+        if step.error is not None:
+            raise step.error
+        return step.result
 
     def _do_apply(self, held: Sequence[FencedLock], writes: Sequence[Write]) -> bool:
         key_list, args = fenced_args(held, writes)
         return bool(self._apply(keys=key_list, args=args))
 
+    def _writes(self, step: Step) -> list[Write]:
+        """The Redis writes of a planned step, in order."""
+        writes = [write for kind, *args in step.ops for write in self._writers[kind](step.worker_id, *args)]
+        if step.state is not None:
+            writes.append(("HSET", keys.WORKER_STATES, step.worker_id, dumps(step.state)))
+        writes.extend(("SET", key, value) for key, value in step.changed_counters.items())
+        return writes
+
+    def _result_writes(self, _worker_id: str, task_id: str, stored: str) -> list[Write]:
+        key = keys.result_key(task_id)
+        return [("DEL", key), ("RPUSH", key, stored), ("PEXPIRE", key, self.result_ttl_ms)]
+
+    def _lease_writes(self, worker_id: str, epoch: int | None) -> list[Write]:
+        key = keys.worker_lease_key(worker_id)
+        return [("DEL", key)] if epoch is None else [("SET", key, epoch, "PX", self.worker_lease_ms)]
+
+    def _membership_writes(self, worker_id: str, active: bool) -> list[Write]:
+        if not active:
+            return [("SREM", keys.ACTIVE_WORKERS, worker_id)]
+        return [("SADD", keys.ACTIVE_WORKERS, worker_id), ("SADD", keys.KNOWN_WORKERS, worker_id)]
+
     def _read_state(self, worker_id: str) -> dict[str, str]:
         return _decode_state(self.redis.hget(keys.WORKER_STATES, worker_id))
 
-    def _state_write(self, worker_id: str, state: dict[str, str]) -> Write:
-        return ("HSET", keys.WORKER_STATES, worker_id, dumps(state))
-
-    def _event(self, fields: dict[str, object]) -> Write:
-        return _xadd(keys.EVENTS, self.events_maxlen, fields)
+    def _read_partition(self, worker_id: str, counter_keys: Sequence[str] = ()) -> tuple[Any, ...]:
+        """State, in-flight list (oldest claim first), lease and counters, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(keys.WORKER_STATES, worker_id)
+        pipe.lrange(keys.worker_inflight_key(worker_id), 0, -1)
+        pipe.exists(keys.worker_lease_key(worker_id))
+        if counter_keys:
+            pipe.mget(counter_keys)
+        raw_state, inflight, lease, *values = pipe.execute()
+        tally = _tally(counter_keys, values[0] if values else [])
+        return _decode_state(raw_state), list(reversed(inflight)), tally, bool(lease)
 
     # -- workers --------------------------------------------------------------------------
     def register_worker(self, worker_id: str, *, pid: int, host: str) -> int:
-        def plan() -> _Step:
-            state = self._read_state(worker_id)
-            now = common.encode_value(time.time())
-            epoch = int(state.get("epoch", 0)) + 1
-            version = int(state.get("version", 0)) + 1
-            state.update(
-                epoch=str(epoch), version=str(version), status="idle", current_task="",
-                pid=common.encode_value(pid), host=host, started_at=now, last_activity=now,
-            )
-            writes = [
-                self._state_write(worker_id, state),
-                ("SADD", keys.ACTIVE_WORKERS, worker_id),
-                ("SADD", keys.KNOWN_WORKERS, worker_id),
-                _xadd(keys.WORKER_EVENTS, self.events_maxlen,
-                      {"event": "registered", "worker": worker_id, "pid": pid, "host": host, "epoch": epoch}),
-                self._event({"event": "state", "worker": worker_id, "status": "idle", "version": version}),
-            ]
-            return _Step(writes, epoch)
+        return self._transact(
+            [keys.worker_lock_key(worker_id)],
+            lambda: common.plan_register(worker_id, self._read_state(worker_id), pid=pid, host=host, now=time.time()),
+        )
 
-        return self._transact([keys.worker_lock_key(worker_id)], plan)
+    def heartbeat(self, worker_id: str, epoch: int) -> None:
+        self._transact(
+            [keys.worker_lock_key(worker_id)],
+            lambda: common.plan_heartbeat(worker_id, self._read_state(worker_id), epoch, time.time()),
+        )
 
     def deregister_worker(self, worker_id: str, epoch: int) -> None:
-        def plan() -> _Step:
-            state = self._read_state(worker_id)
-            if state.get("epoch") != str(epoch):
-                return _Step(error=Fenced(worker_id, epoch))
-            version = int(state.get("version", 0)) + 1
-            state.update(version=str(version), status="stopped", current_task="",
-                         last_activity=common.encode_value(time.time()))
-            writes = [
-                self._state_write(worker_id, state),
-                ("SREM", keys.ACTIVE_WORKERS, worker_id),
-                _xadd(keys.WORKER_EVENTS, self.events_maxlen,
-                      {"event": "deregistered", "worker": worker_id, "epoch": epoch}),
-                self._event({"event": "state", "worker": worker_id, "status": "stopped", "version": version}),
-            ]
-            return _Step(writes)
-
-        self._transact([keys.worker_lock_key(worker_id)], plan)
+        self._transact(
+            [keys.worker_lock_key(worker_id)],
+            lambda: common.plan_deregister(worker_id, self._read_state(worker_id), epoch, time.time()),
+        )
 
     def get_worker_state(self, worker_id: str) -> dict[str, str]:
         return self._read_state(worker_id)
@@ -234,53 +291,23 @@ class RedisEnabledStateManager(RedisReadsMixin, StateManager):
         values = self.redis.hmget(keys.WORKER_STATES, ids)
         return {worker_id: _decode_state(raw) for worker_id, raw in zip(ids, values, strict=True)}
 
-    def update_worker_field(
-        self, worker_id: str, field: str, value: object, *, epoch: int | None = None, pipeline: Any = None
-    ) -> int:
-        """As the contract says; with ``pipeline`` the update is made at once, under its
-        lock (a locked read-modify-write cannot wait in a caller's pipeline)."""
-        version = self._do_update_state(worker_id, {field: value}, None, epoch)
-        return 0 if pipeline is not None else version
-
-    def update_worker_state(
-        self,
-        worker_id: str,
-        mapping: dict[str, object],
-        expected_version: int | None = None,
-        *,
-        epoch: int | None = None,
-    ) -> bool:
-        return self._do_update_state(worker_id, mapping, expected_version, epoch) != 0
-
     def _do_update_state(
-        self, worker_id: str, mapping: dict[str, object], expected_version: int | None, epoch: int | None
+        self, worker_id: str, fields: dict[str, str], expected_version: int | None, epoch: int | None
     ) -> int:
-        fields = common.checked_fields(mapping)
+        return self._transact(
+            [keys.worker_lock_key(worker_id)],
+            lambda: common.plan_update(worker_id, self._read_state(worker_id), fields, expected_version, epoch),
+        )
 
-        def plan() -> _Step:
-            state = self._read_state(worker_id)
-            if epoch is not None and state.get("epoch") != str(epoch):
-                return _Step(error=Fenced(worker_id, epoch))
-            if expected_version is not None and state.get("version", "0") != str(expected_version):
-                return _Step(result=0)
-            version = int(state.get("version", 0)) + 1
-            state.update(fields)
-            state["version"] = str(version)
-            event = {"event": "state", "worker": worker_id, "version": version, **fields}
-            return _Step([self._state_write(worker_id, state), self._event(event)], version)
-
-        return self._transact([keys.worker_lock_key(worker_id)], plan)
-
-    # -- counters, metrics ----------------------------------------------------------------
+    # -- counters -------------------------------------------------------------------------
     def increment_counter(self, name: str, amount: int = 1, *, pipeline: Any = None) -> int:
         """Read, add, write back under the counters lock (at once, even with ``pipeline``)."""
         key = keys.counter_key(name)
 
-        def plan() -> _Step:
-            value = int(self.redis.get(key) or 0) + amount
-            return _Step([("SET", key, value)], value)
-
-        value = self._transact([keys.COUNTERS_LOCK], plan)
+        value = self._transact(
+            [keys.COUNTERS_LOCK],
+            lambda: common.plan_increment(key, amount, Tally(lambda _key: int(self.redis.get(key) or 0))),
+        )
         return 0 if pipeline is not None else value
 
     # -- rate-limited external services -------------------------------------------------------
@@ -311,62 +338,65 @@ class RedisEnabledStateManager(RedisReadsMixin, StateManager):
             release(lock)
 
     # -- the queue ------------------------------------------------------------------------
-    def submit(self, raw_tasks: Sequence[str]) -> int:
-        """Under the counters lock only: LPUSH at the far end never races a claim, which
-        reads and trims the near end under the queue lock."""
+    def submit(self, raw_tasks: Sequence[str], batch_id: str | None = None, due_at: float | None = None) -> int:
+        """Under the counters lock only (it also guards the batch markers): LPUSH at the
+        far end, or ZADD to the delayed set, never races a claim."""
         if not raw_tasks:
             return 0
+        batch_id = batch_id or new_task_id()
+        marker = keys.submit_marker_key(batch_id)
 
-        def plan() -> _Step:
-            created = int(self.redis.get(keys.TOTAL_WORK_CREATED) or 0)
-            writes: list[Write] = [
-                ("LPUSH", keys.QUEUE, *raw_tasks[start : start + _SUBMIT_CHUNK])
-                for start in range(0, len(raw_tasks), _SUBMIT_CHUNK)
-            ]
-            writes.append(("SET", keys.TOTAL_WORK_CREATED, created + len(raw_tasks)))
-            return _Step(writes, len(raw_tasks))
+        def plan() -> Step:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.exists(marker)
+            pipe.get(keys.TOTAL_WORK_CREATED)
+            seen, created = pipe.execute()
+            tally = _tally([keys.TOTAL_WORK_CREATED], [created])
+            return common.plan_submit(raw_tasks, seen=bool(seen), batch_id=batch_id, due_at=due_at, tally=tally)
 
         return self._transact([keys.COUNTERS_LOCK], plan)
 
+    def promote_due(self, limit: int = 1000) -> int:
+        """A lock-free look first (the supervisor calls this ten times a second): the
+        queue lock is taken only when something is due."""
+        if not self.redis.zcount(keys.DELAYED, "-inf", time.time()):
+            return 0
+        return self._transact(
+            [keys.QUEUE_LOCK],
+            lambda: common.plan_promote(self.redis.zrangebyscore(keys.DELAYED, "-inf", time.time(), 0, limit)),
+        )
+
     def claim(self, worker_id: str, epoch: int, max_count: int, divisor: int = 1) -> list[str]:
-        def plan() -> _Step:
+        def plan() -> Step:
+            now = time.time()
             pipe = self.redis.pipeline(transaction=False)
             pipe.hget(keys.WORKER_STATES, worker_id)
+            pipe.zrangebyscore(keys.DELAYED, "-inf", now, 0, _PROMOTE_LIMIT)
             pipe.llen(keys.QUEUE)
             pipe.lrange(keys.QUEUE, -max(1, max_count), -1)
-            raw_state, depth, tail = pipe.execute()
-            state = _decode_state(raw_state)
-            if state.get("epoch") != str(epoch):
-                return _Step(error=Fenced(worker_id, epoch))
-            want = common.fair_share(max_count, int(depth), divisor)
-            if want == 0:
-                return _Step(result=[])
-            claimed = list(reversed(tail[-want:]))  # the queue's right end is its oldest
-            version = int(state.get("version", 0)) + 1
-            task_id = common.task_id_of(claimed[0], "?")
-            state.update(version=str(version), status="busy", current_task=task_id, batch=str(want),
-                         last_activity=common.encode_value(time.time()))
-            writes = [
-                ("LTRIM", keys.QUEUE, 0, -(want + 1)),
-                ("LPUSH", keys.worker_inflight_key(worker_id), *claimed),
-                self._state_write(worker_id, state),
-                self._event({"event": "state", "worker": worker_id, "status": "busy", "current_task": task_id,
-                             "batch": want, "version": version}),
-            ]
-            return _Step(writes, claimed)
+            raw_state, due, depth, tail = pipe.execute()
+            return common.plan_claim(
+                worker_id, epoch, _decode_state(raw_state), depth=int(depth), oldest=list(reversed(tail)),
+                due=due, max_count=max_count, divisor=divisor, now=now,
+            )
 
         return self._transact([keys.worker_lock_key(worker_id), keys.QUEUE_LOCK], plan)
 
     def wait_claim(self, worker_id: str, epoch: int, max_count: int, divisor: int, timeout_s: float) -> list[str]:
-        """Claim, then poll the queue's length (no lock) with backoff until a task appears:
-        nothing may block on the queue while another holder trims it under its lock."""
+        """Claim, then poll (no lock) with backoff until a task is queued or a delayed one
+        is due: nothing may block on the queue while another holder trims it under its lock."""
         deadline = time.monotonic() + timeout_s
         delay = _POLL_FIRST_S
         while True:
             claimed = self.claim(worker_id, epoch, max_count, divisor)
             if claimed:
                 return claimed
-            while not self.redis.llen(keys.QUEUE):
+            while True:
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.llen(keys.QUEUE)
+                pipe.zcount(keys.DELAYED, "-inf", time.time())
+                if any(pipe.execute()):
+                    break
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return []
@@ -376,144 +406,76 @@ class RedisEnabledStateManager(RedisReadsMixin, StateManager):
     def settle(self, worker_id: str, epoch: int, outcomes: Sequence[Outcome]) -> SettleResult:
         if not outcomes:
             return SettleResult(0, 0, 0)
-        counter_keys = [
-            keys.worker_completed_key(worker_id),
-            keys.worker_errors_key(worker_id),
-            keys.TOTAL_WORK_COMPLETED,
-            keys.TOTAL_ERRORS,
-            keys.TOTAL_DEAD_LETTERED,
-            keys.TOTAL_DUPLICATES,
-            keys.TOTAL_FENCED,
-        ]
 
-        def plan() -> _Step:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.hget(keys.WORKER_STATES, worker_id)
-            pipe.lrange(keys.worker_inflight_key(worker_id), 0, -1)
-            pipe.mget(counter_keys)
-            raw_state, inflight, values = pipe.execute()
-            count = dict(zip(counter_keys, (int(v or 0) for v in values), strict=True))
-            state = _decode_state(raw_state)
-            if state.get("epoch") != str(epoch):
-                fenced = count[keys.TOTAL_FENCED] + len(outcomes)
-                return _Step([("SET", keys.TOTAL_FENCED, fenced)], error=Fenced(worker_id, epoch))
-            return self._plan_settle(worker_id, state, inflight, count, outcomes)
+        def plan() -> Step:
+            state, inflight, tally, _ = self._read_partition(worker_id, common.settle_counters(worker_id))
+            return common.plan_settle(worker_id, epoch, state, inflight, outcomes, tally, time.time())
 
         return self._transact([keys.worker_lock_key(worker_id), keys.COUNTERS_LOCK], plan)
 
-    def _plan_settle(
-        self,
-        worker_id: str,
-        state: dict[str, str],
-        inflight: list[str],
-        count: dict[str, int],
-        outcomes: Sequence[Outcome],
-    ) -> _Step:
-        inflight_key = keys.worker_inflight_key(worker_id)
-        done, failed, duplicates = common.split_settled(inflight, outcomes)
-        writes: list[Write] = []
-        now = time.time()
-        for outcome in done:
-            count[keys.TOTAL_WORK_COMPLETED] += 1
-            writes.append(("LREM", inflight_key, -1, outcome.raw))
-            writes.append(_xadd(keys.WORK_COMPLETIONS, self.completions_maxlen, {
-                "n": count[keys.TOTAL_WORK_COMPLETED], "task_id": outcome.task_id, "name": outcome.name,
-                "worker": worker_id, "wait_ms": common.ms(outcome.wait_ms), "run_ms": common.ms(outcome.run_ms)}))
-        for outcome in failed:
-            count[keys.TOTAL_ERRORS] += 1
-            count[keys.TOTAL_DEAD_LETTERED] += 1
-            writes.append(("LREM", inflight_key, -1, outcome.raw))
-            writes.append(_xadd(keys.WORK_ERRORS, self.completions_maxlen, {
-                "n": count[keys.TOTAL_ERRORS], "task_id": outcome.task_id, "name": outcome.name,
-                "worker": worker_id, "category": outcome.category, "message": outcome.message}))
-            entry = common.dead_letter_entry(outcome.raw, outcome.task_id, outcome.name, outcome.category,
-                                             outcome.message, outcome.traceback, worker_id, now)
-            writes.append(("LPUSH", keys.DEAD_LETTER, entry))
-        count[keys.worker_completed_key(worker_id)] += len(done)
-        count[keys.worker_errors_key(worker_id)] += len(failed)
-        count[keys.TOTAL_DUPLICATES] += duplicates
-        changed = {
-            keys.worker_completed_key(worker_id): bool(done),
-            keys.TOTAL_WORK_COMPLETED: bool(done),
-            keys.worker_errors_key(worker_id): bool(failed),
-            keys.TOTAL_ERRORS: bool(failed),
-            keys.TOTAL_DEAD_LETTERED: bool(failed),
-            keys.TOTAL_DUPLICATES: bool(duplicates),
-        }
-        writes.extend(("SET", key, count[key]) for key, yes in changed.items() if yes)
-        version = int(state.get("version", 0)) + 1
-        state.update(version=str(version), status="idle", current_task="", batch="0",
-                     last_activity=common.encode_value(now))
-        writes.append(self._state_write(worker_id, state))
-        writes.append(self._event({"event": "state", "worker": worker_id, "status": "idle", "completed": len(done),
-                                   "failed": len(failed), "version": version}))
-        return _Step(writes, SettleResult(len(done), len(failed), duplicates))
+    def cancel_queued(self, raw_task: str) -> bool:
+        def plan() -> Step:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.lpos(keys.QUEUE, raw_task)
+            pipe.get(keys.TOTAL_CANCELLED)
+            position, cancelled = pipe.execute()
+            return common.plan_cancel(raw_task, position is not None, _tally([keys.TOTAL_CANCELLED], [cancelled]))
+
+        return self._transact([keys.QUEUE_LOCK, keys.COUNTERS_LOCK], plan)
 
     def release(self, worker_id: str, epoch: int, raw_tasks: Sequence[str]) -> int:
         if not raw_tasks:
             return 0
 
-        def plan() -> _Step:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.hget(keys.WORKER_STATES, worker_id)
-            pipe.lrange(keys.worker_inflight_key(worker_id), 0, -1)
-            raw_state, inflight = pipe.execute()
-            if _decode_state(raw_state).get("epoch") != str(epoch):
-                return _Step(error=Fenced(worker_id, epoch))
-            present, _failed, _missing = common.split_settled(
-                inflight, [Outcome(raw=raw, task_id="", name="", ok=True) for raw in raw_tasks]
-            )
-            writes: list[Write] = []
-            for outcome in present:
-                writes.append(("LREM", keys.worker_inflight_key(worker_id), -1, outcome.raw))
-                writes.append(("RPUSH", keys.QUEUE, outcome.raw))
-            return _Step(writes, len(present))
+        def plan() -> Step:
+            state, inflight, _, _ = self._read_partition(worker_id)
+            return common.plan_release(worker_id, epoch, state, inflight, raw_tasks)
 
         return self._transact([keys.worker_lock_key(worker_id), keys.QUEUE_LOCK], plan)
 
-    def reclaim(self, worker_id: str, *, max_crashes: int, reason: str = "died") -> ReclaimResult:
-        counter_keys = [keys.worker_errors_key(worker_id), keys.TOTAL_ERRORS, keys.TOTAL_DEAD_LETTERED,
-                        keys.TOTAL_REQUEUED]
+    def reclaim(
+        self,
+        worker_id: str,
+        *,
+        max_crashes: int,
+        reason: str = "died",
+        crashed: bool = True,
+        only_if_expired: bool = False,
+        cause: Outcome | None = None,
+    ) -> ReclaimResult | None:
+        def plan() -> Step:
+            state, inflight, tally, lease = self._read_partition(worker_id, common.reclaim_counters(worker_id))
+            return common.plan_reclaim(
+                worker_id, state, inflight, tally, lease_alive=lease, max_crashes=max_crashes, reason=reason,
+                crashed=crashed, only_if_expired=only_if_expired, cause=cause, now=time.time(),
+            )
 
-        def plan() -> _Step:
+        return self._transact([keys.worker_lock_key(worker_id), keys.QUEUE_LOCK, keys.COUNTERS_LOCK], plan)
+
+    # -- dead letters ---------------------------------------------------------------------------
+    def _dead_letter_step(self, counter_keys: list[str], make: Callable[[list[str], Tally], Step]) -> Any:
+        def plan() -> Step:
             pipe = self.redis.pipeline(transaction=False)
-            pipe.hget(keys.WORKER_STATES, worker_id)
-            pipe.lrange(keys.worker_inflight_key(worker_id), 0, -1)
+            pipe.lrange(keys.DEAD_LETTER, 0, -1)
             pipe.mget(counter_keys)
-            raw_state, inflight, values = pipe.execute()
-            count = dict(zip(counter_keys, (int(v or 0) for v in values), strict=True))
-            state = _decode_state(raw_state)
-            epoch = int(state.get("epoch", 0)) + 1
-            state.update(epoch=str(epoch), status="dead", current_task="", batch="0")
-            writes: list[Write] = [self._state_write(worker_id, state)]
-            requeued = dead = 0
-            now = time.time()
-            for raw in inflight:  # head first, as RECLAIM pops them: the oldest lands in front
-                again, category, message = common.requeue_or_poison(raw, max_crashes)
-                if again is not None:
-                    writes.append(("RPUSH", keys.QUEUE, again))
-                    requeued += 1
-                    continue
-                task_id, name = common.task_id_of(raw), common.name_of(raw)
-                count[keys.worker_errors_key(worker_id)] += 1
-                count[keys.TOTAL_ERRORS] += 1
-                count[keys.TOTAL_DEAD_LETTERED] += 1
-                writes.append(_xadd(keys.WORK_ERRORS, self.completions_maxlen, {
-                    "n": count[keys.TOTAL_ERRORS], "task_id": task_id, "name": name, "worker": worker_id,
-                    "category": category, "message": message}))
-                writes.append(("LPUSH", keys.DEAD_LETTER, common.dead_letter_entry(
-                    raw, task_id, name, category, message, "", worker_id, now)))
-                dead += 1
-            if inflight:
-                writes.append(("DEL", keys.worker_inflight_key(worker_id)))
-            count[keys.TOTAL_REQUEUED] += requeued
-            writes.extend(("SET", key, value) for key, value in count.items() if requeued or dead)
-            writes.append(("SREM", keys.ACTIVE_WORKERS, worker_id))
-            writes.append(_xadd(keys.WORKER_EVENTS, self.events_maxlen, {
-                "event": "reclaimed", "worker": worker_id, "reason": reason, "epoch": epoch,
-                "requeued": requeued, "dead_lettered": dead}))
-            return _Step(writes, ReclaimResult(epoch, requeued, dead))
+            stored, values = pipe.execute()
+            return make(stored, _tally(counter_keys, values))
 
-        return self._transact(
-            [keys.worker_lock_key(worker_id), keys.QUEUE_LOCK, keys.COUNTERS_LOCK], plan
+        return self._transact([keys.COUNTERS_LOCK], plan)
+
+    def retry_dead_letters(self, entries: Sequence[dict[str, Any]]) -> int:
+        pairs = common.retry_pairs(entries)
+        if not pairs:
+            return 0
+        return self._dead_letter_step(
+            [keys.TOTAL_WORK_CREATED, keys.TOTAL_DLQ_RETRIED],
+            lambda stored, tally: common.plan_dlq_retry(stored, pairs, tally),
+        )
+
+    def purge_dead_letters(self, entries: Sequence[dict[str, Any]] | None = None) -> int:
+        raws = None if entries is None else [entry["raw"] for entry in entries]
+        if raws is not None and not raws:
+            return 0
+        return self._dead_letter_step(
+            [keys.TOTAL_DLQ_PURGED], lambda stored, tally: common.plan_dlq_purge(stored, raws, tally)
         )

@@ -19,69 +19,23 @@ task that arrives at an idle worker (BLMOVE, CLAIM, SETTLE).
 """
 from __future__ import annotations
 
-import functools
-import json
 import time
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Iterable, Sequence
 
 import redis
 
 from .. import keys
 from ..connection import create_client
-from ..exceptions import BackendUnavailable, ConfigurationError, Fenced, StateError
+from ..exceptions import ConfigurationError, Fenced
 from ..limits import RedisLimits
-from ..models import Outcome, dumps, new_task_id
-from . import scripts
-from .base import (
-    AuditSnapshot,
-    ReclaimResult,
-    SettleResult,
-    StateManager,
-    StreamTail,
-    dead_letter_entry,
-    decode_dead_letter,
-    requeueable_task,
-)
-
-_RESERVED_FIELDS = frozenset({"version", "epoch"})
+from ..models import Outcome, new_task_id
+from . import common, scripts
+from .base import ReclaimResult, SettleResult, StateManager, dead_letter_entry
+from .redisreads import RedisReadsMixin, translate_connection_errors
 
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def _task_id_of(raw: str) -> str:
-    start = raw.find('"id":"')
-    return raw[start + 6 : raw.find('"', start + 6)] if start >= 0 else ""
-
-
-def _decode_result(stored: str | None) -> dict[str, Any] | None:
-    if stored is None:
-        return None
-    try:
-        value = json.loads(stored)
-    except ValueError:
-        return {"status": "unknown", "message": "unreadable stored result"}
-    return value if isinstance(value, dict) else {"status": "unknown"}
-
-
-def _translate_connection_errors(method: _F) -> _F:
-    """Surface a lost server as BackendUnavailable, the contract's error, not redis-py's."""
-
-    @functools.wraps(method)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise BackendUnavailable(f"Redis unreachable: {exc}") from exc
-
-    return call  # type: ignore[return-value]
-
-
-def _ms(value: float) -> str:
-    return f"{value:.3f}"
-
-
-class RedisLockFreeStateManager(StateManager):
+@translate_connection_errors
+class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
     """Lock-free state on one Redis server (embedded or external).
 
     Args:
@@ -157,15 +111,6 @@ class RedisLockFreeStateManager(StateManager):
         if result == -1:
             raise Fenced(worker_id, epoch)
 
-    def expired_workers(self) -> list[str]:
-        active = sorted(self.active_workers())
-        if not active:
-            return []
-        pipe = self.redis.pipeline(transaction=False)
-        for worker_id in active:
-            pipe.exists(keys.worker_lease_key(worker_id))
-        return [w for w, alive in zip(active, pipe.execute(), strict=True) if not alive]
-
     def deregister_worker(self, worker_id: str, epoch: int) -> None:
         version = self._deregister(
             keys=[
@@ -179,12 +124,6 @@ class RedisLockFreeStateManager(StateManager):
         )
         if version == -1:
             raise Fenced(worker_id, epoch)
-
-    def active_workers(self) -> set[str]:
-        return set(self.redis.smembers(keys.ACTIVE_WORKERS))
-
-    def known_workers(self) -> set[str]:
-        return set(self.redis.smembers(keys.KNOWN_WORKERS))
 
     def get_worker_state(self, worker_id: str) -> dict[str, str]:
         return self.redis.hgetall(keys.worker_state_key(worker_id))
@@ -219,13 +158,8 @@ class RedisLockFreeStateManager(StateManager):
         epoch: int | None,
         pipeline: Any,
     ) -> int:
-        if not mapping:
-            raise ConfigurationError("update_worker_state needs at least one field")
-        reserved = _RESERVED_FIELDS.intersection(mapping)
-        if reserved:
-            raise ConfigurationError(f"fields {sorted(reserved)} are managed by the state manager")
         flat: list[object] = []
-        for field, value in mapping.items():
+        for field, value in common.checked_fields(mapping).items():
             flat.extend((field, value))
         result = self._update_state(
             keys=[keys.worker_state_key(worker_id), keys.EVENTS, keys.TOTAL_FENCED],
@@ -249,60 +183,6 @@ class RedisLockFreeStateManager(StateManager):
         target = pipeline if pipeline is not None else self.redis
         result = target.incrby(keys.counter_key(name), amount)
         return 0 if pipeline is not None else int(result)
-
-    def get_counter(self, name: str) -> int:
-        return int(self.redis.get(keys.counter_key(name)) or 0)
-
-    def get_counters(self, names: Sequence[str] = keys.COUNTERS) -> dict[str, int]:
-        values = self.redis.mget([keys.counter_key(name) for name in names])
-        return {name: int(value or 0) for name, value in zip(names, values, strict=True)}
-
-    def worker_counters(self, worker_ids: Iterable[str]) -> dict[str, dict[str, int]]:
-        ids = sorted(worker_ids)
-        if not ids:
-            return {}
-        pipe = self.redis.pipeline(transaction=False)
-        for worker_id in ids:
-            pipe.get(keys.worker_completed_key(worker_id))
-            pipe.get(keys.worker_errors_key(worker_id))
-        values = pipe.execute()
-        return {
-            worker_id: {"completed": int(values[2 * i] or 0), "errors": int(values[2 * i + 1] or 0)}
-            for i, worker_id in enumerate(ids)
-        }
-
-    def record_metric(
-        self, name: str, value: float, tags: dict[str, object] | None = None, *, pipeline: Any = None
-    ) -> None:
-        fields = {"name": name, "value": value, "ts": time.time()}
-        if tags:
-            fields["tags"] = dumps(tags)
-        target = pipeline if pipeline is not None else self.redis
-        target.xadd(keys.METRICS, fields, maxlen=self.events_maxlen, approximate=True)
-
-    def stream_tail(self, stream: str) -> StreamTail:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xlen(stream)
-        pipe.xrevrange(stream, count=1)
-        length, last = pipe.execute()
-        if not last:
-            return StreamTail(length=int(length), last={})
-        return StreamTail(length=int(length), last=last[0][1], last_id=last[0][0])
-
-    def read_stream(self, stream: str, count: int = 100) -> list[tuple[str, dict[str, str]]]:
-        return list(reversed(self.redis.xrevrange(stream, count=count)))
-
-    def follow(
-        self, positions: dict[str, str], block_s: float, count: int = 1000
-    ) -> list[tuple[str, str, dict[str, str]]]:
-        reply = self.redis.xread(positions, count=count, block=max(1, int(block_s * 1000)))
-        entries = []
-        for stream, items in reply or []:
-            for entry_id, fields in items:
-                entries.append((stream, entry_id, fields))
-            if items:
-                positions[stream] = items[-1][0]
-        return entries
 
     # -- the queue ------------------------------------------------------------------------
     def submit(self, raw_tasks: Sequence[str], batch_id: str | None = None, due_at: float | None = None) -> int:
@@ -381,7 +261,7 @@ class RedisLockFreeStateManager(StateManager):
             self.result_ttl_ms,
         ]
         for outcome in done:
-            args.extend((outcome.raw, outcome.task_id, outcome.name, _ms(outcome.wait_ms), _ms(outcome.run_ms)))
+            args.extend((outcome.raw, outcome.task_id, outcome.name, common.ms(outcome.wait_ms), common.ms(outcome.run_ms)))
             args.extend(result_slot(outcome, True))
         for outcome in failed:
             final = not outcome.retry_raw
@@ -446,9 +326,6 @@ class RedisLockFreeStateManager(StateManager):
             raise Fenced(worker_id, epoch)
         return int(result)
 
-    def inflight(self, worker_id: str) -> list[str]:
-        return list(reversed(self.redis.lrange(keys.worker_inflight_key(worker_id), 0, -1)))
-
     def reclaim(
         self,
         worker_id: str,
@@ -466,8 +343,8 @@ class RedisLockFreeStateManager(StateManager):
             stored = cause.stored_result(worker_id, now)
             cause_args = [cause.raw, cause.retry_raw, cause.retry_at, entry, cause.category, cause.message, stored]
         # Tasks whose submitters wait for a result get it even when dead-lettered here.
-        wanting = [raw for raw in self.inflight(worker_id) if '"result":true' in raw]
-        wanting_ids = [_task_id_of(raw) for raw in wanting]
+        wanting = [raw for raw in self.inflight(worker_id) if common.WANTS_RESULT in raw]
+        wanting_ids = [common.task_id_of(raw) for raw in wanting]
         epoch, requeued, dead = self._reclaim(
             keys=[
                 keys.worker_state_key(worker_id),
@@ -505,89 +382,11 @@ class RedisLockFreeStateManager(StateManager):
             return None
         return ReclaimResult(int(epoch), int(requeued), int(dead))
 
-    def queue_depths(self, worker_ids: Iterable[str] | None = None) -> dict[str, Any]:
-        ids = sorted(self.known_workers() if worker_ids is None else worker_ids)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.llen(keys.QUEUE)
-        pipe.llen(keys.DEAD_LETTER)
-        pipe.zcard(keys.DELAYED)
-        for worker_id in ids:
-            pipe.llen(keys.worker_inflight_key(worker_id))
-        pending, dead, delayed, *inflight = pipe.execute()
-        by_worker = {worker_id: int(n) for worker_id, n in zip(ids, inflight, strict=True)}
-        return {
-            "pending": int(pending),
-            "inflight": sum(by_worker.values()),
-            "delayed": int(delayed),
-            "limited": RedisLimits(self.redis).waiting(),
-            "dead_letter": int(dead),
-            "by_worker": by_worker,
-        }
-
-    def audit_snapshot(self) -> AuditSnapshot:
-        """One MULTI/EXEC: a consistent snapshot even while workers settle batches."""
-        while True:
-            known = sorted(self.known_workers())
-            limiters = sorted(self.redis.smembers(keys.LIMITERS))
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.smembers(keys.KNOWN_WORKERS)
-            pipe.mget([keys.counter_key(name) for name in keys.COUNTERS])
-            for worker_id in known:
-                pipe.get(keys.worker_completed_key(worker_id))
-                pipe.get(keys.worker_errors_key(worker_id))
-                pipe.llen(keys.worker_inflight_key(worker_id))
-            for stream in (keys.WORK_COMPLETIONS, keys.WORK_ERRORS):
-                pipe.xlen(stream)
-                pipe.xrevrange(stream, count=1)
-            pipe.llen(keys.QUEUE)
-            pipe.llen(keys.DEAD_LETTER)
-            pipe.zcard(keys.DELAYED)
-            for name in limiters:
-                pipe.llen(keys.slot_waiters_key(name))
-            reply = pipe.execute()
-            if set(reply[0]) == set(known):
-                break  # no worker registered between the two reads
-        values = iter(reply[2:])
-        per_worker, inflight = {}, {}
-        for worker_id in known:
-            per_worker[worker_id] = {"completed": int(next(values) or 0), "errors": int(next(values) or 0)}
-            inflight[worker_id] = int(next(values))
-        tails = []
-        for _ in range(2):
-            length, last = next(values), next(values)
-            tails.append(
-                StreamTail(length=int(length), last=last[0][1], last_id=last[0][0])
-                if last
-                else StreamTail(length=int(length), last={})
-            )
-        pending, dead, delayed = int(next(values)), int(next(values)), int(next(values))
-        limited = sum(int(n) for n in values)
-        depths = {
-            "pending": pending,
-            "inflight": sum(inflight.values()),
-            "delayed": delayed,
-            "limited": limited,
-            "dead_letter": dead,
-            "by_worker": inflight,
-        }
-        counters = {name: int(value or 0) for name, value in zip(keys.COUNTERS, reply[1], strict=True)}
-        return AuditSnapshot(
-            counters=counters, per_worker=per_worker, completions=tails[0], errors=tails[1], depths=depths
-        )
-
     def limits(self, worker_id: str | None = None) -> RedisLimits:
         return RedisLimits(self.redis, worker_id)
 
-    def dead_letters(self, limit: int | None = 100) -> list[dict[str, Any]]:
-        stop = -1 if limit is None else max(0, limit - 1)
-        return [decode_dead_letter(raw) for raw in self.redis.lrange(keys.DEAD_LETTER, 0, stop)]
-
     def retry_dead_letters(self, entries: Sequence[dict[str, Any]]) -> int:
-        args: list[str] = []
-        for entry in entries:
-            fresh = requeueable_task(entry)
-            if fresh is not None:
-                args.extend((entry["raw"], fresh))
+        args = [value for pair in common.retry_pairs(entries) for value in pair]
         if not args:
             return 0
         return int(
@@ -601,42 +400,3 @@ class RedisLockFreeStateManager(StateManager):
         if entries is not None and not args:
             return 0
         return int(self._dlq_purge(keys=[keys.DEAD_LETTER, keys.TOTAL_DLQ_PURGED], args=args))
-
-    # -- results ----------------------------------------------------------------------------
-    def get_results(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
-        pipe = self.redis.pipeline(transaction=False)
-        for task_id in task_ids:
-            pipe.lindex(keys.result_key(task_id), 0)
-        return {task_id: _decode_result(stored) for task_id, stored in zip(task_ids, pipe.execute(), strict=True)}
-
-    def wait_result(self, task_id: str, timeout_s: float | None) -> dict[str, Any] | None:
-        key = keys.result_key(task_id)
-        stored = self.redis.lindex(key, 0)
-        if stored is None:
-            # BLMOVE of a list onto itself: a blocking read that leaves the result
-            # for every other waiter. 0 means wait forever.
-            stored = self.redis.blmove(key, key, 0 if timeout_s is None else max(timeout_s, 0.001), "LEFT", "LEFT")
-        return _decode_result(stored)
-
-    def task_status(self, task_id: str) -> tuple[str, dict[str, Any] | None]:
-        inflight_keys = [keys.worker_inflight_key(w) for w in sorted(self.known_workers())]
-        reply = self._task_status(
-            keys=[keys.result_key(task_id), keys.QUEUE, keys.DELAYED, *inflight_keys],
-            args=[f'"id":"{task_id}"'],
-        )
-        if reply[0] == "result":
-            stored = _decode_result(reply[1])
-            return stored.get("status", "unknown"), stored
-        return reply[0], None
-
-    def ping(self) -> None:
-        """Raise StateError if the server does not answer."""
-        try:
-            self.redis.ping()
-        except redis.RedisError as exc:
-            raise StateError(f"Redis did not answer: {exc}") from None
-
-
-for _name, _member in list(vars(RedisLockFreeStateManager).items()):
-    if not _name.startswith("_") and callable(_member) and _name != "close":
-        setattr(RedisLockFreeStateManager, _name, _translate_connection_errors(_member))

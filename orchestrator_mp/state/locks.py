@@ -8,6 +8,11 @@ One critical section of :class:`~orchestrator_mp.state.locked.RedisEnabledStateM
     write    FENCED_APPLY.lua     every fence still holds our token? apply all writes : none
     release  redis-py's LUA_RELEASE_SCRIPT (delete the lock only if it is still ours)
 
+Both scripts are safe to resend: a patient client (the default) resends a command
+whose reply was lost to a reconnect. A resent acquire that had landed returns the
+token it took; a resent write that had landed finds its tokens in the lock's
+``applied:`` marker and is not applied twice.
+
 The lease (``timeout``) is far longer than any critical section, but a holder can
 still lose it (a stopped process, a swapped-out machine). A new holder's acquire
 bumps the fence, so the old holder's write finds another token and is refused as a
@@ -36,32 +41,41 @@ from ..exceptions import LockTimeout
 # KEYS: 1 lock, 2 fence counter
 # ARGV: 1 token (identifies the holder, for release), 2 lease in ms
 # Returns: the fencing token (>= 1), or 0 when the lock is held by someone else
+# (a resent call that had taken the lock finds its own token and returns its fence)
 FENCED_ACQUIRE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return redis.call('INCR', KEYS[2])
 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return tonumber(redis.call('GET', KEYS[2])) end
 return 0
 """
 
 # Apply a batch of writes only if every fence still holds the caller's token:
-# the writes of one critical section land together or not at all.
-# KEYS: 1..F fence counters, then every key the writes touch
-# ARGV: 1 F, 2..F+1 the tokens, then per write: command, key index (into KEYS),
-#       argument count N, N arguments
-# Returns: 1 when applied, 0 when a fence moved on (a lease was lost; nothing written)
+# the writes of one critical section land together or not at all, and once.
+# KEYS: 1..F fence counters, F+1 the applied marker of the first lock, then every key
+#       the writes touch
+# ARGV: 1 F, 2..F+1 the tokens, F+2 the marker's lifetime in ms, then per write:
+#       command, key index (into KEYS), argument count N, N arguments
+# Returns: 1 when applied, 2 when these tokens' writes were applied already (a resent
+#          call), 0 when a fence moved on (a lease was lost; nothing written)
 FENCED_APPLY = """
 local nf = tonumber(ARGV[1])
+local stamp = table.concat(ARGV, ':', 2, nf + 1)
+if redis.call('GET', KEYS[nf + 1]) == stamp then return 2 end
 for i = 1, nf do
   if redis.call('GET', KEYS[i]) ~= ARGV[i + 1] then return 0 end
 end
-local i = nf + 2
+local i = nf + 3
 while i <= #ARGV do
   local nargs = tonumber(ARGV[i + 2])
   redis.call(ARGV[i], KEYS[tonumber(ARGV[i + 1])], unpack(ARGV, i + 3, i + 2 + nargs))
   i = i + 3 + nargs
 end
+redis.call('SET', KEYS[nf + 1], stamp, 'PX', ARGV[nf + 2])
 return 1
 """
+# How long a write's marker outlives it: longer than a patient client keeps resending.
+APPLIED_MARKER_MS = 60_000
 
 # A write inside a critical section: (command, key, *arguments).
 Write = tuple[Any, ...]
@@ -198,10 +212,10 @@ def release(lock: FencedLock) -> None:
 
 
 def fenced_args(held: Sequence[FencedLock], writes: Sequence[Write]) -> tuple[list[str], list[object]]:
-    """KEYS and ARGV of one FENCED_APPLY call."""
-    key_list = [lock.fence_name for lock in held]
+    """KEYS and ARGV of one FENCED_APPLY call (``held`` is not empty)."""
+    key_list = [*(lock.fence_name for lock in held), keys.applied_key(held[0].name)]
     index: dict[str, int] = {}
-    args: list[object] = [len(held), *(lock.fence for lock in held)]
+    args: list[object] = [len(held), *(lock.fence for lock in held), APPLIED_MARKER_MS]
     for command, key, *rest in writes:
         if key not in index:
             key_list.append(key)

@@ -1,35 +1,89 @@
-"""Reads (and the one lock-free append) that any Redis layout of ours serves the same way.
+"""Reads that any Redis layout of ours serves the same way, and the client behaviour
+both Redis managers share.
 
-The registration sets, counters, streams, queue and dead-letter list have the same
-keys and types in the lock-free and the lock-based layouts; only worker states
-differ. The lock-based manager takes these from here; none of them needs a lock
-(each is one command, or a pipeline of independent reads, as in the lock-free one).
+The registration sets, leases, counters, streams, queues, dead letters and stored
+results have the same keys and types in the lock-free and the lock-based layouts;
+only worker states differ. Both managers take these reads from here; none of them
+needs a lock (each is one command, a pipeline of independent reads, one read-only
+script, or one MULTI/EXEC snapshot). Every write of either manager lands in one
+atomic server call, so a MULTI snapshot is exact for both.
+
+Lost connections surface as :class:`BackendUnavailable` (the contract's error), not
+redis-py's: see :func:`translate_connection_errors`.
 """
 from __future__ import annotations
 
-import json
+import functools
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import redis
 
 from .. import keys
+from ..exceptions import BackendUnavailable, StateError
+from ..limits import RedisLimits
 from ..models import dumps
-from .base import StreamTail
+from . import scripts
+from .base import AuditSnapshot, StreamTail, decode_dead_letter, decode_result
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_C = TypeVar("_C", bound=type)
 
 
+def _translating(method: _F) -> _F:
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BackendUnavailable(f"Redis unreachable: {exc}") from exc
+
+    return call  # type: ignore[return-value]
+
+
+def translate_connection_errors(cls: _C) -> _C:
+    """Class decorator: every public method of ``cls`` (its own, not inherited ones)
+    raises BackendUnavailable for a lost or unreachable server. With a fail-fast client
+    (``retries=False``) that happens at once; a patient client first resends for ~15 s."""
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and callable(member) and name != "close":
+            setattr(cls, name, _translating(member))
+    return cls
+
+
+def _tail(length: int, last: list[Any]) -> StreamTail:
+    if not last:
+        return StreamTail(length=int(length), last={})
+    return StreamTail(length=int(length), last=last[0][1], last_id=last[0][0])
+
+
+@translate_connection_errors
 class RedisReadsMixin:
-    """Needs ``self.redis`` (a decoded client) and ``self.events_maxlen``."""
+    """Needs ``self.redis`` (a decoded client created in this process) and ``self.events_maxlen``."""
 
     redis: redis.Redis
     events_maxlen: int
 
+    # -- workers ------------------------------------------------------------------------------
     def active_workers(self) -> set[str]:
         return set(self.redis.smembers(keys.ACTIVE_WORKERS))
 
     def known_workers(self) -> set[str]:
         return set(self.redis.smembers(keys.KNOWN_WORKERS))
 
+    def expired_workers(self) -> list[str]:
+        active = sorted(self.active_workers())
+        if not active:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for worker_id in active:
+            pipe.exists(keys.worker_lease_key(worker_id))
+        return [w for w, alive in zip(active, pipe.execute(), strict=True) if not alive]
+
+    def inflight(self, worker_id: str) -> list[str]:
+        return list(reversed(self.redis.lrange(keys.worker_inflight_key(worker_id), 0, -1)))
+
+    # -- counters, streams ----------------------------------------------------------------------
     def get_counter(self, name: str) -> int:
         return int(self.redis.get(keys.counter_key(name)) or 0)
 
@@ -41,7 +95,11 @@ class RedisReadsMixin:
         ids = sorted(worker_ids)
         if not ids:
             return {}
-        values = self.redis.mget([k for w in ids for k in (keys.worker_completed_key(w), keys.worker_errors_key(w))])
+        pipe = self.redis.pipeline(transaction=False)
+        for worker_id in ids:
+            pipe.get(keys.worker_completed_key(worker_id))
+            pipe.get(keys.worker_errors_key(worker_id))
+        values = pipe.execute()
         return {
             worker_id: {"completed": int(values[2 * i] or 0), "errors": int(values[2 * i + 1] or 0)}
             for i, worker_id in enumerate(ids)
@@ -61,33 +119,122 @@ class RedisReadsMixin:
         pipe = self.redis.pipeline(transaction=False)
         pipe.xlen(stream)
         pipe.xrevrange(stream, count=1)
-        length, last = pipe.execute()
-        return StreamTail(length=int(length), last=last[0][1] if last else {})
+        return _tail(*pipe.execute())
 
     def read_stream(self, stream: str, count: int = 100) -> list[tuple[str, dict[str, str]]]:
         return list(reversed(self.redis.xrevrange(stream, count=count)))
 
+    def follow(
+        self, positions: dict[str, str], block_s: float, count: int = 1000
+    ) -> list[tuple[str, str, dict[str, str]]]:
+        reply = self.redis.xread(positions, count=count, block=max(1, int(block_s * 1000)))
+        entries = []
+        for stream, items in reply or []:
+            for entry_id, fields in items:
+                entries.append((stream, entry_id, fields))
+            if items:
+                positions[stream] = items[-1][0]
+        return entries
+
+    # -- queues -----------------------------------------------------------------------------------
     def queue_depths(self, worker_ids: Iterable[str] | None = None) -> dict[str, Any]:
         ids = sorted(self.known_workers() if worker_ids is None else worker_ids)
         pipe = self.redis.pipeline(transaction=False)
         pipe.llen(keys.QUEUE)
         pipe.llen(keys.DEAD_LETTER)
+        pipe.zcard(keys.DELAYED)
         for worker_id in ids:
             pipe.llen(keys.worker_inflight_key(worker_id))
-        pending, dead, *inflight = pipe.execute()
+        pending, dead, delayed, *inflight = pipe.execute()
         by_worker = {worker_id: int(n) for worker_id, n in zip(ids, inflight, strict=True)}
         return {
             "pending": int(pending),
             "inflight": sum(by_worker.values()),
+            "delayed": int(delayed),
+            "limited": RedisLimits(self.redis).waiting(),
             "dead_letter": int(dead),
             "by_worker": by_worker,
         }
 
-    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        entries = []
-        for raw in self.redis.lrange(keys.DEAD_LETTER, 0, max(0, limit - 1)):
-            try:
-                entries.append(json.loads(raw))
-            except ValueError:
-                entries.append({"task": raw, "category": "bad_payload", "message": "unreadable entry"})
-        return entries
+    def dead_letters(self, limit: int | None = 100) -> list[dict[str, Any]]:
+        stop = -1 if limit is None else max(0, limit - 1)
+        return [decode_dead_letter(raw) for raw in self.redis.lrange(keys.DEAD_LETTER, 0, stop)]
+
+    def audit_snapshot(self) -> AuditSnapshot:
+        """One MULTI/EXEC: a consistent snapshot even while workers settle batches."""
+        while True:
+            known = sorted(self.known_workers())
+            limiters = sorted(self.redis.smembers(keys.LIMITERS))
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.smembers(keys.KNOWN_WORKERS)
+            pipe.mget([keys.counter_key(name) for name in keys.COUNTERS])
+            for worker_id in known:
+                pipe.get(keys.worker_completed_key(worker_id))
+                pipe.get(keys.worker_errors_key(worker_id))
+                pipe.llen(keys.worker_inflight_key(worker_id))
+            for stream in (keys.WORK_COMPLETIONS, keys.WORK_ERRORS):
+                pipe.xlen(stream)
+                pipe.xrevrange(stream, count=1)
+            pipe.llen(keys.QUEUE)
+            pipe.llen(keys.DEAD_LETTER)
+            pipe.zcard(keys.DELAYED)
+            for name in limiters:
+                pipe.llen(keys.slot_waiters_key(name))
+            reply = pipe.execute()
+            if set(reply[0]) == set(known):
+                break  # no worker registered between the two reads
+        values = iter(reply[2:])
+        per_worker, inflight = {}, {}
+        for worker_id in known:
+            per_worker[worker_id] = {"completed": int(next(values) or 0), "errors": int(next(values) or 0)}
+            inflight[worker_id] = int(next(values))
+        completions = _tail(next(values), next(values))
+        errors = _tail(next(values), next(values))
+        pending, dead, delayed = int(next(values)), int(next(values)), int(next(values))
+        limited = sum(int(n) for n in values)
+        depths = {
+            "pending": pending,
+            "inflight": sum(inflight.values()),
+            "delayed": delayed,
+            "limited": limited,
+            "dead_letter": dead,
+            "by_worker": inflight,
+        }
+        counters = {name: int(value or 0) for name, value in zip(keys.COUNTERS, reply[1], strict=True)}
+        return AuditSnapshot(
+            counters=counters, per_worker=per_worker, completions=completions, errors=errors, depths=depths
+        )
+
+    # -- results ----------------------------------------------------------------------------------
+    def get_results(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.lindex(keys.result_key(task_id), 0)
+        return {task_id: decode_result(stored) for task_id, stored in zip(task_ids, pipe.execute(), strict=True)}
+
+    def wait_result(self, task_id: str, timeout_s: float | None) -> dict[str, Any] | None:
+        key = keys.result_key(task_id)
+        stored = self.redis.lindex(key, 0)
+        if stored is None:
+            # BLMOVE of a list onto itself: a blocking read that leaves the result
+            # for every other waiter. 0 means wait forever.
+            stored = self.redis.blmove(key, key, 0 if timeout_s is None else max(timeout_s, 0.001), "LEFT", "LEFT")
+        return decode_result(stored)
+
+    def task_status(self, task_id: str) -> tuple[str, dict[str, Any] | None]:
+        inflight_keys = [keys.worker_inflight_key(w) for w in sorted(self.known_workers())]
+        reply = self.redis.register_script(scripts.TASK_STATUS)(
+            keys=[keys.result_key(task_id), keys.QUEUE, keys.DELAYED, *inflight_keys],
+            args=[f'"id":"{task_id}"'],
+        )
+        if reply[0] == "result":
+            stored = decode_result(reply[1])
+            return stored.get("status", "unknown"), stored
+        return reply[0], None
+
+    def ping(self) -> None:
+        """Raise StateError if the server does not answer."""
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            raise StateError(f"Redis did not answer: {exc}") from None

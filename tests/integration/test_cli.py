@@ -149,11 +149,6 @@ def test_bad_arguments_give_one_line_and_non_zero_exit(tmp_path, args, message):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-@pytest.mark.parametrize(
-    "command", [[], ["run"], ["enqueue"], ["status"], ["monitor"], ["metrics"], ["redis-cli"]]
-)
-
-
 @pytest.mark.parametrize("state", ["lockfree", "locked", "file"])
 def test_run_demo_on_each_state_kind_is_consistent(tmp_path, state):
     """run --state X --demo N --json: counters consistent; status then reads the same database."""
@@ -219,7 +214,9 @@ def test_bench_and_state_arguments_are_checked(tmp_path, args, message):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["enqueue"], ["status"], ["bench"]])
+@pytest.mark.parametrize(
+    "command", [[], ["run"], ["enqueue"], ["status"], ["monitor"], ["metrics"], ["redis-cli"], ["bench"]]
+)
 def test_help_on_every_command(tmp_path, command):
     """--help works everywhere and exits 0."""
     result = run_cli(*command, "--help", cwd=tmp_path)

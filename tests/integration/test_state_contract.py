@@ -9,46 +9,17 @@ import pytest
 
 from orchestrator_mp import ContinuousOrchestrator, keys
 from orchestrator_mp.exceptions import ConfigurationError, Fenced
-from orchestrator_mp.models import Outcome, Task
-from orchestrator_mp.state import RedisLockFreeStateManager, create_state_manager
+from orchestrator_mp.models import Task
 from tests import tasks_for_tests  # noqa: F401  (registers the test tasks before workers fork)
+from tests.contract import (
+    IMPLEMENTATIONS,
+    build_manager,
+    failed,
+    ok,
+    raw_task,
+    server_url,
+)
 from tests.helpers import settings_for
-
-# Every registered kind, plus the baseline's global-lock variant.
-IMPLEMENTATIONS = ["lockfree", "locked", "locked-global", "file"]
-
-
-def build_manager(variant, settings, url):
-    """The manager a contract test runs against (in the calling process)."""
-    if variant == "locked-global":
-        return create_state_manager(settings.evolve(state="locked"), url, lock_scope="global")
-    return create_state_manager(settings.evolve(state=variant), url)
-
-
-def server_url(request, variant):
-    """A fresh server's URL for the Redis implementations; None for the file one."""
-    return None if variant == "file" else request.getfixturevalue("server").url
-
-
-@pytest.fixture(params=IMPLEMENTATIONS)
-def manager(request, settings):
-    state = build_manager(request.param, settings, server_url(request, request.param))
-    yield state
-    state.close()
-
-
-def _raw(name="tests.add", *args):
-    return Task(name=name, args=args).to_json()
-
-
-def _ok(raw):
-    task = Task.from_json(raw)
-    return Outcome(raw=raw, task_id=task.id, name=task.name, ok=True)
-
-
-def _failed(raw, category="task_error"):
-    task = Task.from_json(raw)
-    return Outcome(raw=raw, task_id=task.id, name=task.name, ok=False, category=category, message="boom")
 
 
 def test_register_adds_to_active_workers_and_deregister_removes(manager):
@@ -137,7 +108,7 @@ def test_lock_compatibility_calls_succeed_uncontended(manager):
 
 def test_claim_moves_tasks_into_the_workers_inflight_list(manager):
     """A claimed task is in exactly one place: the claiming worker's in-flight list."""
-    raws = [_raw("tests.add", i, i) for i in range(5)]
+    raws = [raw_task("tests.add", i, i) for i in range(5)]
     assert manager.submit(raws) == 5
     epoch = manager.register_worker("w1", pid=1, host="h")
     claimed = manager.claim("w1", epoch, max_count=3)
@@ -149,7 +120,7 @@ def test_claim_moves_tasks_into_the_workers_inflight_list(manager):
 
 def test_claim_takes_a_fair_share_of_a_shallow_queue(manager):
     """With 4 workers and 4 tasks, one claim takes 1 even when the batch allows 16."""
-    manager.submit([_raw() for _ in range(4)])
+    manager.submit([raw_task() for _ in range(4)])
     epoch = manager.register_worker("w1", pid=1, host="h")
     assert len(manager.claim("w1", epoch, max_count=16, divisor=4)) == 1
 
@@ -163,12 +134,12 @@ def test_claim_on_an_empty_queue_returns_nothing(manager):
 
 def test_settle_counts_each_task_once(manager):
     """Completion: out of in-flight, both counters, one stream entry; a repeat is a duplicate."""
-    manager.submit([_raw() for _ in range(3)])
+    manager.submit([raw_task() for _ in range(3)])
     epoch = manager.register_worker("w1", pid=1, host="h")
     claimed = manager.claim("w1", epoch, 3)
-    result = manager.settle("w1", epoch, [_ok(claimed[0]), _ok(claimed[1]), _failed(claimed[2])])
+    result = manager.settle("w1", epoch, [ok(claimed[0]), ok(claimed[1]), failed(claimed[2])])
     assert (result.completed, result.failed, result.duplicates) == (2, 1, 0)
-    again = manager.settle("w1", epoch, [_ok(claimed[0])])
+    again = manager.settle("w1", epoch, [ok(claimed[0])])
     assert (again.completed, again.duplicates) == (0, 1)
     counters = manager.get_counters()
     assert counters["total_work_completed"] == 2 and counters["total_errors"] == 1
@@ -182,13 +153,13 @@ def test_settle_counts_each_task_once(manager):
 
 def test_fenced_worker_cannot_settle_or_claim(manager):
     """After a takeover the old owner's writes are rejected and counted as fenced."""
-    manager.submit([_raw() for _ in range(2)])
+    manager.submit([raw_task() for _ in range(2)])
     epoch = manager.register_worker("w1", pid=1, host="h")
     claimed = manager.claim("w1", epoch, 2)
     result = manager.reclaim("w1", max_crashes=3)
     assert result.epoch == epoch + 1 and result.requeued == 2
     with pytest.raises(Fenced):
-        manager.settle("w1", epoch, [_ok(claimed[0])])
+        manager.settle("w1", epoch, [ok(claimed[0])])
     with pytest.raises(Fenced):
         manager.claim("w1", epoch, 1)
     with pytest.raises(Fenced):
@@ -200,7 +171,7 @@ def test_fenced_worker_cannot_settle_or_claim(manager):
 
 def test_reclaim_requeues_with_crash_count_and_dead_letters_poison(manager):
     """Requeued tasks carry their crash count; at the limit they are dead-lettered."""
-    manager.submit([_raw()])
+    manager.submit([raw_task()])
     for attempt in range(1, 4):
         worker = f"w{attempt}"
         epoch = manager.register_worker(worker, pid=1, host="h")
@@ -216,7 +187,7 @@ def test_reclaim_requeues_with_crash_count_and_dead_letters_poison(manager):
 
 def test_reclaim_is_safe_to_repeat(manager):
     """A second takeover of the same partition requeues nothing more."""
-    manager.submit([_raw()])
+    manager.submit([raw_task()])
     epoch = manager.register_worker("w1", pid=1, host="h")
     manager.claim("w1", epoch, 1)
     assert manager.reclaim("w1", max_crashes=3).requeued == 1
@@ -226,7 +197,7 @@ def test_reclaim_is_safe_to_repeat(manager):
 
 def test_release_hands_unstarted_tasks_back_to_the_front(manager):
     """A warm stop puts claimed tasks back where the next claim finds them first."""
-    raws = [_raw("tests.add", i, 0) for i in range(3)]
+    raws = [raw_task("tests.add", i, 0) for i in range(3)]
     manager.submit(raws)
     epoch = manager.register_worker("w1", pid=1, host="h")
     claimed = manager.claim("w1", epoch, 3)
@@ -237,7 +208,7 @@ def test_release_hands_unstarted_tasks_back_to_the_front(manager):
 
 def test_submit_is_counted_with_the_queue(manager):
     """total_work_created moves with the queue in one step."""
-    manager.submit([_raw() for _ in range(2500)])
+    manager.submit([raw_task() for _ in range(2500)])
     assert manager.get_counter("total_work_created") == 2500
     assert manager.queue_depths()["pending"] == 2500
 
@@ -283,7 +254,7 @@ def test_stale_versions_are_refused_under_multiprocess_contention(request, setti
 
 def test_a_task_that_crashed_a_worker_is_claimed_alone(manager):
     """Suspects (crash count > 0) travel alone, so later crashes are charged to them only."""
-    innocent = [_raw("tests.add", i, 0) for i in range(3)]
+    innocent = [raw_task("tests.add", i, 0) for i in range(3)]
     suspect = Task(name="tests.add", args=(9, 9), crashes=1).to_json()
     manager.submit([innocent[0], suspect, innocent[1], innocent[2]])
     epoch = manager.register_worker("w1", pid=1, host="h")
@@ -311,7 +282,7 @@ def _drain(variant, settings, url, worker_id, results):
         if not claimed:
             break
         seen.extend(Task.from_json(raw).id for raw in claimed)
-        state.settle(worker_id, epoch, [_ok(raw) for raw in claimed])
+        state.settle(worker_id, epoch, [ok(raw) for raw in claimed])
     results.put(seen)
     state.close()
 
@@ -321,7 +292,7 @@ def test_concurrent_claimers_take_and_count_each_task_once(request, settings, va
     """Four processes drain one queue at once: every task is claimed and counted exactly once."""
     url = server_url(request, variant)
     state = build_manager(variant, settings, url)
-    raws = [_raw("tests.add", i, i) for i in range(400)]
+    raws = [raw_task("tests.add", i, i) for i in range(400)]
     state.submit(raws)
     results = multiprocess.Queue()
     procs = [
