@@ -260,7 +260,9 @@ class Worker:
             )
         if spec.limited:
             if self._limits is None:
-                message = "rate limits and concurrency caps need a Redis state backend"
+                message = (
+                    f"rate limits and concurrency caps need the lockfree state; this run uses {self.state.kind}"
+                )
                 return failure(raw, task, TASK_ERROR, message, self.settings, error_type="ConfigurationError")
             admission = self._call(
                 self._limits.admit, self.worker_id, self.epoch, raw, task.id, spec.rate_limit, spec.concurrency

@@ -4,6 +4,7 @@ from __future__ import annotations
 import threading
 import time
 
+import multiprocess
 import pytest
 import redis
 
@@ -190,3 +191,32 @@ def test_release_of_an_expired_lock_does_not_raise(client):
     release(lock)
     with pytest.raises(redis.exceptions.LockError):
         lock.release()  # the library itself would raise on a second release
+
+
+
+def _tokens(rounds):
+    lock = FencedLock(redis.Redis(), "lock:t", lease_s=5, blocking_timeout_s=1)  # never connects:
+    lock.do_acquire = lambda _token: True  # only the tokens are looked at
+    tokens = []
+    for _ in range(rounds):
+        lock.acquire(blocking=False)
+        tokens.append(lock.local.token)
+    return tokens
+
+
+def _take_tokens(rounds, results):
+    results.put(_tokens(rounds))
+
+
+def test_lock_tokens_are_unique_across_forked_processes():
+    """Holders in forked workers never share a token (redis-py's uuid1 tokens repeat there
+    once the parent has drawn one before forking, as a supervisor does)."""
+    parent = _tokens(1)
+    results = multiprocess.Queue()
+    procs = [multiprocess.Process(target=_take_tokens, args=(20_000, results)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    tokens = [token for _ in procs for token in results.get(timeout=60)]
+    for proc in procs:
+        proc.join(timeout=30)
+    assert len(set(parent + tokens)) == len(parent + tokens) == 80_001
