@@ -46,6 +46,11 @@ FINITE_TIMEOUT_S = 180
 NOT_RUN = {
     "pip install -e '.[test]' && pytest": "the suite cannot run itself; .ci/run runs exactly this line",
     "tox -e tests | tox -e faults | tox -e bench": "tox is not a test dependency; tox.ini must define the three",
+    "pip install -e '.[test]'": "installing is .ci/run's job: it installs exactly this before testing",
+    "python -m orchestrator_mp bench": "about 1.5 minutes of measurements; test_cli runs the same code quickly",
+    "python -m orchestrator_mp bench --quick": ".ci/run runs it (with --check); test_cli runs it on 1 and 2 workers",
+    "tox -e bench": "tox is not a test dependency; tox.ini must define it",
+    "python benchmarks/sweep_wait_policy.py": "minutes of measurements; the script must exist",
 }
 SKIPPED_PREFIXES = ("pip install -e . && ",)
 SUBSTITUTIONS = (
@@ -153,6 +158,12 @@ def _check_not_run(command: str) -> None:
         tox = (ROOT / "tox.ini").read_text()
         for env in re.findall(r"tox -e (\w+)", command):
             assert f"[testenv:{env}]" in tox, env
+    elif command == "pip install -e '.[test]'":
+        assert command in (ROOT / "README.md").read_text().splitlines()[2]
+    elif command.startswith("python -m orchestrator_mp bench"):
+        assert "python -m orchestrator_mp bench --quick --check" in (ROOT / ".ci" / "run").read_text()
+    elif command.startswith("python benchmarks/"):
+        assert (ROOT / command.split()[1]).is_file(), command
 
 
 def test_readme_keeps_its_first_two_lines():
