@@ -35,19 +35,22 @@ class StateKind:
     summary: str
 
 
+def _sizes(settings: Settings) -> dict[str, Any]:
+    """The constructor options every kind takes from the settings."""
+    return {
+        "completions_maxlen": settings.completions_maxlen,
+        "events_maxlen": settings.events_maxlen,
+        "result_ttl_s": settings.result_ttl_s,
+    }
+
+
 _KINDS: dict[str, StateKind] = {
     kind.name: kind
     for kind in (
         StateKind(
             "lockfree",
             lambda settings, url, fail_fast=False, **options: RedisLockFreeStateManager(
-                url,
-                completions_maxlen=settings.completions_maxlen,
-                events_maxlen=settings.events_maxlen,
-                lease_s=settings.lease_s,
-                result_ttl_s=settings.result_ttl_s,
-                client_retries=not fail_fast,
-                **options,
+                url, lease_s=settings.lease_s, client_retries=not fail_fast, **_sizes(settings), **options
             ),
             needs_server=True,
             summary="atomic Redis operations only (Lua, INCR, XADD, MULTI)",
@@ -55,13 +58,7 @@ _KINDS: dict[str, StateKind] = {
         StateKind(
             "locked",
             lambda settings, url, fail_fast=False, **options: RedisEnabledStateManager(
-                url,
-                completions_maxlen=settings.completions_maxlen,
-                events_maxlen=settings.events_maxlen,
-                worker_lease_s=settings.lease_s,
-                result_ttl_s=settings.result_ttl_s,
-                client_retries=not fail_fast,
-                **options,
+                url, worker_lease_s=settings.lease_s, client_retries=not fail_fast, **_sizes(settings), **options
             ),
             needs_server=True,
             summary="baseline: redis-py Lock (leased, fenced, tuned backoff) per partition",
@@ -69,12 +66,7 @@ _KINDS: dict[str, StateKind] = {
         StateKind(
             "file",
             lambda settings, _url, fail_fast=False, **options: FileStateManager(
-                state_dir_for(settings.db_path),
-                completions_maxlen=settings.completions_maxlen,
-                events_maxlen=settings.events_maxlen,
-                lease_s=settings.lease_s,
-                result_ttl_s=settings.result_ttl_s,
-                **options,
+                state_dir_for(settings.db_path), lease_s=settings.lease_s, **_sizes(settings), **options
             ),
             needs_server=False,
             summary="legacy fallback: fcntl-locked files beside the database, fsync'd (slow)",

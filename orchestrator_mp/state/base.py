@@ -82,6 +82,14 @@ def decode_dead_letter(raw: str) -> dict[str, Any]:
     return entry
 
 
+def metric_fields(name: str, value: float, tags: dict[str, object] | None) -> dict[str, object]:
+    """The fields of one ``metrics:stream`` entry (same for every backend)."""
+    fields: dict[str, object] = {"name": name, "value": value, "ts": time.time()}
+    if tags:
+        fields["tags"] = dumps(tags)
+    return fields
+
+
 def decode_result(stored: str | None) -> dict[str, Any] | None:
     """A stored task result as a dict (see :meth:`StateManager.get_result`); None if absent."""
     if stored is None:

@@ -32,7 +32,7 @@ from collections import Counter
 from typing import Any, Callable, Iterable, Sequence
 
 from .. import keys
-from ..models import Outcome, dumps
+from ..models import Outcome
 from . import common
 from .base import (
     AuditSnapshot,
@@ -41,6 +41,7 @@ from .base import (
     StreamTail,
     decode_dead_letter,
     decode_result,
+    metric_fields,
 )
 from .common import MirroredStateManager, Step, Tally
 from .filestore import FileStore, Reader, Transaction
@@ -352,11 +353,8 @@ class FileStateManager(MirroredStateManager):
     def record_metric(
         self, name: str, value: float, tags: dict[str, object] | None = None, *, pipeline: Any = None
     ) -> None:
-        fields: dict[str, object] = {"name": name, "value": value, "ts": time.time()}
-        if tags:
-            fields["tags"] = dumps(tags)
         with self.store.write() as txn:
-            self._xadd(txn, keys.METRICS, fields)
+            self._xadd(txn, keys.METRICS, metric_fields(name, value, tags))
 
     def stream_tail(self, stream: str) -> StreamTail:
         with self.store.read() as snap:

@@ -14,7 +14,6 @@ redis-py's: see :func:`translate_connection_errors`.
 from __future__ import annotations
 
 import functools
-import time
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import redis
@@ -22,9 +21,14 @@ import redis
 from .. import keys
 from ..exceptions import BackendUnavailable, StateError
 from ..limits import RedisLimits
-from ..models import dumps
 from . import scripts
-from .base import AuditSnapshot, StreamTail, decode_dead_letter, decode_result
+from .base import (
+    AuditSnapshot,
+    StreamTail,
+    decode_dead_letter,
+    decode_result,
+    metric_fields,
+)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _C = TypeVar("_C", bound=type)
@@ -109,11 +113,8 @@ class RedisReadsMixin:
         self, name: str, value: float, tags: dict[str, object] | None = None, *, pipeline: Any = None
     ) -> None:
         """An append needs no lock: XADD (queued in ``pipeline`` if given)."""
-        fields: dict[str, object] = {"name": name, "value": value, "ts": time.time()}
-        if tags:
-            fields["tags"] = dumps(tags)
         target = pipeline if pipeline is not None else self.redis
-        target.xadd(keys.METRICS, fields, maxlen=self.events_maxlen, approximate=True)
+        target.xadd(keys.METRICS, metric_fields(name, value, tags), maxlen=self.events_maxlen, approximate=True)
 
     def stream_tail(self, stream: str) -> StreamTail:
         pipe = self.redis.pipeline(transaction=False)

@@ -66,3 +66,15 @@ def test_slot_of_a_killed_holder_is_freed_by_recovery(db_path, tmp_path):
         audit = orch.audit()
     assert deaths >= 1
     assert audit["ok"], audit
+
+
+@pytest.mark.parametrize("state", ["locked", "file"])
+def test_limited_tasks_fail_clearly_where_limits_are_not_supported(db_path, state):
+    """On the baseline and the file state a rate-limited task fails at once, naming the state."""
+    with ContinuousOrchestrator(settings=settings_for(db_path, workers=1, state=state)) as orch:
+        handle = orch.submit("tests.rate_limited", 1)
+        error = handle.exception(timeout=30)
+        audit = orch.audit()
+    assert error is not None and error.category == "task_error"
+    assert f"need the lockfree state; this run uses {state}" in error.remote_message
+    assert audit["ok"], audit
