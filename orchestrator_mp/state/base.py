@@ -240,12 +240,14 @@ class StateManager(abc.ABC):
         self, positions: dict[str, str], block_s: float, count: int = 1000
     ) -> list[tuple[str, str, dict[str, str]]]:
         """Entries added after ``positions`` (stream -> last seen id), waiting up to
-        ``block_s`` for the first; ``(stream, id, fields)`` in order per stream.
-        ``positions`` is advanced in place. ``[]`` on timeout."""
+        ``block_s`` for the first (XREAD BLOCK on Redis; the file state polls);
+        ``(stream, id, fields)`` in order per stream. ``positions`` is advanced in
+        place. ``[]`` on timeout."""
 
     # -- limits -------------------------------------------------------------------------------
     def limits(self, worker_id: str | None = None) -> RedisLimits | None:
-        """Rate limits and concurrency caps on this backend (None: not supported)."""
+        """Rate limits and concurrency caps on this backend (None: not supported, as on the
+        lock-based and file states; a worker then fails limited tasks with a clear message)."""
         return None
 
     # -- compatibility with the lock-based design -------------------------------------------
@@ -377,7 +379,8 @@ class StateManager(abc.ABC):
     @abc.abstractmethod
     def wait_result(self, task_id: str, timeout_s: float | None) -> dict[str, Any] | None:
         """Like :meth:`get_result`, but block up to ``timeout_s`` (None: forever) for it,
-        with a blocking server read (no polling). None on timeout."""
+        with a blocking server read on Redis (the file state polls with short sleeps).
+        None on timeout."""
 
     @abc.abstractmethod
     def task_status(self, task_id: str) -> tuple[str, dict[str, Any] | None]:
