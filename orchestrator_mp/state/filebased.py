@@ -3,18 +3,16 @@ server can run. Correct across processes, and deliberately simple; it is the slo
 
 ::
 
-    every write   flock(EX) ─ read state.json ─ plan (state/common.py) ─ apply: change
+    every write   flock(EX) ─ read state.json ─ plan (state/plans.py) ─ apply: change
                   the document, append to logs + fsync ─ state.json.tmp + fsync ─
                   rename ─ fsync dir ─ unlock
     every read    flock(SH) ─ read state.json (+ the committed part of a log)
 
 ``state.json`` holds what the Redis layouts keep in hashes, sets, sorted sets and
-counters: worker states, active / known workers, leases (expiry times), each worker's
-in-flight list, every counter (global and per worker, under its Redis key name), the
-front of the queue (tasks handed back, taken first), the delayed set and submitted
-batch ids. The queue's backlog, the dead letters, stored task results and the streams
-are append-only logs (see :mod:`.filestore`). One transaction is one atomic step, as
-the contract asks; a crash at any point leaves either the old or the new state.
+counters; the queue's backlog, dead letters, stored task results and the streams are
+append-only logs (:mod:`.fileops` gives the layout and applies each planned step,
+:mod:`.filestore` the transactions). One transaction is one atomic step, as the
+contract asks; a crash at any point leaves either the old or the new state.
 
 The cost: every write is a whole-directory lock and three or more fsyncs (heartbeats
 included), and whatever waits (an idle worker, :meth:`wait_result`, :meth:`follow`)
@@ -28,12 +26,11 @@ import bisect
 import os
 import threading
 import time
-from collections import Counter
 from typing import Any, Callable, Iterable, Sequence
 
 from .. import keys
 from ..models import Outcome
-from . import common
+from . import common, plans
 from .base import (
     AuditSnapshot,
     ReclaimResult,
@@ -43,54 +40,19 @@ from .base import (
     decode_result,
     metric_fields,
 )
-from .common import MirroredStateManager, Step, Tally
+from .common import MirroredStateManager
+from .fileops import DEAD_LETTER_LOG, INITIAL, QUEUE_LOG, RESULTS_LOG, FileApplier
 from .filestore import FileStore, Reader, Transaction
+from .plans import Step, Tally
 
-QUEUE_LOG = "queue"
-DEAD_LETTER_LOG = "dead_letter"
-RESULTS_LOG = "results"  # [task id, expiry (epoch s), stored JSON], newest last; a later line wins
 _POLL_FIRST_S = 0.001
 _POLL_CAP_S = 0.02
 _PROMOTE_LIMIT = 1000
-_PRUNE_RESULTS = 16  # expired results dropped from the log's old end per storing transaction
-
-_INITIAL = {
-    "format": 2,
-    "workers": {},
-    "active": [],
-    "known": [],
-    "leases": {},
-    "inflight": {},
-    "counters": {},
-    "front": [],
-    "delayed": [],
-    "batches": {},
-    "logs": {},
-}
 
 
 def state_dir_for(db_path: str) -> str:
     """Where the file-based state of database ``db_path`` lives: ``PATH.files/``."""
     return os.path.abspath(db_path) + ".files"
-
-
-def _add(members: list[str], item: str) -> None:
-    if item not in members:
-        members.append(item)
-
-
-def _discard(members: list[str], item: str) -> None:
-    if item in members:
-        members.remove(item)
-
-
-def _remove_last(values: list[Any], item: Any) -> bool:
-    """Remove the newest occurrence (what ``LREM key 1`` removes from a list LPUSHed to)."""
-    for index in range(len(values) - 1, -1, -1):
-        if values[index] == item:
-            del values[index]
-            return True
-    return False
 
 
 def _poll(read: Callable[[], Any], timeout_s: float | None) -> Any:
@@ -162,32 +124,15 @@ class FileStateManager(MirroredStateManager):
             worker_lease_s=lease_s,
             result_ttl_s=result_ttl_s,
         )
-        self.store = FileStore(directory, _INITIAL)
+        self.store = FileStore(directory, INITIAL)
         self.directory = self.store.directory
         self._results = _ResultIndex()
-        self._appliers: dict[str, Callable[..., None]] = {
-            common.STREAM: lambda txn, w, stream, fields: self._xadd(txn, stream, fields),
-            common.DEAD_LETTER: lambda txn, w, entry: txn.append(DEAD_LETTER_LOG, [entry]),
-            common.DELAY: lambda txn, w, due, raw: bisect.insort(txn.doc["delayed"], [float(due), raw]),
-            common.RESULT: lambda txn, w, task_id, stored: txn.append(
-                RESULTS_LOG, [[task_id, time.time() + self.result_ttl_s, stored]]
-            ),
-            common.REQUEUE: lambda txn, w, raw: txn.doc["front"].insert(0, raw),
-            common.UNCLAIM: lambda txn, w, raw: txn.doc["inflight"][w].remove(raw),
-            common.LEASE: self._lease,
-            common.MEMBERSHIP: self._membership,
-            common.ENQUEUE: lambda txn, w, raws: txn.append(QUEUE_LOG, list(raws)),
-            common.SUBMITTED: lambda txn, w, batch_id: txn.doc["batches"].__setitem__(
-                batch_id, time.time() + self.submit_marker_ttl_s
-            ),
-            common.PROMOTE: self._promote,
-            common.TAKE: self._take,
-            common.DROP_INFLIGHT: lambda txn, w: txn.doc["inflight"].pop(w, None),
-            common.CANCEL: self._cancel,
-            common.UNLETTER: lambda txn, w, entry: _remove_last(txn.editable(DEAD_LETTER_LOG), entry),
-            common.UNLETTER_ALL: lambda txn, w: txn.editable(DEAD_LETTER_LOG).clear(),
-        }
-
+        self._applier = FileApplier(
+            self.maxlen,
+            worker_lease_s=self.worker_lease_s,
+            result_ttl_s=self.result_ttl_s,
+            submit_marker_ttl_s=self.submit_marker_ttl_s,
+        )
     def close(self) -> None:
         """Nothing stays open between calls."""
 
@@ -196,22 +141,10 @@ class FileStateManager(MirroredStateManager):
         """One step: plan it from the document, apply it, commit; then return or raise."""
         with self.store.write() as txn:
             step = plan(txn)
-            self._apply(txn, step)
+            self._applier.apply(txn, step)
         if step.error is not None:
             raise step.error
         return step.result
-
-    def _apply(self, txn: Transaction, step: Step) -> None:
-        for kind, *args in step.ops:
-            self._appliers[kind](txn, step.worker_id, *args)
-        if step.state is not None:
-            txn.doc["workers"][step.worker_id] = step.state
-        counters = txn.doc["counters"]
-        counters.update(step.changed_counters)
-        if step.fenced:
-            counters[keys.TOTAL_FENCED] = counters.get(keys.TOTAL_FENCED, 0) + step.fenced
-        if any(op[0] == common.RESULT for op in step.ops):
-            self._prune_results(txn)
 
     @staticmethod
     def _tally(txn: Transaction) -> Tally:
@@ -226,70 +159,15 @@ class FileStateManager(MirroredStateManager):
     def _inflight(snap: Reader, worker_id: str) -> list[str]:
         return list(snap.doc["inflight"].get(worker_id, ()))
 
-    # -- applying operations ------------------------------------------------------------------
-    def _xadd(self, txn: Transaction, stream: str, fields: dict[str, object]) -> None:
-        entry = {name: common.encode_value(value) for name, value in fields.items()}
-        txn.trim(stream, self.maxlen(stream))
-        txn.append(stream, [[txn.next_id(stream), entry]])
-
-    def _lease(self, txn: Transaction, worker_id: str, epoch: int | None) -> None:
-        if epoch is None:
-            txn.doc["leases"].pop(worker_id, None)
-        else:
-            txn.doc["leases"][worker_id] = time.time() + self.worker_lease_s
-
-    @staticmethod
-    def _membership(txn: Transaction, worker_id: str, active: bool) -> None:
-        if active:
-            _add(txn.doc["active"], worker_id)
-            _add(txn.doc["known"], worker_id)
-        else:
-            _discard(txn.doc["active"], worker_id)
-
-    @staticmethod
-    def _promote(txn: Transaction, _worker_id: str, due: list[str]) -> None:
-        moving = Counter(due)
-        kept = []
-        for pair in txn.doc["delayed"]:
-            if moving[pair[1]] > 0:
-                moving[pair[1]] -= 1
-            else:
-                kept.append(pair)
-        txn.doc["delayed"] = kept
-        txn.append(QUEUE_LOG, due)
-
-    @staticmethod
-    def _take(txn: Transaction, worker_id: str, claimed: list[str]) -> None:
-        front = txn.doc["front"]
-        from_front = min(len(claimed), len(front))
-        del front[:from_front]
-        txn.pop_oldest(QUEUE_LOG, len(claimed) - from_front)
-        txn.doc["inflight"].setdefault(worker_id, []).extend(claimed)
-
-    @staticmethod
-    def _cancel(txn: Transaction, _worker_id: str, raw: str) -> None:
-        # The queue's newest end is the log's end, its oldest the front's start.
-        if raw in txn.values(QUEUE_LOG):
-            _remove_last(txn.editable(QUEUE_LOG), raw)
-        else:
-            _remove_last(txn.doc["front"], raw)
-
-    def _prune_results(self, txn: Transaction) -> None:
-        oldest, _ = txn.read_oldest(RESULTS_LOG, _PRUNE_RESULTS)
-        now = time.time()
-        expired = next((i for i, (_, expires, _) in enumerate(oldest) if expires > now), len(oldest))
-        if expired:
-            txn.pop_oldest(RESULTS_LOG, expired)
-
     # -- workers --------------------------------------------------------------------------
     def register_worker(self, worker_id: str, *, pid: int, host: str) -> int:
         return self._transact(
-            lambda txn: common.plan_register(worker_id, self._state(txn, worker_id), pid=pid, host=host,
+            lambda txn: plans.plan_register(worker_id, self._state(txn, worker_id), pid=pid, host=host,
                                              now=time.time())
         )
 
     def heartbeat(self, worker_id: str, epoch: int) -> None:
-        self._transact(lambda txn: common.plan_heartbeat(worker_id, self._state(txn, worker_id), epoch, time.time()))
+        self._transact(lambda txn: plans.plan_heartbeat(worker_id, self._state(txn, worker_id), epoch, time.time()))
 
     def expired_workers(self) -> list[str]:
         with self.store.read() as snap:
@@ -298,7 +176,7 @@ class FileStateManager(MirroredStateManager):
 
     def deregister_worker(self, worker_id: str, epoch: int) -> None:
         self._transact(
-            lambda txn: common.plan_deregister(worker_id, self._state(txn, worker_id), epoch, time.time())
+            lambda txn: plans.plan_deregister(worker_id, self._state(txn, worker_id), epoch, time.time())
         )
 
     def active_workers(self) -> set[str]:
@@ -321,13 +199,13 @@ class FileStateManager(MirroredStateManager):
         self, worker_id: str, fields: dict[str, str], expected_version: int | None, epoch: int | None
     ) -> int:
         return self._transact(
-            lambda txn: common.plan_update(worker_id, self._state(txn, worker_id), fields, expected_version, epoch)
+            lambda txn: plans.plan_update(worker_id, self._state(txn, worker_id), fields, expected_version, epoch)
         )
 
     # -- counters, streams ----------------------------------------------------------------
     def increment_counter(self, name: str, amount: int = 1, *, pipeline: Any = None) -> int:
         """As the contract says; ``pipeline`` is accepted and ignored (written at once)."""
-        value = self._transact(lambda txn: common.plan_increment(keys.counter_key(name), amount, self._tally(txn)))
+        value = self._transact(lambda txn: plans.plan_increment(keys.counter_key(name), amount, self._tally(txn)))
         return 0 if pipeline is not None else value
 
     def get_counter(self, name: str) -> int:
@@ -354,7 +232,7 @@ class FileStateManager(MirroredStateManager):
         self, name: str, value: float, tags: dict[str, object] | None = None, *, pipeline: Any = None
     ) -> None:
         with self.store.write() as txn:
-            self._xadd(txn, keys.METRICS, metric_fields(name, value, tags))
+            self._applier.xadd(txn, keys.METRICS, metric_fields(name, value, tags))
 
     def stream_tail(self, stream: str) -> StreamTail:
         with self.store.read() as snap:
@@ -405,7 +283,7 @@ class FileStateManager(MirroredStateManager):
             batches, now = txn.doc["batches"], time.time()
             for stale in [b for b, expires in batches.items() if expires <= now]:
                 del batches[stale]
-            return common.plan_submit(
+            return plans.plan_submit(
                 raw_tasks, seen=batch_id in batches, batch_id=batch_id, due_at=due_at, tally=self._tally(txn)
             )
 
@@ -424,14 +302,14 @@ class FileStateManager(MirroredStateManager):
         with self.store.read() as snap:
             if not self._due(snap, time.time(), 1):
                 return 0  # a shared-lock look first: the supervisor asks ten times a second
-        return self._transact(lambda txn: common.plan_promote(self._due(txn, time.time(), limit)))
+        return self._transact(lambda txn: plans.plan_promote(self._due(txn, time.time(), limit)))
 
     def claim(self, worker_id: str, epoch: int, max_count: int, divisor: int = 1) -> list[str]:
         def plan(txn: Transaction) -> Step:
             now = time.time()
             oldest = txn.doc["front"][:max_count]
             oldest += txn.read_oldest(QUEUE_LOG, max_count - len(oldest))[0]
-            return common.plan_claim(
+            return plans.plan_claim(
                 worker_id, epoch, self._state(txn, worker_id), depth=self._depth(txn), oldest=oldest,
                 due=self._due(txn, now, _PROMOTE_LIMIT), max_count=max_count, divisor=divisor, now=now,
             )
@@ -457,7 +335,7 @@ class FileStateManager(MirroredStateManager):
         if not outcomes:
             return SettleResult(0, 0, 0)
         return self._transact(
-            lambda txn: common.plan_settle(
+            lambda txn: plans.plan_settle(
                 worker_id, epoch, self._state(txn, worker_id), self._inflight(txn, worker_id), outcomes,
                 self._tally(txn), time.time(),
             )
@@ -466,7 +344,7 @@ class FileStateManager(MirroredStateManager):
     def cancel_queued(self, raw_task: str) -> bool:
         def plan(txn: Transaction) -> Step:
             queued = raw_task in txn.doc["front"] or raw_task in txn.values(QUEUE_LOG)
-            return common.plan_cancel(raw_task, queued, self._tally(txn))
+            return plans.plan_cancel(raw_task, queued, self._tally(txn))
 
         return self._transact(plan)
 
@@ -474,7 +352,7 @@ class FileStateManager(MirroredStateManager):
         if not raw_tasks:
             return 0
         return self._transact(
-            lambda txn: common.plan_release(
+            lambda txn: plans.plan_release(
                 worker_id, epoch, self._state(txn, worker_id), self._inflight(txn, worker_id), raw_tasks
             )
         )
@@ -495,7 +373,7 @@ class FileStateManager(MirroredStateManager):
     ) -> ReclaimResult | None:
         def plan(txn: Transaction) -> Step:
             now = time.time()
-            return common.plan_reclaim(
+            return plans.plan_reclaim(
                 worker_id, self._state(txn, worker_id), self._inflight(txn, worker_id), self._tally(txn),
                 lease_alive=txn.doc["leases"].get(worker_id, 0.0) > now, max_crashes=max_crashes, reason=reason,
                 crashed=crashed, only_if_expired=only_if_expired, cause=cause, now=now,
@@ -542,7 +420,7 @@ class FileStateManager(MirroredStateManager):
         if not pairs:
             return 0
         return self._transact(
-            lambda txn: common.plan_dlq_retry(txn.values(DEAD_LETTER_LOG), pairs, self._tally(txn))
+            lambda txn: plans.plan_dlq_retry(txn.values(DEAD_LETTER_LOG), pairs, self._tally(txn))
         )
 
     def purge_dead_letters(self, entries: Sequence[dict[str, Any]] | None = None) -> int:
@@ -550,7 +428,7 @@ class FileStateManager(MirroredStateManager):
         if raws is not None and not raws:
             return 0
         return self._transact(
-            lambda txn: common.plan_dlq_purge(txn.values(DEAD_LETTER_LOG), raws, self._tally(txn))
+            lambda txn: plans.plan_dlq_purge(txn.values(DEAD_LETTER_LOG), raws, self._tally(txn))
         )
 
     # -- results ----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ have written it, not as a straw man:
   (:mod:`.redisreads`), and so is the MULTI/EXEC audit snapshot: every critical
   section lands in one atomic call, so a snapshot never sees half of one.
 * What each step decides (counting once, retries, poison, fencing, stored results)
-  is computed by :mod:`.common`, the Python mirror of the Lua scripts.
+  is computed by :mod:`.plans`, the Python mirror of the Lua scripts.
 * ``acquire_lock(name)`` is a real lock here: the old design held it around calls
   to rate-limited external services. Rate limits and concurrency caps of tasks are
   not supported (``limits()`` is None): such tasks fail with a clear message.
@@ -54,9 +54,9 @@ from .. import keys
 from ..connection import create_client
 from ..exceptions import ConfigurationError, LockTimeout
 from ..models import Outcome, dumps, new_task_id
-from . import common
+from . import common, plans
 from .base import ReclaimResult, SettleResult
-from .common import MirroredStateManager, Step, Tally
+from .common import MirroredStateManager
 from .locks import (
     FENCED_APPLY,
     WAIT_POLICIES,
@@ -67,6 +67,7 @@ from .locks import (
     fenced_args,
     release,
 )
+from .plans import Step, Tally
 from .redisreads import RedisReadsMixin, translate_connection_errors
 
 LOCK_SCOPES = ("partition", "global")
@@ -157,30 +158,30 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
         self._apply = self.redis.register_script(FENCED_APPLY)
         self._external: dict[str, FencedLock] = {}
         self._writers: dict[str, Callable[..., list[Write]]] = {
-            common.STREAM: lambda w, stream, fields: [_xadd(stream, self.maxlen(stream), fields)],
-            common.DEAD_LETTER: lambda w, entry: [("LPUSH", keys.DEAD_LETTER, entry)],
-            common.DELAY: lambda w, due, raw: [("ZADD", keys.DELAYED, due, raw)],
-            common.RESULT: self._result_writes,
-            common.REQUEUE: lambda w, raw: [("RPUSH", keys.QUEUE, raw)],
-            common.UNCLAIM: lambda w, raw: [("LREM", keys.worker_inflight_key(w), -1, raw)],
-            common.LEASE: self._lease_writes,
-            common.MEMBERSHIP: self._membership_writes,
-            common.ENQUEUE: lambda w, raws: [
+            plans.STREAM: lambda w, stream, fields: [_xadd(stream, self.maxlen(stream), fields)],
+            plans.DEAD_LETTER: lambda w, entry: [("LPUSH", keys.DEAD_LETTER, entry)],
+            plans.DELAY: lambda w, due, raw: [("ZADD", keys.DELAYED, due, raw)],
+            plans.RESULT: self._result_writes,
+            plans.REQUEUE: lambda w, raw: [("RPUSH", keys.QUEUE, raw)],
+            plans.UNCLAIM: lambda w, raw: [("LREM", keys.worker_inflight_key(w), -1, raw)],
+            plans.LEASE: self._lease_writes,
+            plans.MEMBERSHIP: self._membership_writes,
+            plans.ENQUEUE: lambda w, raws: [
                 ("LPUSH", keys.QUEUE, *raws[start : start + _SUBMIT_CHUNK])
                 for start in range(0, len(raws), _SUBMIT_CHUNK)
             ],
-            common.SUBMITTED: lambda w, batch_id: [
+            plans.SUBMITTED: lambda w, batch_id: [
                 ("SET", keys.submit_marker_key(batch_id), 1, "EX", self.submit_marker_ttl_s)
             ],
-            common.PROMOTE: lambda w, due: [("ZREM", keys.DELAYED, *due), ("LPUSH", keys.QUEUE, *due)],
-            common.TAKE: lambda w, raws: [
+            plans.PROMOTE: lambda w, due: [("ZREM", keys.DELAYED, *due), ("LPUSH", keys.QUEUE, *due)],
+            plans.TAKE: lambda w, raws: [
                 ("LTRIM", keys.QUEUE, 0, -(len(raws) + 1)),
                 ("LPUSH", keys.worker_inflight_key(w), *raws),
             ],
-            common.DROP_INFLIGHT: lambda w: [("DEL", keys.worker_inflight_key(w))],
-            common.CANCEL: lambda w, raw: [("LREM", keys.QUEUE, 1, raw)],
-            common.UNLETTER: lambda w, entry: [("LREM", keys.DEAD_LETTER, 1, entry)],
-            common.UNLETTER_ALL: lambda w: [("DEL", keys.DEAD_LETTER)],
+            plans.DROP_INFLIGHT: lambda w: [("DEL", keys.worker_inflight_key(w))],
+            plans.CANCEL: lambda w, raw: [("LREM", keys.QUEUE, 1, raw)],
+            plans.UNLETTER: lambda w, entry: [("LREM", keys.DEAD_LETTER, 1, entry)],
+            plans.UNLETTER_ALL: lambda w: [("DEL", keys.DEAD_LETTER)],
         }
 
     def close(self) -> None:
@@ -266,19 +267,19 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
     def register_worker(self, worker_id: str, *, pid: int, host: str) -> int:
         return self._transact(
             [keys.worker_lock_key(worker_id)],
-            lambda: common.plan_register(worker_id, self._read_state(worker_id), pid=pid, host=host, now=time.time()),
+            lambda: plans.plan_register(worker_id, self._read_state(worker_id), pid=pid, host=host, now=time.time()),
         )
 
     def heartbeat(self, worker_id: str, epoch: int) -> None:
         self._transact(
             [keys.worker_lock_key(worker_id)],
-            lambda: common.plan_heartbeat(worker_id, self._read_state(worker_id), epoch, time.time()),
+            lambda: plans.plan_heartbeat(worker_id, self._read_state(worker_id), epoch, time.time()),
         )
 
     def deregister_worker(self, worker_id: str, epoch: int) -> None:
         self._transact(
             [keys.worker_lock_key(worker_id)],
-            lambda: common.plan_deregister(worker_id, self._read_state(worker_id), epoch, time.time()),
+            lambda: plans.plan_deregister(worker_id, self._read_state(worker_id), epoch, time.time()),
         )
 
     def get_worker_state(self, worker_id: str) -> dict[str, str]:
@@ -296,7 +297,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
     ) -> int:
         return self._transact(
             [keys.worker_lock_key(worker_id)],
-            lambda: common.plan_update(worker_id, self._read_state(worker_id), fields, expected_version, epoch),
+            lambda: plans.plan_update(worker_id, self._read_state(worker_id), fields, expected_version, epoch),
         )
 
     # -- counters -------------------------------------------------------------------------
@@ -306,7 +307,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
 
         value = self._transact(
             [keys.COUNTERS_LOCK],
-            lambda: common.plan_increment(key, amount, Tally(lambda _key: int(self.redis.get(key) or 0))),
+            lambda: plans.plan_increment(key, amount, Tally(lambda _key: int(self.redis.get(key) or 0))),
         )
         return 0 if pipeline is not None else value
 
@@ -352,7 +353,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
             pipe.get(keys.TOTAL_WORK_CREATED)
             seen, created = pipe.execute()
             tally = _tally([keys.TOTAL_WORK_CREATED], [created])
-            return common.plan_submit(raw_tasks, seen=bool(seen), batch_id=batch_id, due_at=due_at, tally=tally)
+            return plans.plan_submit(raw_tasks, seen=bool(seen), batch_id=batch_id, due_at=due_at, tally=tally)
 
         return self._transact([keys.COUNTERS_LOCK], plan)
 
@@ -363,7 +364,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
             return 0
         return self._transact(
             [keys.QUEUE_LOCK],
-            lambda: common.plan_promote(self.redis.zrangebyscore(keys.DELAYED, "-inf", time.time(), 0, limit)),
+            lambda: plans.plan_promote(self.redis.zrangebyscore(keys.DELAYED, "-inf", time.time(), 0, limit)),
         )
 
     def claim(self, worker_id: str, epoch: int, max_count: int, divisor: int = 1) -> list[str]:
@@ -375,7 +376,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
             pipe.llen(keys.QUEUE)
             pipe.lrange(keys.QUEUE, -max(1, max_count), -1)
             raw_state, due, depth, tail = pipe.execute()
-            return common.plan_claim(
+            return plans.plan_claim(
                 worker_id, epoch, _decode_state(raw_state), depth=int(depth), oldest=list(reversed(tail)),
                 due=due, max_count=max_count, divisor=divisor, now=now,
             )
@@ -408,8 +409,8 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
             return SettleResult(0, 0, 0)
 
         def plan() -> Step:
-            state, inflight, tally, _ = self._read_partition(worker_id, common.settle_counters(worker_id))
-            return common.plan_settle(worker_id, epoch, state, inflight, outcomes, tally, time.time())
+            state, inflight, tally, _ = self._read_partition(worker_id, plans.settle_counters(worker_id))
+            return plans.plan_settle(worker_id, epoch, state, inflight, outcomes, tally, time.time())
 
         return self._transact([keys.worker_lock_key(worker_id), keys.COUNTERS_LOCK], plan)
 
@@ -419,7 +420,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
             pipe.lpos(keys.QUEUE, raw_task)
             pipe.get(keys.TOTAL_CANCELLED)
             position, cancelled = pipe.execute()
-            return common.plan_cancel(raw_task, position is not None, _tally([keys.TOTAL_CANCELLED], [cancelled]))
+            return plans.plan_cancel(raw_task, position is not None, _tally([keys.TOTAL_CANCELLED], [cancelled]))
 
         return self._transact([keys.QUEUE_LOCK, keys.COUNTERS_LOCK], plan)
 
@@ -429,7 +430,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
 
         def plan() -> Step:
             state, inflight, _, _ = self._read_partition(worker_id)
-            return common.plan_release(worker_id, epoch, state, inflight, raw_tasks)
+            return plans.plan_release(worker_id, epoch, state, inflight, raw_tasks)
 
         return self._transact([keys.worker_lock_key(worker_id), keys.QUEUE_LOCK], plan)
 
@@ -444,8 +445,8 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
         cause: Outcome | None = None,
     ) -> ReclaimResult | None:
         def plan() -> Step:
-            state, inflight, tally, lease = self._read_partition(worker_id, common.reclaim_counters(worker_id))
-            return common.plan_reclaim(
+            state, inflight, tally, lease = self._read_partition(worker_id, plans.reclaim_counters(worker_id))
+            return plans.plan_reclaim(
                 worker_id, state, inflight, tally, lease_alive=lease, max_crashes=max_crashes, reason=reason,
                 crashed=crashed, only_if_expired=only_if_expired, cause=cause, now=time.time(),
             )
@@ -469,7 +470,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
             return 0
         return self._dead_letter_step(
             [keys.TOTAL_WORK_CREATED, keys.TOTAL_DLQ_RETRIED],
-            lambda stored, tally: common.plan_dlq_retry(stored, pairs, tally),
+            lambda stored, tally: plans.plan_dlq_retry(stored, pairs, tally),
         )
 
     def purge_dead_letters(self, entries: Sequence[dict[str, Any]] | None = None) -> int:
@@ -477,5 +478,5 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
         if raws is not None and not raws:
             return 0
         return self._dead_letter_step(
-            [keys.TOTAL_DLQ_PURGED], lambda stored, tally: common.plan_dlq_purge(stored, raws, tally)
+            [keys.TOTAL_DLQ_PURGED], lambda stored, tally: plans.plan_dlq_purge(stored, raws, tally)
         )
