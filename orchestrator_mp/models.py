@@ -38,6 +38,24 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
+_REQUIRED = {"id": str, "name": str, "args": list, "kwargs": dict, "ts": (int, float), "crashes": int}
+_OPTIONAL = {"retries": int, "max_retries": int, "time_limit": (int, float), "result": bool}
+
+
+def _shape_error(body: Any) -> str:
+    """Why a decoded entry is not a task (the slow path, for the error message)."""
+    if not isinstance(body, dict):
+        return f"expected a JSON object, got {type(body).__name__}"
+    for field in _REQUIRED:
+        if field not in body:
+            return f"missing field {field!r}"
+    for field, kind in {**_REQUIRED, **_OPTIONAL}.items():
+        value = body.get(field)
+        if field in body and (not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)):
+            return f"field {field!r} has type {type(value).__name__}"
+    return "unexpected task shape"
+
+
 @attrs.frozen(kw_only=True)
 class Task:
     """One unit of work: a registered task name and JSON arguments."""
@@ -82,35 +100,36 @@ class Task:
             body = json.loads(raw)
         except (TypeError, ValueError) as exc:
             raise PayloadError(raw, f"not JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise PayloadError(raw, f"expected a JSON object, got {type(body).__name__}")
-        expected = {
-            "id": str,
-            "name": str,
-            "args": list,
-            "kwargs": dict,
-            "ts": (int, float),
-            "crashes": int,
-        }
-        optional = {"retries": int, "max_retries": int, "time_limit": (int, float), "result": bool}
-        for field in expected:
-            if field not in body:
-                raise PayloadError(raw, f"missing field {field!r}")
-        for field, kind in {**expected, **optional}.items():
-            if field in body and (not isinstance(body[field], kind) or (isinstance(body[field], bool) and kind is not bool)):
-                raise PayloadError(raw, f"field {field!r} has type {type(body[field]).__name__}")
-        return cls(
-            name=body["name"],
-            args=tuple(body["args"]),
-            kwargs=body["kwargs"],
-            id=body["id"],
-            submitted_at=float(body["ts"]),
-            crashes=body["crashes"],
-            retries=body.get("retries", 0),
-            max_retries=body.get("max_retries"),
-            time_limit_s=body.get("time_limit"),
-            want_result=body.get("result", False),
-        )
+        # Fast path (every well-formed task): exact types, checked in one expression.
+        if (
+            type(body) is dict
+            and type(body.get("id")) is str
+            and type(body.get("name")) is str
+            and type(body.get("args")) is list
+            and type(body.get("kwargs")) is dict
+            and type(body.get("crashes")) is int
+            and type(body.get("ts")) in (float, int)
+            and type(body.get("retries", 0)) is int
+        ):
+            max_retries, time_limit, want = body.get("max_retries"), body.get("time_limit"), body.get("result", False)
+            if (
+                (max_retries is None or type(max_retries) is int)
+                and (time_limit is None or type(time_limit) in (int, float))
+                and type(want) is bool
+            ):
+                return cls(
+                    name=body["name"],
+                    args=tuple(body["args"]),
+                    kwargs=body["kwargs"],
+                    id=body["id"],
+                    submitted_at=float(body["ts"]),
+                    crashes=body["crashes"],
+                    retries=body.get("retries", 0),
+                    max_retries=max_retries,
+                    time_limit_s=time_limit,
+                    want_result=want,
+                )
+        raise PayloadError(raw, _shape_error(body))
 
     def for_retry(self) -> "Task":
         """The same task, one failure further (crash count kept)."""

@@ -359,17 +359,39 @@ class RedisLockFreeStateManager(StateManager):
     def settle(self, worker_id: str, epoch: int, outcomes: Sequence[Outcome]) -> SettleResult:
         if not outcomes:
             return SettleResult(0, 0, 0)
-        done = [o for o in outcomes if o.ok]
-        failed = [o for o in outcomes if not o.ok]
         now = time.time()
         result_keys: list[str] = []
 
-        def result_slot(outcome: Outcome, final: bool) -> tuple[object, str]:
+        def result_slot(outcome: Outcome, final: bool) -> tuple[int, str]:
             if not (final and outcome.want_result and outcome.task_id):
                 return 0, ""
             result_keys.append(keys.result_key(outcome.task_id))
             return len(result_keys), outcome.stored_result(worker_id, now)
 
+        done, failed = [], []
+        for outcome in outcomes:
+            if outcome.ok:
+                index, stored = result_slot(outcome, True)
+                done.append(
+                    (outcome.raw, outcome.task_id, outcome.name, _ms(outcome.wait_ms), _ms(outcome.run_ms), index, stored)
+                )
+            else:
+                final = not outcome.retry_raw
+                index, stored = result_slot(outcome, final)
+                failed.append(
+                    (
+                        outcome.raw,
+                        outcome.task_id,
+                        outcome.name,
+                        outcome.category,
+                        outcome.message,
+                        dead_letter_entry(outcome, worker_id) if final else "",
+                        outcome.retry_raw,
+                        repr(outcome.retry_at),
+                        index,
+                        stored,
+                    )
+                )
         args: list[object] = [
             worker_id,
             epoch,
@@ -379,25 +401,9 @@ class RedisLockFreeStateManager(StateManager):
             len(done),
             len(failed),
             self.result_ttl_ms,
+            dumps(done) if done else "[]",
+            dumps(failed) if failed else "[]",
         ]
-        for outcome in done:
-            args.extend((outcome.raw, outcome.task_id, outcome.name, _ms(outcome.wait_ms), _ms(outcome.run_ms)))
-            args.extend(result_slot(outcome, True))
-        for outcome in failed:
-            final = not outcome.retry_raw
-            args.extend(
-                (
-                    outcome.raw,
-                    outcome.task_id,
-                    outcome.name,
-                    outcome.category,
-                    outcome.message,
-                    dead_letter_entry(outcome, worker_id) if final else "",
-                    outcome.retry_raw,
-                    outcome.retry_at,
-                )
-            )
-            args.extend(result_slot(outcome, final))
         return self._do_settle(worker_id, epoch, result_keys, args)
 
     def _do_settle(self, worker_id: str, epoch: int, result_keys: list[str], args: list[object]) -> SettleResult:

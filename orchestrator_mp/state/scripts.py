@@ -190,16 +190,19 @@ return claimed
 # dead-letter list (entry); entries that were never tasks count as foreign. A
 # final outcome whose submitter wants it is stored under its result key (a
 # one-element list with a TTL) in the same step, so the stored result is always
-# the counted one.
+# the counted one. Counters move once per batch (INCRBY); each stream entry still
+# carries its own running total n, consecutive in stream order.
+# The batch travels as two JSON arrays (one argument each), not as one argument per
+# field: encoding thousands of small arguments was the worker's main cost.
 # KEYS: 1 state hash, 2 in-flight list, 3 worker completed, 4 worker errors,
 #       5 total_work_completed, 6 total_errors, 7 total_dead_lettered, 8 total_duplicates,
 #       9 total_fenced, 10 work_completions, 11 work_errors, 12 dead-letter list, 13 events:stream,
 #       14 delayed sorted set, 15 total_retried, 16 total_foreign, 17.. result keys
 # ARGV: 1 worker id, 2 epoch, 3 now, 4 completions maxlen, 5 events maxlen,
 #       6 number of completions C, 7 number of failures F, 8 result ttl ms,
-#       then C groups of 7: raw, task id, name, wait_ms, run_ms, result key index, stored result
-#       then F groups of 10: raw, task id, name, category, message, dead-letter entry,
-#                           retry raw, retry due time, result key index, stored result
+#       9 completions: JSON [[raw, task id, name, wait_ms, run_ms, result key index, stored result], ...]
+#       10 failures: JSON [[raw, task id, name, category, message, dead-letter entry,
+#                           retry raw, retry due time, result key index, stored result], ...]
 #       (retry raw '' means dead-letter; result key index 0 means no result wanted)
 # Returns: {completed, failed, duplicates}, or {-1, C + F} when fenced
 SETTLE = """
@@ -209,58 +212,62 @@ if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] then
   return {-1, n_ok + n_failed}
 end
 local function store(index, value)
-  if index ~= '0' then
-    local key = KEYS[16 + tonumber(index)]
+  if index ~= 0 then
+    local key = KEYS[16 + index]
     redis.call('DEL', key)
     redis.call('RPUSH', key, value)
     redis.call('PEXPIRE', key, ARGV[8])
   end
 end
-local completed, failed, duplicates = 0, 0, 0
-local i = 9
-for _ = 1, n_ok do
-  if redis.call('LREM', KEYS[2], -1, ARGV[i]) == 1 then
-    redis.call('INCR', KEYS[3])
-    local n = redis.call('INCR', KEYS[5])
-    redis.call('XADD', KEYS[10], 'MAXLEN', '~', ARGV[4], '*', 'n', n, 'task_id', ARGV[i + 1],
-               'name', ARGV[i + 2], 'worker', ARGV[1], 'wait_ms', ARGV[i + 3], 'run_ms', ARGV[i + 4])
-    store(ARGV[i + 5], ARGV[i + 6])
-    completed = completed + 1
-  else
-    duplicates = duplicates + 1
+local function still_in_flight(batch)
+  local counted = {}
+  for _, item in ipairs(batch) do
+    if redis.call('LREM', KEYS[2], -1, item[1]) == 1 then counted[#counted + 1] = item end
   end
-  i = i + 7
+  return counted
 end
-for _ = 1, n_failed do
-  if redis.call('LREM', KEYS[2], -1, ARGV[i]) == 1 then
-    redis.call('INCR', KEYS[4])
-    local n = redis.call('INCR', KEYS[6])
-    local retry = ARGV[i + 6] ~= ''
-    redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[4], '*', 'n', n, 'task_id', ARGV[i + 1],
-               'name', ARGV[i + 2], 'worker', ARGV[1], 'category', ARGV[i + 3], 'message', ARGV[i + 4],
+local done = n_ok > 0 and still_in_flight(cjson.decode(ARGV[9])) or {}
+local failures = n_failed > 0 and still_in_flight(cjson.decode(ARGV[10])) or {}
+local duplicates = n_ok + n_failed - #done - #failures
+if #done > 0 then
+  redis.call('INCRBY', KEYS[3], #done)
+  local n = redis.call('INCRBY', KEYS[5], #done) - #done
+  for k, item in ipairs(done) do
+    redis.call('XADD', KEYS[10], 'MAXLEN', '~', ARGV[4], '*', 'n', n + k, 'task_id', item[2],
+               'name', item[3], 'worker', ARGV[1], 'wait_ms', item[4], 'run_ms', item[5])
+    store(item[6], item[7])
+  end
+end
+if #failures > 0 then
+  redis.call('INCRBY', KEYS[4], #failures)
+  local n = redis.call('INCRBY', KEYS[6], #failures) - #failures
+  local retried, dead, foreign = 0, 0, 0
+  for k, item in ipairs(failures) do
+    local retry = item[7] ~= ''
+    redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[4], '*', 'n', n + k, 'task_id', item[2],
+               'name', item[3], 'worker', ARGV[1], 'category', item[4], 'message', item[5],
                'retry', retry and 1 or 0)
     if retry then
-      redis.call('ZADD', KEYS[14], ARGV[i + 7], ARGV[i + 6])
-      redis.call('INCR', KEYS[15])
+      redis.call('ZADD', KEYS[14], item[8], item[7])
+      retried = retried + 1
     else
-      redis.call('LPUSH', KEYS[12], ARGV[i + 5])
-      redis.call('INCR', KEYS[7])
-      store(ARGV[i + 8], ARGV[i + 9])
+      redis.call('LPUSH', KEYS[12], item[6])
+      dead = dead + 1
+      store(item[9], item[10])
     end
-    if ARGV[i + 3] == 'bad_payload' then redis.call('INCR', KEYS[16]) end
-    failed = failed + 1
-  else
-    duplicates = duplicates + 1
+    if item[4] == 'bad_payload' then foreign = foreign + 1 end
   end
-  i = i + 10
+  if retried > 0 then redis.call('INCRBY', KEYS[15], retried) end
+  if dead > 0 then redis.call('INCRBY', KEYS[7], dead) end
+  if foreign > 0 then redis.call('INCRBY', KEYS[16], foreign) end
 end
 if duplicates > 0 then redis.call('INCRBY', KEYS[8], duplicates) end
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'status', 'idle', 'current_task', '', 'batch', 0, 'deadline', '',
            'last_activity', ARGV[3])
 redis.call('XADD', KEYS[13], 'MAXLEN', '~', ARGV[5], '*', 'event', 'state', 'worker', ARGV[1],
-           'status', 'idle', 'completed', completed, 'failed', failed, 'version', version)
-return {completed, failed, duplicates}
+           'status', 'idle', 'completed', #done, 'failed', #failures, 'version', version)
+return {#done, #failures, duplicates}
 """
 
 # Withdraw a task that is still queued (no worker has claimed it).
