@@ -113,7 +113,7 @@ class ContinuousOrchestrator:
                 self.server = EmbeddedServer(self.settings.db_path, durability=self.settings.durability).start()
                 self.url = self.server.url
             self.state = create_state_manager(self.settings, self.url)
-            recover_stale_partitions(self.state, self.settings)
+            recover_stale_partitions(self.state, self.settings, exclusive=self.server is not None)
             if self.enable_parallel:
                 # The supervisor's own manager fails fast: it must never sit in
                 # client retries while the server it should restart is dead.
@@ -301,8 +301,7 @@ class ContinuousOrchestrator:
         while True:
             if self._local_worker is not None:
                 self._local_worker.run_batch(block=False)
-            if self.supervisor is not None and self.supervisor.failure is not None:
-                raise self.supervisor.failure
+            self.check_health()
             if progress is not None and time.monotonic() >= next_progress:
                 progress(self.counters())
                 next_progress = time.monotonic() + 0.5
@@ -312,6 +311,11 @@ class ContinuousOrchestrator:
                 return False
             if self._local_worker is None:
                 time.sleep(POLL_INTERVAL_S)
+
+    def check_health(self) -> None:
+        """Raise WorkerDied if workers keep dying at start-up (a crash loop)."""
+        if self.supervisor is not None and self.supervisor.failure is not None:
+            raise self.supervisor.failure
 
     def counters(self) -> dict[str, int]:
         """The global counters (``total_work_created``, ``total_work_completed``, ...)."""

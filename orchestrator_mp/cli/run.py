@@ -105,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     display.update(sampler.sample())
                 drained = _wait_for_demo(orch, signals, sampler, display)
             else:
-                _serve(orch, signals, Sampler(orch, before, None), display, quiet=args.json)
+                serve(orch, signals, Sampler(orch, before, None), display, quiet=args.json)
                 drained = orch.pending() == 0
         finally:
             display.close()
@@ -134,11 +134,13 @@ def _wait_for_demo(orch: ContinuousOrchestrator, signals: Signals, sampler: Samp
     return False
 
 
-def _serve(orch: ContinuousOrchestrator, signals: Signals, sampler: Sampler, display: Display, quiet: bool) -> None:
+def serve(orch: ContinuousOrchestrator, signals: Signals, sampler: Sampler, display: Display, quiet: bool) -> None:
+    """Serve the queue until a signal (or until workers keep dying: WorkerDied)."""
     if not quiet:
         say("serving the queue; Ctrl-C to stop")
     while not signals.count:
         time.sleep(0.25)
+        orch.check_health()
         display.update(sampler.sample())
 
 
