@@ -46,6 +46,9 @@ FINITE_TIMEOUT_S = 180
 NOT_RUN = {
     "pip install -e '.[test]' && pytest": "the suite cannot run itself; .ci/run runs exactly this line",
     "tox -e tests | tox -e faults | tox -e bench": "tox is not a test dependency; tox.ini must define the three",
+    "python -m orchestrator_mp worker --redis-url redis://:PASSWORD@HOST:6379/0 --workers 4 --import myproject.tasks": (
+        "needs a server on another host; tests/integration/test_external.py runs `worker --redis-url` for real"
+    ),
 }
 SKIPPED_PREFIXES = ("pip install -e . && ",)
 SUBSTITUTIONS = (
@@ -92,7 +95,7 @@ LONG_RUNNING = {
 def shell_commands(text: str) -> list[list[str]]:
     """The commands of each ```sh block, comments removed."""
     blocks = []
-    for block in re.findall(r"^```sh\n(.*?)^```", text, re.M | re.S):
+    for block in re.findall(r"^ *```sh\n(.*?)^ *```", text, re.M | re.S):
         commands = [re.sub(r"\s+#\s.*$", "", line).strip() for line in block.splitlines()]
         blocks.append([c for c in commands if c and not c.startswith("#")])
     return blocks
@@ -153,6 +156,9 @@ def _check_not_run(command: str) -> None:
         tox = (ROOT / "tox.ini").read_text()
         for env in re.findall(r"tox -e (\w+)", command):
             assert f"[testenv:{env}]" in tox, env
+    elif " worker --redis-url " in command:
+        external = (ROOT / "tests" / "integration" / "test_external.py").read_text()
+        assert '"worker", "--redis-url"' in external
 
 
 def test_readme_keeps_its_first_two_lines():
