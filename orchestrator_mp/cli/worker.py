@@ -10,7 +10,6 @@ the server reclaims their partitions if this whole host vanishes (their leases l
 from __future__ import annotations
 
 import argparse
-import importlib
 from typing import Any
 
 from ..config import default_workers
@@ -22,7 +21,8 @@ from .common import (
     EXIT_OK,
     Signals,
     add_common_options,
-    positive_int,
+    add_worker_options,
+    import_task_modules,
     say,
     settings_from,
 )
@@ -33,10 +33,7 @@ from .run import serve
 def add_parser(commands: Any) -> None:
     worker = commands.add_parser("worker", help="start workers on this host that join a running orchestrator")
     add_common_options(worker)
-    worker.add_argument("--workers", type=positive_int, default=None, metavar="N", help="worker processes (default: CPUs)")
-    worker.add_argument("--batch", type=positive_int, default=None, metavar="K", help="most tasks claimed per round trip")
-    worker.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                        help="import MODULE first, to register its tasks (repeatable)")
+    add_worker_options(worker)
     worker.set_defaults(handler=cmd_worker)
 
 
@@ -49,11 +46,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise ConfigurationError(
             f"no orchestrator serves {settings.db_path}: start one with `run`, or give --redis-url"
         )
-    for module in args.imports:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise ConfigurationError(f"--import {module}: {exc}") from None
+    import_task_modules(args.imports)
     signals = Signals()
     signals.install()
     with ContinuousOrchestrator(settings=settings.evolve(redis_url=url)) as orch:
