@@ -29,6 +29,18 @@ ERROR_CATEGORIES = (TASK_ERROR, UNKNOWN_TASK, BAD_PAYLOAD, BAD_RESULT, POISON, T
 OWN_FAILURES = frozenset({TASK_ERROR, BAD_RESULT, TIMEOUT})
 
 
+def partition_key_of(raw: str) -> str | None:
+    """The partition key of a raw task, decoding only entries that may have one."""
+    if '"key":' not in raw:
+        return None
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    key = body.get("key") if isinstance(body, dict) else None
+    return key if isinstance(key, str) else None
+
+
 def new_task_id() -> str:
     return uuid.uuid4().hex
 
@@ -39,7 +51,7 @@ def dumps(value: Any) -> str:
 
 
 _REQUIRED = {"id": str, "name": str, "args": list, "kwargs": dict, "ts": (int, float), "crashes": int}
-_OPTIONAL = {"retries": int, "max_retries": int, "time_limit": (int, float), "result": bool}
+_OPTIONAL = {"retries": int, "max_retries": int, "time_limit": (int, float), "result": bool, "key": str}
 
 
 def _shape_error(body: Any) -> str:
@@ -70,6 +82,7 @@ class Task:
     max_retries: int | None = None
     time_limit_s: float | None = None
     want_result: bool = False  # store the outcome under result:{id} for handles and futures
+    partition_key: str | None = None  # tasks sharing a key run one at a time, in submission order
 
     def to_json(self) -> str:
         """Encode; raises PayloadError when the arguments are not JSON-serialisable."""
@@ -88,6 +101,8 @@ class Task:
             body["time_limit"] = self.time_limit_s
         if self.want_result:
             body["result"] = True
+        if self.partition_key is not None:
+            body["key"] = self.partition_key
         try:
             return dumps(body)
         except (TypeError, ValueError) as exc:
@@ -110,6 +125,7 @@ class Task:
             and type(body.get("crashes")) is int
             and type(body.get("ts")) in (float, int)
             and type(body.get("retries", 0)) is int
+            and type(body.get("key", "")) is str
         ):
             max_retries, time_limit, want = body.get("max_retries"), body.get("time_limit"), body.get("result", False)
             if (
@@ -128,6 +144,7 @@ class Task:
                     max_retries=max_retries,
                     time_limit_s=time_limit,
                     want_result=want,
+                    partition_key=body.get("key"),
                 )
         raise PayloadError(raw, _shape_error(body))
 

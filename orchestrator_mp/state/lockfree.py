@@ -30,7 +30,7 @@ from .. import keys
 from ..connection import create_client
 from ..exceptions import BackendUnavailable, ConfigurationError, Fenced, StateError
 from ..limits import RedisLimits
-from ..models import Outcome, dumps, new_task_id
+from ..models import Outcome, dumps, new_task_id, partition_key_of
 from . import scripts
 from .base import (
     AuditSnapshot,
@@ -47,6 +47,20 @@ _RESERVED_FIELDS = frozenset({"version", "epoch"})
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class _Lanes:
+    """Numbers the lanes one script call touches; their key pairs go into KEYS in order."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self._numbers: dict[str, int] = {}
+
+    def number(self, partition_key: str) -> int:
+        if partition_key not in self._numbers:
+            self._numbers[partition_key] = len(self._numbers) + 1
+            self.keys.extend((keys.lane_key(partition_key), keys.lane_owner_key(partition_key)))
+        return self._numbers[partition_key]
 
 
 def _task_id_of(raw: str) -> str:
@@ -309,10 +323,24 @@ class RedisLockFreeStateManager(StateManager):
         if not raw_tasks:
             return 0
         batch_id = batch_id or new_task_id()
+        lanes, keyed, plain = _Lanes(), [], []
+        for raw in raw_tasks:
+            partition_key = partition_key_of(raw)
+            if partition_key is None:
+                plain.append(raw)
+            else:
+                keyed.extend((raw, lanes.number(partition_key)))
         return int(
             self._submit(
-                keys=[keys.QUEUE, keys.TOTAL_WORK_CREATED, keys.submit_marker_key(batch_id), keys.DELAYED],
-                args=[self.submit_marker_ttl_s, "" if due_at is None else repr(float(due_at)), *raw_tasks],
+                keys=[
+                    keys.QUEUE,
+                    keys.TOTAL_WORK_CREATED,
+                    keys.submit_marker_key(batch_id),
+                    keys.DELAYED,
+                    keys.LANE_WAITING,
+                    *lanes.keys,
+                ],
+                args=[self.submit_marker_ttl_s, "" if due_at is None else repr(float(due_at)), len(keyed) // 2, *keyed, *plain],
             )
         )
 
@@ -362,18 +390,33 @@ class RedisLockFreeStateManager(StateManager):
         now = time.time()
         result_keys: list[str] = []
 
+        lanes = _Lanes()
+
         def result_slot(outcome: Outcome, final: bool) -> tuple[int, str]:
             if not (final and outcome.want_result and outcome.task_id):
                 return 0, ""
             result_keys.append(keys.result_key(outcome.task_id))
             return len(result_keys), outcome.stored_result(worker_id, now)
 
+        def lane_slot(outcome: Outcome, final: bool) -> int:
+            partition_key = partition_key_of(outcome.raw) if final else None
+            return lanes.number(partition_key) if partition_key else 0
+
         done, failed = [], []
         for outcome in outcomes:
             if outcome.ok:
                 index, stored = result_slot(outcome, True)
                 done.append(
-                    (outcome.raw, outcome.task_id, outcome.name, _ms(outcome.wait_ms), _ms(outcome.run_ms), index, stored)
+                    (
+                        outcome.raw,
+                        outcome.task_id,
+                        outcome.name,
+                        _ms(outcome.wait_ms),
+                        _ms(outcome.run_ms),
+                        index,
+                        stored,
+                        lane_slot(outcome, True),
+                    )
                 )
             else:
                 final = not outcome.retry_raw
@@ -390,6 +433,7 @@ class RedisLockFreeStateManager(StateManager):
                         repr(outcome.retry_at),
                         index,
                         stored,
+                        lane_slot(outcome, final),
                     )
                 )
         args: list[object] = [
@@ -403,10 +447,11 @@ class RedisLockFreeStateManager(StateManager):
             self.result_ttl_ms,
             dumps(done) if done else "[]",
             dumps(failed) if failed else "[]",
+            len(result_keys),
         ]
-        return self._do_settle(worker_id, epoch, result_keys, args)
+        return self._do_settle(worker_id, epoch, [*result_keys, *lanes.keys], args)
 
-    def _do_settle(self, worker_id: str, epoch: int, result_keys: list[str], args: list[object]) -> SettleResult:
+    def _do_settle(self, worker_id: str, epoch: int, extra_keys: list[str], args: list[object]) -> SettleResult:
         result = self._settle(
             keys=[
                 keys.worker_state_key(worker_id),
@@ -425,7 +470,9 @@ class RedisLockFreeStateManager(StateManager):
                 keys.DELAYED,
                 keys.TOTAL_RETRIED,
                 keys.TOTAL_FOREIGN,
-                *result_keys,
+                keys.QUEUE,
+                keys.LANE_WAITING,
+                *extra_keys,
             ],
             args=args,
         )
@@ -434,7 +481,20 @@ class RedisLockFreeStateManager(StateManager):
         return SettleResult(*map(int, result))
 
     def cancel_queued(self, raw_task: str) -> bool:
-        return self._cancel(keys=[keys.QUEUE, keys.TOTAL_CANCELLED], args=[raw_task]) == 1
+        partition_key = partition_key_of(raw_task) or ""
+        return (
+            self._cancel(
+                keys=[
+                    keys.QUEUE,
+                    keys.TOTAL_CANCELLED,
+                    keys.lane_key(partition_key),
+                    keys.lane_owner_key(partition_key),
+                    keys.LANE_WAITING,
+                ],
+                args=[raw_task, 1 if partition_key else 0],
+            )
+            == 1
+        )
 
     def release(self, worker_id: str, epoch: int, raw_tasks: Sequence[str]) -> int:
         if not raw_tasks:
@@ -471,9 +531,21 @@ class RedisLockFreeStateManager(StateManager):
             entry = "" if cause.retry_raw else dead_letter_entry(cause, worker_id)
             stored = cause.stored_result(worker_id, now)
             cause_args = [cause.raw, cause.retry_raw, cause.retry_at, entry, cause.category, cause.message, stored]
-        # Tasks whose submitters wait for a result get it even when dead-lettered here.
-        wanting = [raw for raw in self.inflight(worker_id) if '"result":true' in raw]
-        wanting_ids = [_task_id_of(raw) for raw in wanting]
+        # Tasks whose submitters wait for a result get it even when dead-lettered here,
+        # and a dead-lettered keyed task releases its lane.
+        extra_keys: list[str] = []
+        extras: dict[str, list[int]] = {}
+        for raw in self.inflight(worker_id):
+            result_number = lane_number = 0
+            if '"result":true' in raw:
+                extra_keys.append(keys.result_key(_task_id_of(raw)))
+                result_number = len(extra_keys)
+            partition_key = partition_key_of(raw)
+            if partition_key is not None:
+                lane_number = len(extra_keys) + 1
+                extra_keys.extend((keys.lane_key(partition_key), keys.lane_owner_key(partition_key)))
+            if result_number or lane_number:
+                extras[raw] = [result_number, lane_number]
         epoch, requeued, dead = self._reclaim(
             keys=[
                 keys.worker_state_key(worker_id),
@@ -491,7 +563,8 @@ class RedisLockFreeStateManager(StateManager):
                 keys.DELAYED,
                 keys.TOTAL_RETRIED,
                 keys.TOTAL_FOREIGN,
-                *[keys.result_key(task_id) for task_id in wanting_ids],
+                keys.LANE_WAITING,
+                *extra_keys,
             ],
             args=[
                 worker_id,
@@ -504,7 +577,7 @@ class RedisLockFreeStateManager(StateManager):
                 1 if only_if_expired else 0,
                 *cause_args,
                 self.result_ttl_ms,
-                *wanting,
+                dumps(extras) if extras else "{}",
             ],
         )
         if epoch == -1:
@@ -517,15 +590,17 @@ class RedisLockFreeStateManager(StateManager):
         pipe.llen(keys.QUEUE)
         pipe.llen(keys.DEAD_LETTER)
         pipe.zcard(keys.DELAYED)
+        pipe.get(keys.LANE_WAITING)
         for worker_id in ids:
             pipe.llen(keys.worker_inflight_key(worker_id))
-        pending, dead, delayed, *inflight = pipe.execute()
+        pending, dead, delayed, laned, *inflight = pipe.execute()
         by_worker = {worker_id: int(n) for worker_id, n in zip(ids, inflight, strict=True)}
         return {
             "pending": int(pending),
             "inflight": sum(by_worker.values()),
             "delayed": int(delayed),
             "limited": RedisLimits(self.redis).waiting(),
+            "laned": int(laned or 0),
             "dead_letter": int(dead),
             "by_worker": by_worker,
         }
@@ -548,6 +623,7 @@ class RedisLockFreeStateManager(StateManager):
             pipe.llen(keys.QUEUE)
             pipe.llen(keys.DEAD_LETTER)
             pipe.zcard(keys.DELAYED)
+            pipe.get(keys.LANE_WAITING)
             for name in limiters:
                 pipe.llen(keys.slot_waiters_key(name))
             reply = pipe.execute()
@@ -567,12 +643,14 @@ class RedisLockFreeStateManager(StateManager):
                 else StreamTail(length=int(length), last={})
             )
         pending, dead, delayed = int(next(values)), int(next(values)), int(next(values))
+        laned = int(next(values) or 0)
         limited = sum(int(n) for n in values)
         depths = {
             "pending": pending,
             "inflight": sum(inflight.values()),
             "delayed": delayed,
             "limited": limited,
+            "laned": laned,
             "dead_letter": dead,
             "by_worker": inflight,
         }
@@ -589,16 +667,26 @@ class RedisLockFreeStateManager(StateManager):
         return [decode_dead_letter(raw) for raw in self.redis.lrange(keys.DEAD_LETTER, 0, stop)]
 
     def retry_dead_letters(self, entries: Sequence[dict[str, Any]]) -> int:
-        args: list[str] = []
+        args: list[object] = []
+        lanes = _Lanes()
         for entry in entries:
             fresh = requeueable_task(entry)
             if fresh is not None:
-                args.extend((entry["raw"], fresh))
+                partition_key = partition_key_of(fresh)
+                args.extend((entry["raw"], fresh, lanes.number(partition_key) if partition_key else 0))
         if not args:
             return 0
         return int(
             self._dlq_retry(
-                keys=[keys.DEAD_LETTER, keys.QUEUE, keys.TOTAL_WORK_CREATED, keys.TOTAL_DLQ_RETRIED], args=args
+                keys=[
+                    keys.DEAD_LETTER,
+                    keys.QUEUE,
+                    keys.TOTAL_WORK_CREATED,
+                    keys.TOTAL_DLQ_RETRIED,
+                    keys.LANE_WAITING,
+                    *lanes.keys,
+                ],
+                args=args,
             )
         )
 

@@ -280,3 +280,31 @@ def test_audit_is_exact_while_workers_settle(db_path):
         while orch.pending():
             audits.append(orch.audit())
         assert audits and all(a["ok"] for a in audits), [a["checks"] for a in audits if not a["ok"]][:1]
+
+
+def test_a_partition_key_runs_one_task_at_a_time_in_order(manager):
+    """Keyed tasks wait in their lane: one per key is claimable; settling it releases the next."""
+    a1, a2 = (Task(name="tests.add", args=(i, 0), partition_key="repo-a").to_json() for i in (1, 2))
+    b1 = Task(name="tests.add", args=(9, 0), partition_key="repo-b").to_json()
+    manager.submit([a1, a2, b1])
+    assert manager.queue_depths()["laned"] == 1
+    epoch = manager.register_worker("w1", pid=1, host="h")
+    claimed = manager.claim("w1", epoch, 16)
+    assert claimed == [a1, b1]  # a2 waits behind a1
+    assert manager.claim("w1", epoch, 16) == []
+    manager.settle("w1", epoch, [_ok(a1)])
+    assert manager.claim("w1", epoch, 16) == [a2]
+    manager.settle("w1", epoch, [_ok(b1), _ok(a2)])
+    assert manager.queue_depths()["laned"] == 0 and manager.audit()["ok"]
+
+
+def test_a_reclaimed_keyed_task_keeps_its_place(manager):
+    """A keyed task returned by a takeover still runs before the key's later tasks."""
+    a1, a2 = (Task(name="tests.add", args=(i, 0), partition_key="k").to_json() for i in (1, 2))
+    manager.submit([a1, a2])
+    epoch = manager.register_worker("w1", pid=1, host="h")
+    assert manager.claim("w1", epoch, 16) == [a1]
+    manager.reclaim("w1", max_crashes=3)
+    other = manager.register_worker("w2", pid=1, host="h")
+    (again,) = manager.claim("w2", other, 16)
+    assert Task.from_json(again).args == (1, 0)  # a1 again (crash count raised), not a2
