@@ -336,6 +336,10 @@ def measure(
     enqueue(ctx.warmup, ctx.tasks)
     enqueued = time.perf_counter()
     finished = wait_until(done, base + ctx.tasks, started + ctx.timeout_s, check)
+    time.sleep(4 * FLUSH_INTERVAL_S)  # untimed: let any late count arrive, then check the total
+    counted = done()
+    if counted != base + ctx.tasks:
+        raise PeerError(f"{counted} tasks counted done, expected exactly {base + ctx.tasks}")
     return Measurement(tasks=ctx.tasks, elapsed_s=finished - started, enqueue_s=enqueued - started)
 
 
