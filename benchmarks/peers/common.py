@@ -142,11 +142,11 @@ def socket_path(url: str) -> str:
 
 
 # -- worker processes ------------------------------------------------------------------------
-def _process_table() -> dict[int, tuple[int, int]]:
-    """``{pid: (ppid, start time)}`` of every process, from /proc."""
-    table = {}
+def _session_members(session: int) -> list[int]:
+    """Live (not zombie) processes of session ``session`` other than its leader, from /proc."""
+    members = []
     for name in os.listdir("/proc"):
-        if not name.isdigit():
+        if not name.isdigit() or int(name) == session:
             continue
         try:
             with open(f"/proc/{name}/stat", encoding="utf-8", errors="replace") as handle:
@@ -154,36 +154,25 @@ def _process_table() -> dict[int, tuple[int, int]]:
         except OSError:
             continue
         fields = text[text.rfind(")") + 2:].split()  # the command name may hold spaces
-        table[int(name)] = (int(fields[1]), int(fields[19]))
-    return table
-
-
-def _descendants(root: int) -> set[tuple[int, int]]:
-    """``(pid, start time)`` of every process below ``root``."""
-    table = _process_table()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _start) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found, stack = set(), [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.add((child, table[child][1]))
-            stack.append(child)
-    return found
-
-
-def _still_running(pid: int, start: int) -> bool:
-    entry = _process_table().get(pid)
-    return entry is not None and entry[1] == start  # same pid and start time: not a reused pid
+        if fields[0] != "Z" and int(fields[3]) == session:
+            members.append(int(name))
+    return members
 
 
 class WorkerProcesses:
-    """A peer's worker command, run in a session (process group) of its own.
+    """A peer's worker command, run in a session of its own, ended by PID.
 
-    On exit it sends ``stop_signal`` to the group, waits ``STOP_GRACE_S`` for a warm
-    stop, then SIGKILLs the group and, by PID, any descendant that left it (RQ's
-    forked work horses call ``setpgrp``). The command dies with the runner
-    (``PR_SET_PDEATHSIG``). Output goes to ``log_path``.
+    The command is started with ``setsid``, so it and everything it starts share a
+    session id equal to its PID, even processes that leave its process group (RQ's
+    forked work horses call ``setpgrp``) or are orphaned. The leader is never reaped
+    before its session is empty: while it is at least a zombie its PID cannot be
+    reused, so the session id names only processes we started. On exit: ``stop_signal``
+    to the leader (each peer's main process stops its own workers; signalling the
+    whole group at once left RQ's worker-pool waiting on one worker until the SIGKILL,
+    seemingly a replacement it started for a worker that had exited first),
+    ``STOP_GRACE_S`` to finish, then SIGKILL to the group and to every
+    remaining session member by PID. The command also dies with the
+    runner (``PR_SET_PDEATHSIG``). Output goes to ``log_path``.
     """
 
     def __init__(self, argv: list[str], url: str, log_path: str, stop_signal: int = signal.SIGTERM) -> None:
@@ -192,7 +181,6 @@ class WorkerProcesses:
         self.log_path = log_path
         self.stop_signal = stop_signal
         self.process: subprocess.Popen | None = None
-        self._seen: set[tuple[int, int]] = set()
 
     def __enter__(self) -> "WorkerProcesses":
         with open(self.log_path, "ab") as log:
@@ -211,34 +199,51 @@ class WorkerProcesses:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    def _exit_status(self) -> int | None:
+        """The leader's exit status if it has exited, without reaping it (``WNOWAIT``)."""
+        assert self.process is not None
+        try:
+            status = os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return -1
+        return None if status is None else status.si_status
+
     def check(self) -> None:
-        """Raise PeerError if the worker command has exited (cheap: one ``waitpid``)."""
-        if self.process is not None and self.process.poll() is not None:
-            message = f"{' '.join(self.argv[1:4])} exited with code {self.process.returncode}:\n{self.log_tail()}"
+        """Raise PeerError if the worker command has exited (cheap: one ``waitid``)."""
+        if self.process is None:
+            return
+        status = self._exit_status()
+        if status is not None:
+            message = f"{' '.join(self.argv[1:4])} exited (status {status}):\n{self.log_tail()}"
             raise PeerError(message)
 
     def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None:
+        if self.process is None:
             return
-        if process.poll() is None:
-            self._seen |= _descendants(process.pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, self.stop_signal)
-            deadline = time.monotonic() + STOP_GRACE_S
-            while process.poll() is None and time.monotonic() < deadline:
-                self._seen |= _descendants(process.pid)
-                time.sleep(0.05)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # group members that outlived the leader
-        for pid, start in self._seen:
-            if _still_running(pid, start):
+        pid = self.process.pid
+        try:
+            if self._exit_status() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        self._seen.clear()
+                    os.kill(pid, self.stop_signal)  # the leader stops its own children, as a service manager would
+                deadline = time.monotonic() + STOP_GRACE_S
+                while self._exit_status() is None and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            deadline = time.monotonic() + STOP_GRACE_S
+            while time.monotonic() < deadline:
+                members = _session_members(pid)
+                leader_running = self._exit_status() is None
+                if not members and not leader_running:
+                    break
+                if leader_running:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
+                for member in members:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(member, signal.SIGKILL)
+                time.sleep(0.05)
+        finally:
+            self.process.wait()  # reaped last: only now may its PID be reused
+            self.process = None
 
     def log_tail(self, lines: int = 20) -> str:
         try:
