@@ -5,8 +5,13 @@ import json
 import os
 import subprocess
 import sys
+import time
+
+import psutil
+import pytest
 
 from benchmarks.peers import run
+from benchmarks.peers.common import PeerError, WorkerProcesses, wait_until
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -47,3 +52,41 @@ def test_unknown_peer_name_is_a_usage_error():
     done = run_peers("--only", "nope")
     assert done.returncode == 2
     assert "unknown peer(s) nope" in done.stderr and "orchestrator_mp" in done.stderr
+
+
+ESCAPING_CHILD = """
+import os, signal, sys, time
+if os.fork() == 0:
+    os.setpgrp()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with open(sys.argv[1] + ".tmp", "w") as handle:
+        handle.write(str(os.getpid()))
+    os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+    time.sleep(60)
+    os._exit(0)
+time.sleep(60)
+"""
+
+
+def test_worker_processes_end_a_descendant_that_left_the_group(tmp_path):
+    """WorkerProcesses ends its command and a descendant that left its process group and ignores SIGTERM."""
+    pid_file = tmp_path / "escaped.pid"
+    argv = [sys.executable, "-c", ESCAPING_CHILD, str(pid_file)]
+    with WorkerProcesses(argv, "unix:///unused", str(tmp_path / "log")) as workers:
+        deadline = time.monotonic() + 10
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        escaped = psutil.Process(int(pid_file.read_text()))
+        workers.check()  # still running: no error
+    deadline = time.monotonic() + 5  # killed by PID on exit; reaped by whoever adopted it
+    while escaped.is_running() and escaped.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not escaped.is_running() or escaped.status() == psutil.STATUS_ZOMBIE
+
+
+def test_worker_processes_report_an_exited_command(tmp_path):
+    """check() raises PeerError, with the exit status and the log's tail, once the command has exited."""
+    argv = [sys.executable, "-c", "print('broken broker URL'); raise SystemExit(3)"]
+    with WorkerProcesses(argv, "unix:///unused", str(tmp_path / "log")) as workers:
+        with pytest.raises(PeerError, match=r"status 3\)(.|\n)*broken broker URL"):
+            wait_until(lambda: 0, 1, time.perf_counter() + 10, workers.check)
