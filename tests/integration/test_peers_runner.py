@@ -79,9 +79,16 @@ def test_worker_processes_end_a_descendant_that_left_the_group(tmp_path):
         escaped = psutil.Process(int(pid_file.read_text()))
         workers.check()  # still running: no error
     deadline = time.monotonic() + 5  # killed by PID on exit; reaped by whoever adopted it
-    while escaped.is_running() and escaped.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+    while not _gone(escaped) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not escaped.is_running() or escaped.status() == psutil.STATUS_ZOMBIE
+    assert _gone(escaped)
+
+
+def _gone(process: psutil.Process) -> bool:
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def test_worker_processes_report_an_exited_command(tmp_path):
