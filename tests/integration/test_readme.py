@@ -46,6 +46,9 @@ FINITE_TIMEOUT_S = 180
 NOT_RUN = {
     "pip install -e '.[test]' && pytest": "the suite cannot run itself; .ci/run runs exactly this line",
     "tox -e tests | tox -e faults | tox -e bench": "tox is not a test dependency; tox.ini must define the three",
+    "pip install -e '.[peers]'": "the peer packages are an optional extra CI does not install; setup.cfg must define it",
+    "python -m benchmarks.peers": "the full run takes about 20 minutes; `--list` runs here, and "
+    "tests/integration/test_peers_runner.py runs it on a small workload",
 }
 SKIPPED_PREFIXES = ("pip install -e . && ",)
 SUBSTITUTIONS = (
@@ -153,6 +156,15 @@ def _check_not_run(command: str) -> None:
         tox = (ROOT / "tox.ini").read_text()
         for env in re.findall(r"tox -e (\w+)", command):
             assert f"[testenv:{env}]" in tox, env
+    elif command == "pip install -e '.[peers]'":
+        extra = re.search(r"^peers =\n((?:[ \t]+\S.*\n)+)", (ROOT / "setup.cfg").read_text(), re.M)
+        assert extra, "setup.cfg must define the peers extra"
+        for package in ("celery[redis]", "rq", "dramatiq[redis]", "huey"):
+            assert package in extra.group(1), package
+    elif command == "python -m benchmarks.peers":
+        listed = subprocess.run([sys.executable, "-m", "benchmarks.peers", "--list"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        assert listed.returncode == 0 and "orchestrator_mp" in listed.stdout, listed.stderr
 
 
 def test_readme_keeps_its_first_two_lines():
