@@ -19,7 +19,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 
 import psutil
