@@ -1,0 +1,1 @@
+"""Benchmarks: not installed with the package; run them from the repository root."""

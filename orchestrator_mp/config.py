@@ -69,7 +69,8 @@ class Settings:
         state: which state manager implementation to use: ``lockfree`` (atomic Redis
             operations), ``locked`` (the lock-based baseline) or ``file`` (legacy
             files beside ``db_path``, no Redis server).
-        batch_size: most tasks a worker claims in one round trip when the queue is deep.
+        batch_size: most tasks a worker claims in one round trip when the queue is deep
+            (claims are sized to ~50 ms of work, so slow tasks come one or a few at a time).
         block_timeout_s: how long an idle worker blocks on an empty queue per call.
         completions_maxlen: approximate cap of ``work_completions`` and ``work_errors``.
         events_maxlen: approximate cap of the event, worker-event and metrics streams.
@@ -97,7 +98,7 @@ class Settings:
     redis_url: str | None = None
     workers: int = attrs.field(factory=default_workers, validator=_int_at_least(1))
     state: str = attrs.field(default="lockfree", validator=_one_of(STATE_KINDS))
-    batch_size: int = attrs.field(default=16, validator=_int_at_least(1))
+    batch_size: int = attrs.field(default=256, validator=_int_at_least(1))
     block_timeout_s: float = attrs.field(default=0.2, validator=_positive_number)
     completions_maxlen: int = attrs.field(default=200_000, validator=_int_at_least(1))
     events_maxlen: int = attrs.field(default=20_000, validator=_int_at_least(1))

@@ -6,6 +6,8 @@ URL, never a client, and call :func:`create_client` after the fork.
 """
 from __future__ import annotations
 
+import os
+
 import redis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
@@ -15,6 +17,9 @@ from .exceptions import BackendUnavailable
 # Patient clients ride over a server restart (the supervisor restarts a dead
 # embedded server within ~0.1 s, loading its AOF may take longer): about 15 s.
 PATIENT_RETRY = dict(backoff_base_s=0.01, backoff_cap_s=0.5, attempts=40)
+
+
+PASSWORD_ENV = "ORCHESTRATOR_MP_REDIS_PASSWORD"
 
 
 def create_client(url: str, *, retries: bool = True, **options: object) -> redis.Redis:
@@ -27,6 +32,9 @@ def create_client(url: str, *, retries: bool = True, **options: object) -> redis
     sit in retries while the server it should restart is dead.
     """
     options.setdefault("decode_responses", True)
+    password = os.environ.get(PASSWORD_ENV)
+    if password and "@" not in url.partition("://")[2]:
+        options.setdefault("password", password)  # kept out of the URL, so out of logs too
     if retries:
         backoff = ExponentialWithJitterBackoff(
             base=PATIENT_RETRY["backoff_base_s"], cap=PATIENT_RETRY["backoff_cap_s"]

@@ -47,6 +47,17 @@ COUNTERS = (
 QUEUE = "queue:pending"  # list: JSON tasks; LPUSH to submit, claimed from the right
 DEAD_LETTER = "queue:dead_letter"  # list: JSON {task, category, message, ...}
 DELAYED = "queue:delayed"  # sorted set: JSON tasks scored by the time they become due
+LANE_WAITING = "queue:lane_waiting"  # string gauge: keyed tasks waiting behind their predecessors
+
+
+def lane_key(partition_key: str) -> str:
+    """List: tasks of one partition key waiting (in order) for their predecessor to finish."""
+    return f"lane:{partition_key}"
+
+
+def lane_owner_key(partition_key: str) -> str:
+    """String: set while one task of the key is queued, in flight or waiting for a retry."""
+    return f"lane:{partition_key}:busy"
 
 
 def result_key(task_id: str) -> str:

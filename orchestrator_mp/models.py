@@ -29,6 +29,18 @@ ERROR_CATEGORIES = (TASK_ERROR, UNKNOWN_TASK, BAD_PAYLOAD, BAD_RESULT, POISON, T
 OWN_FAILURES = frozenset({TASK_ERROR, BAD_RESULT, TIMEOUT})
 
 
+def partition_key_of(raw: str) -> str | None:
+    """The partition key of a raw task, decoding only entries that may have one."""
+    if '"key":' not in raw:
+        return None
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    key = body.get("key") if isinstance(body, dict) else None
+    return key if isinstance(key, str) else None
+
+
 def new_task_id() -> str:
     return uuid.uuid4().hex
 
@@ -36,6 +48,24 @@ def new_task_id() -> str:
 def dumps(value: Any) -> str:
     """Compact, strict JSON (no NaN), the only encoding used on the wire."""
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+_REQUIRED = {"id": str, "name": str, "args": list, "kwargs": dict, "ts": (int, float), "crashes": int}
+_OPTIONAL = {"retries": int, "max_retries": int, "time_limit": (int, float), "result": bool, "key": str}
+
+
+def _shape_error(body: Any) -> str:
+    """Why a decoded entry is not a task (the slow path, for the error message)."""
+    if not isinstance(body, dict):
+        return f"expected a JSON object, got {type(body).__name__}"
+    for field in _REQUIRED:
+        if field not in body:
+            return f"missing field {field!r}"
+    for field, kind in {**_REQUIRED, **_OPTIONAL}.items():
+        value = body.get(field)
+        if field in body and (not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)):
+            return f"field {field!r} has type {type(value).__name__}"
+    return "unexpected task shape"
 
 
 @attrs.frozen(kw_only=True)
@@ -52,6 +82,7 @@ class Task:
     max_retries: int | None = None
     time_limit_s: float | None = None
     want_result: bool = False  # store the outcome under result:{id} for handles and futures
+    partition_key: str | None = None  # tasks sharing a key run one at a time, in submission order
 
     def to_json(self) -> str:
         """Encode; raises PayloadError when the arguments are not JSON-serialisable."""
@@ -70,6 +101,8 @@ class Task:
             body["time_limit"] = self.time_limit_s
         if self.want_result:
             body["result"] = True
+        if self.partition_key is not None:
+            body["key"] = self.partition_key
         try:
             return dumps(body)
         except (TypeError, ValueError) as exc:
@@ -82,35 +115,38 @@ class Task:
             body = json.loads(raw)
         except (TypeError, ValueError) as exc:
             raise PayloadError(raw, f"not JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise PayloadError(raw, f"expected a JSON object, got {type(body).__name__}")
-        expected = {
-            "id": str,
-            "name": str,
-            "args": list,
-            "kwargs": dict,
-            "ts": (int, float),
-            "crashes": int,
-        }
-        optional = {"retries": int, "max_retries": int, "time_limit": (int, float), "result": bool}
-        for field in expected:
-            if field not in body:
-                raise PayloadError(raw, f"missing field {field!r}")
-        for field, kind in {**expected, **optional}.items():
-            if field in body and (not isinstance(body[field], kind) or (isinstance(body[field], bool) and kind is not bool)):
-                raise PayloadError(raw, f"field {field!r} has type {type(body[field]).__name__}")
-        return cls(
-            name=body["name"],
-            args=tuple(body["args"]),
-            kwargs=body["kwargs"],
-            id=body["id"],
-            submitted_at=float(body["ts"]),
-            crashes=body["crashes"],
-            retries=body.get("retries", 0),
-            max_retries=body.get("max_retries"),
-            time_limit_s=body.get("time_limit"),
-            want_result=body.get("result", False),
-        )
+        # Fast path (every well-formed task): exact types, checked in one expression.
+        if (
+            type(body) is dict
+            and type(body.get("id")) is str
+            and type(body.get("name")) is str
+            and type(body.get("args")) is list
+            and type(body.get("kwargs")) is dict
+            and type(body.get("crashes")) is int
+            and type(body.get("ts")) in (float, int)
+            and type(body.get("retries", 0)) is int
+            and type(body.get("key", "")) is str
+        ):
+            max_retries, time_limit, want = body.get("max_retries"), body.get("time_limit"), body.get("result", False)
+            if (
+                (max_retries is None or type(max_retries) is int)
+                and (time_limit is None or type(time_limit) in (int, float))
+                and type(want) is bool
+            ):
+                return cls(
+                    name=body["name"],
+                    args=tuple(body["args"]),
+                    kwargs=body["kwargs"],
+                    id=body["id"],
+                    submitted_at=float(body["ts"]),
+                    crashes=body["crashes"],
+                    retries=body.get("retries", 0),
+                    max_retries=max_retries,
+                    time_limit_s=time_limit,
+                    want_result=want,
+                    partition_key=body.get("key"),
+                )
+        raise PayloadError(raw, _shape_error(body))
 
     def for_retry(self) -> "Task":
         """The same task, one failure further (crash count kept)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
 import socket
 import time
 from typing import Any, Callable, Iterable, Iterator
@@ -51,6 +52,7 @@ from .supervisor import Supervisor
 from .worker import Worker
 
 POLL_INTERVAL_S = 0.02
+PARTITION_KEY = re.compile(r"[A-Za-z0-9_.:/@+-]{1,200}")
 
 
 def _task_name(task: str | Callable[..., Any]) -> str:
@@ -122,7 +124,7 @@ class ContinuousOrchestrator:
         try:
             self._start_backend()
             self.state = create_state_manager(self.settings, self.url)
-            recover_stale_partitions(self.state, self.settings)
+            recover_stale_partitions(self.state, self.settings, exclusive=self.server is not None)
             if self.enable_parallel:
                 # The supervisor's own manager fails fast: it must never sit in
                 # client retries while the server it should restart is dead.
@@ -244,10 +246,16 @@ class ContinuousOrchestrator:
         at: float | datetime.datetime | None = None,
         max_retries: int | None = None,
         time_limit_s: float | None = None,
+        partition_key: str | None = None,
         result: bool = True,
     ) -> TaskHandle:
         """Queue one task with options: run it ``delay_s`` seconds from now or ``at`` a
         time (epoch seconds or an aware datetime), with its own retry and time limits.
+
+        Tasks sharing a ``partition_key`` (say, a repository name) run one at a time,
+        in submission order, while other keys run in parallel; the order holds when
+        workers die or join (a key's next task is released only by the step that
+        settles its predecessor). Keys are 1-200 characters of ``A-Z a-z 0-9 _ . : / @ + -``.
 
         A delayed task waits in a sorted set and is moved to the queue atomically when
         due by whichever process claims next (workers, every ~0.1-0.2 s, and the
@@ -262,7 +270,7 @@ class ContinuousOrchestrator:
             due = at.timestamp() if isinstance(at, datetime.datetime) else float(at)
         ids, _ = self.submit_raw(
             task, [(tuple(args), dict(kwargs or {}))], results=result, due_at=due,
-            max_retries=max_retries, time_limit_s=time_limit_s,
+            max_retries=max_retries, time_limit_s=time_limit_s, partition_key=partition_key,
         )
         return TaskHandle(self.state, ids[0])
 
@@ -275,10 +283,18 @@ class ContinuousOrchestrator:
         due_at: float | None = None,
         max_retries: int | None = None,
         time_limit_s: float | None = None,
+        partition_key: str | None = None,
     ) -> tuple[list[str], list[str]]:
-        """Like :meth:`submit_many`, returning ids and the queued JSON (for cancelling)."""
+        """Like :meth:`submit_many`, returning ids and the queued JSON (for cancelling).
+
+        With ``partition_key`` the calls run one at a time, in this order (see submit_with).
+        """
         state = self._require_running()
         name = self._checked_name(task)
+        if partition_key is not None and not PARTITION_KEY.fullmatch(partition_key):
+            raise ConfigurationError(
+                f"partition_key must be 1-200 characters of A-Z a-z 0-9 _ . : / @ + -, got {partition_key!r}"
+            )
         raws, ids = [], []
         for call in calls:
             args, kwargs = _split_call(call)
@@ -289,6 +305,7 @@ class ContinuousOrchestrator:
                 want_result=results,
                 max_retries=max_retries,
                 time_limit_s=time_limit_s,
+                partition_key=partition_key,
             )
             raws.append(self._encode(entry))
             ids.append(entry.id)
@@ -322,7 +339,7 @@ class ContinuousOrchestrator:
     def pending(self) -> int:
         """Tasks queued, in flight, or waiting for a retry right now."""
         depths = self._require_running().queue_depths()
-        return depths["pending"] + depths["inflight"] + depths["delayed"] + depths.get("limited", 0)
+        return sum(depths.get(part, 0) for part in ("pending", "inflight", "delayed", "limited", "laned"))
 
     def wait(self, timeout: float | None = None, progress: Callable[[dict[str, int]], None] | None = None) -> bool:
         """Block until the queue, every in-flight list and the delayed set are empty.
@@ -337,8 +354,7 @@ class ContinuousOrchestrator:
         while True:
             if self._local_worker is not None:
                 self._local_worker.run_batch(block=False)
-            if self.supervisor is not None and self.supervisor.failure is not None:
-                raise self.supervisor.failure
+            self.check_health()
             if progress is not None and time.monotonic() >= next_progress:
                 progress(self.counters())
                 next_progress = time.monotonic() + 0.5
@@ -348,6 +364,11 @@ class ContinuousOrchestrator:
                 return False
             if self._local_worker is None:
                 time.sleep(POLL_INTERVAL_S)
+
+    def check_health(self) -> None:
+        """Raise WorkerDied if workers keep dying at start-up (a crash loop)."""
+        if self.supervisor is not None and self.supervisor.failure is not None:
+            raise self.supervisor.failure
 
     def counters(self) -> dict[str, int]:
         """The global counters (``total_work_created``, ``total_work_completed``, ...)."""

@@ -52,21 +52,27 @@ def reclaim_worker(
     return result
 
 
-def recover_stale_partitions(state: StateManager, settings: Settings, live: Iterable[str] = ()) -> int:
-    """At start-up, take over every partition whose owner is not in ``live``.
+def recover_stale_partitions(state: StateManager, settings: Settings, *, exclusive: bool) -> int:
+    """At start-up, take over the partitions whose owners are gone.
 
-    With the embedded server the database lock guarantees no other orchestrator is
-    running, so every registered worker is a leftover of a crashed run. Returns how
-    many tasks were requeued.
+    ``exclusive`` (the embedded server, whose database lock guarantees no other
+    orchestrator runs): every registered worker is a leftover of a crashed run. On a
+    shared, external server other hosts' workers may be alive: only partitions whose
+    lease lapsed, or that hold work with no registered owner, are taken over.
+    Returns how many tasks were requeued.
     """
-    live = set(live)
+    active = state.active_workers()
     depths = state.queue_depths()["by_worker"]
-    stale = (state.active_workers() | {w for w, n in depths.items() if n}) - live
-    requeued = 0
-    for worker_id in sorted(stale):
-        requeued += reclaim_worker(state, worker_id, settings, reason="stale").requeued  # type: ignore[union-attr]
-    if stale:
-        logger.info("start-up recovery: {} stale partition(s), {} task(s) requeued", len(stale), requeued)
+    orphaned = {w for w, n in depths.items() if n} - active
+    requeued, taken = 0, 0
+    for worker_id in sorted(active | orphaned):
+        only_if_expired = not exclusive and worker_id in active
+        result = reclaim_worker(state, worker_id, settings, reason="stale", only_if_expired=only_if_expired)
+        if result is not None:
+            taken += 1
+            requeued += result.requeued
+    if taken:
+        logger.info("start-up recovery: {} stale partition(s), {} task(s) requeued", taken, requeued)
     return requeued
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import time
+from typing import Any
 
 from .config import Settings
 from .exceptions import UnknownTaskError
@@ -18,26 +19,26 @@ from .registry import get_spec
 RETRYABLE = frozenset({TASK_ERROR, TIMEOUT})
 
 
-def max_retries_for(task: Task, settings: Settings) -> int:
-    """The task's own limit, else its registration's, else the default."""
-    if task.max_retries is not None:
-        return task.max_retries
+def _policy(task: Task, settings: Settings, field: str) -> Any:
+    """A policy value: the task's own, else its registration's, else the Settings default."""
+    own = getattr(task, field)
+    if own is not None:
+        return own
     try:
-        spec = get_spec(task.name)
+        registered = getattr(get_spec(task.name), field)
     except UnknownTaskError:
-        return settings.max_retries
-    return spec.max_retries if spec.max_retries is not None else settings.max_retries
+        registered = None
+    return registered if registered is not None else getattr(settings, field)
+
+
+def max_retries_for(task: Task, settings: Settings) -> int:
+    """Failures of this task retried before it is dead-lettered."""
+    return _policy(task, settings, "max_retries")
 
 
 def time_limit_for(task: Task, settings: Settings) -> float | None:
-    """The task's own time limit, else its registration's, else the default (or None)."""
-    if task.time_limit_s is not None:
-        return task.time_limit_s
-    try:
-        spec = get_spec(task.name)
-    except UnknownTaskError:
-        return settings.time_limit_s
-    return spec.time_limit_s if spec.time_limit_s is not None else settings.time_limit_s
+    """This task's time limit in seconds (None: none)."""
+    return _policy(task, settings, "time_limit_s")
 
 
 def backoff_delay(retries: int, settings: Settings, rng: random.Random | None = None) -> float:

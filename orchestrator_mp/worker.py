@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import os
 import signal
 import socket
@@ -60,10 +61,17 @@ EXIT_BACKEND_LOST = 5
 # Settle at least this often while a batch of slow tasks runs, so progress and
 # accounting never lag far behind the work.
 SETTLE_INTERVAL_S = 0.1
+# Claims are sized so one batch takes about this long: fast tasks come in big batches
+# (few round trips), slow ones one or a few at a time (no worker sits on a backlog
+# while others idle).
+TARGET_BATCH_S = 0.05
+FIRST_CLAIM = 16
 # How long a worker keeps trying to reach a vanished server before giving up.
 RECONNECT_TIMEOUT_S = 60.0
 
 T = TypeVar("T")
+
+_PLAIN_RESULTS = frozenset({type(None), bool, int, float, str})
 
 
 class Heartbeat:
@@ -132,6 +140,9 @@ class Worker:
         self._needs_resync = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._limits: RedisLimits | None = None
+        self._coroutine_names: dict[str, bool] = {}  # registry is fixed once forked
+        self._run_ms_average: float | None = None  # moving average of batch wall time per task
+        self._coroutine_batch = False  # the last batch held coroutine tasks
 
     # -- lifecycle ---------------------------------------------------------------------------
     def register(self) -> int:
@@ -183,13 +194,18 @@ class Worker:
         Returns the number of tasks claimed (0: the queue was empty). Raises Fenced.
         """
         claimed = self._call(self._claim, block)
+        if not claimed:
+            return 0
+        began = time.monotonic()
+        count = len(claimed)
         coroutines = [raw for raw in claimed if self._is_async(raw)]
         if coroutines:
             if self.should_stop():
                 self._call(self.state.release, self.worker_id, self.epoch, claimed)
-                return len(claimed)
+                return count
             self._settle(self._run_async_group(coroutines))
-            claimed = [raw for raw in claimed if raw not in set(coroutines)]
+            concurrent = set(coroutines)
+            claimed = [raw for raw in claimed if raw not in concurrent]
         outcomes: list[Outcome] = []
         last_settle = time.monotonic()
         for index, raw in enumerate(claimed):
@@ -208,7 +224,10 @@ class Worker:
                 outcomes = []
                 last_settle = time.monotonic()
         self._settle(outcomes)
-        return len(claimed)
+        self._coroutine_batch = bool(coroutines)
+        if not coroutines:
+            self._learn(time.monotonic() - began, count)
+        return count
 
     def _check_lease(self) -> None:
         """Before each task: if no heartbeat landed for a whole lease (this process was
@@ -229,12 +248,27 @@ class Worker:
                 released = self.state.release(self.worker_id, self.epoch, stranded)
                 logger.warning("resync after reconnect: {} stranded task(s) handed back", released)
             self._needs_resync = False
-        divisor = self.settings.workers
+        divisor, size = self.settings.workers, self.claim_size()
         if block:
-            return self.state.wait_claim(
-                self.worker_id, self.epoch, self.settings.batch_size, divisor, self.settings.block_timeout_s
-            )
-        return self.state.claim(self.worker_id, self.epoch, self.settings.batch_size, divisor)
+            return self.state.wait_claim(self.worker_id, self.epoch, size, divisor, self.settings.block_timeout_s)
+        return self.state.claim(self.worker_id, self.epoch, size, divisor)
+
+    def claim_size(self) -> int:
+        """How many tasks to claim next: about TARGET_BATCH_S of work, at most batch_size."""
+        if self._coroutine_batch:
+            # Coroutines overlap: claim as many as may run at once.
+            return min(self.settings.batch_size, max(FIRST_CLAIM, self.settings.async_concurrency))
+        if self._run_ms_average is None:
+            return min(self.settings.batch_size, FIRST_CLAIM)  # slow start: nothing learned yet
+        fitting = int(TARGET_BATCH_S * 1000.0 / max(self._run_ms_average, 0.001))
+        return max(1, min(self.settings.batch_size, fitting))
+
+    def _learn(self, seconds: float, count: int) -> None:
+        """Track the wall time per task of whole batches (coroutines overlap, so their
+        per-task share is what counts, not their individual run time)."""
+        average = seconds * 1000.0 / count
+        previous = self._run_ms_average
+        self._run_ms_average = average if previous is None else 0.5 * previous + 0.5 * average
 
     def _settle(self, outcomes: list[Outcome]) -> None:
         if not outcomes:
@@ -314,10 +348,14 @@ class Worker:
         if name_start < 0:
             return False
         name = raw[name_start + 8 : raw.find('"', name_start + 8)]
-        try:
-            return inspect.iscoroutinefunction(get_task(name))
-        except UnknownTaskError:
-            return False
+        known = self._coroutine_names.get(name)
+        if known is None:
+            try:
+                known = inspect.iscoroutinefunction(get_task(name))
+            except UnknownTaskError:
+                known = False
+            self._coroutine_names[name] = known
+        return known
 
     def _run_async_group(self, raws: list[str]) -> list[Outcome]:
         """Run coroutine tasks concurrently on this worker's event loop (at most
@@ -354,7 +392,14 @@ class Worker:
         """The outcome of a run that returned: done, or bad_result if it cannot be stored."""
         run_ms = (time.time() - started) * 1000.0
         try:
-            result_json = dumps(result)
+            # Every result must be JSON (so results behave the same whether stored or
+            # not); the common scalars need no encoding to know it.
+            if task.want_result or type(result) not in _PLAIN_RESULTS:
+                result_json = dumps(result)
+            elif type(result) is float and not math.isfinite(result):
+                raise ValueError(f"{result!r} is not JSON")
+            else:
+                result_json = ""
         except (TypeError, ValueError) as exc:
             message = f"result of type {type(result).__name__} is not JSON-serialisable: {exc}"
             return failure(raw, task, BAD_RESULT, message, self.settings, wait_ms=wait_ms, run_ms=run_ms)

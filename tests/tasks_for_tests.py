@@ -129,3 +129,16 @@ def capped_crash(marker_dir, key):
         time.sleep(0.2)
         os._exit(1)
     return key
+
+
+@task(name="tests.ordered")
+def ordered(path, key, seq, ms):
+    """Record the start and end of each run (one O_APPEND line each: atomic)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"start {key} {seq} {time.time():.6f} {os.getpid()}\n".encode())
+        time.sleep(ms / 1000.0)
+        os.write(fd, f"end {key} {seq} {time.time():.6f} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+    return seq

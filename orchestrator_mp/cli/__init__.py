@@ -1,6 +1,7 @@
 """Command line: parse arguments, build Settings, call the library, return an exit code.
 
     python -m orchestrator_mp run [--workers N] [--db PATH] [--demo COUNT] [--json] ...
+    python -m orchestrator_mp worker [--redis-url URL | --db PATH] [--workers N]
     python -m orchestrator_mp enqueue TASK [--args JSON] [--kwargs JSON] [--db PATH]
     python -m orchestrator_mp status [--db PATH] [--json] [--watch]
     python -m orchestrator_mp monitor [--db PATH] [--stream NAME] [--worker ID] [--since WHEN] [--json]
@@ -27,7 +28,18 @@ from ..exceptions import (
     TaskError,
     WorkerDied,
 )
-from . import bench, dlq, enqueue, metrics, monitor, redis_cli, result, run, status
+from . import (
+    bench,
+    dlq,
+    enqueue,
+    metrics,
+    monitor,
+    redis_cli,
+    result,
+    run,
+    status,
+    worker,
+)
 from .common import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -37,7 +49,7 @@ from .common import (
     say,
 )
 
-COMMANDS = (run, enqueue, status, result, dlq, monitor, metrics, redis_cli, bench)
+COMMANDS = (run, worker, enqueue, status, result, dlq, monitor, metrics, redis_cli, bench)
 
 # Library errors mapped to the exit code the CLI returns for them (first match wins).
 EXIT_CODES: tuple[tuple[type[OrchestratorError], int], ...] = (

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import signal
 import sys
 from typing import Any
 
 from ..config import Settings
+from ..exceptions import ConfigurationError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the run finished but not every task completed
@@ -113,3 +115,26 @@ class Signals:
         signal.signal(signal.SIGTERM, self.handle)
 
 
+
+
+def add_worker_options(parser: argparse.ArgumentParser) -> None:
+    """Options of every command that starts workers (``run``, ``worker``)."""
+    parser.add_argument("--workers", type=positive_int, default=None, metavar="N", help="worker processes (default: CPUs)")
+    parser.add_argument("--batch", type=positive_int, default=None, metavar="K", help="most tasks claimed per round trip")
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first, to register its tasks (repeatable)",
+    )
+
+
+def import_task_modules(modules: list[str]) -> None:
+    """Import the ``--import`` modules, so their ``@task`` registrations exist before workers fork."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigurationError(f"--import {module}: {exc}") from None

@@ -7,7 +7,6 @@ final report on stdout.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import shlex
 import time
@@ -16,7 +15,6 @@ from typing import Any
 from .. import __version__, keys
 from ..config import STATE_KINDS, default_workers
 from ..demo import DEMO_TASK
-from ..exceptions import ConfigurationError
 from ..log import configure as configure_logging
 from ..orchestrator import ContinuousOrchestrator
 from ..state import state_dir_for
@@ -27,10 +25,11 @@ from .common import (
     SUBMIT_CHUNK,
     Signals,
     add_common_options,
+    add_worker_options,
+    import_task_modules,
     non_negative_float,
     non_negative_int,
     positive_float,
-    positive_int,
     rate,
     say,
     settings_from,
@@ -41,25 +40,16 @@ from .progress import Display, Sampler, make_display
 def add_parser(commands: Any) -> None:
     run = commands.add_parser("run", help="start the server and workers; run a demo or serve the queue")
     add_common_options(run)
-    run.add_argument("--workers", type=positive_int, default=None, metavar="N", help="worker processes (default: CPUs)")
+    add_worker_options(run)
     run.add_argument("--demo", type=non_negative_int, metavar="COUNT", help="submit COUNT demo tasks, exit when done")
     run.add_argument("--demo-ms", type=non_negative_float, default=0.0, metavar="MS", help="demo task sleep (ms)")
     run.add_argument("--demo-fail-rate", type=rate, default=0.0, metavar="P", help="share of demo tasks that fail")
-    run.add_argument("--batch", type=positive_int, default=None, metavar="K", help="most tasks claimed per round trip")
     run.add_argument("--durability", choices=("fast", "strict"), default=None, help="appendfsync everysec | always")
     run.add_argument(
         "--state",
         choices=STATE_KINDS,
         default=None,
         help="state manager: lockfree (default), locked (lock-based baseline), file (legacy files, no server)",
-    )
-    run.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="import MODULE first, to register its tasks (repeatable)",
     )
     run.add_argument(
         "--progress-interval",
@@ -82,11 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         state=args.state,
     )
     configure_logging(settings.log_level if not args.json else "WARNING", settings.log_json)
-    for module in args.imports:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise ConfigurationError(f"--import {module}: {exc}") from None
+    import_task_modules(args.imports)
     signals = Signals()
     signals.install()
     orch = ContinuousOrchestrator(settings=settings)
@@ -119,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     display.update(sampler.sample())
                 drained = _wait_for_demo(orch, signals, sampler, display)
             else:
-                _serve(orch, signals, Sampler(orch, before, None), display, quiet=args.json)
+                serve(orch, signals, Sampler(orch, before, None), display, quiet=args.json)
                 drained = orch.pending() == 0
         finally:
             display.close()
@@ -148,11 +134,13 @@ def _wait_for_demo(orch: ContinuousOrchestrator, signals: Signals, sampler: Samp
     return False
 
 
-def _serve(orch: ContinuousOrchestrator, signals: Signals, sampler: Sampler, display: Display, quiet: bool) -> None:
+def serve(orch: ContinuousOrchestrator, signals: Signals, sampler: Sampler, display: Display, quiet: bool) -> None:
+    """Serve the queue until a signal (or until workers keep dying: WorkerDied)."""
     if not quiet:
         say("serving the queue; Ctrl-C to stop")
     while not signals.count:
         time.sleep(0.25)
+        orch.check_health()
         display.update(sampler.sample())
 
 

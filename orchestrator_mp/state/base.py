@@ -412,7 +412,9 @@ class StateManager(abc.ABC):
         completed = counters[keys.TOTAL_WORK_COMPLETED]
         failed = counters[keys.TOTAL_ERRORS]
         dead = counters[keys.TOTAL_DEAD_LETTERED]
-        waiting = depths["pending"] + depths["inflight"] + depths["delayed"] + depths.get("limited", 0)
+        waiting = (
+            depths["pending"] + depths["inflight"] + depths["delayed"] + depths.get("limited", 0) + depths.get("laned", 0)
+        )
         checks = {
             "completed_equals_worker_sum": completed == sum(w["completed"] for w in per_worker.values()),
             "errors_equal_worker_sum": failed == sum(w["errors"] for w in per_worker.values()),

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 
 from .. import keys
 from ..exceptions import ConfigurationError
-from ..models import BAD_PAYLOAD, POISON, Outcome
+from ..models import BAD_PAYLOAD, POISON, Outcome, partition_key_of
 from .base import StateManager, requeueable_task
 
 RESERVED_FIELDS = frozenset({"version", "epoch"})
@@ -146,6 +146,7 @@ class MirroredStateManager(StateManager):
     lock-based baseline, the file fallback): their settings and the calls that only
     shape arguments. Rate limits and concurrency caps are not supported (``limits()``
     is None): a limited task fails with a clear message instead of running unlimited.
+    Neither are partition keys (per-key ordering): submitting a keyed task raises.
 
     Args:
         completions_maxlen: approximate cap of ``work_completions`` / ``work_errors``.
@@ -165,6 +166,13 @@ class MirroredStateManager(StateManager):
         self.worker_lease_ms = max(1, int(worker_lease_s * 1000))
         self.result_ttl_s = result_ttl_s
         self.result_ttl_ms = max(1, int(result_ttl_s * 1000))
+
+    def refuse_partition_keys(self, raw_tasks: Sequence[str]) -> None:
+        """Per-key ordering lives in the lock-free scripts only: say so, never run keyed
+        tasks unordered."""
+        if any(partition_key_of(raw) is not None for raw in raw_tasks):
+            message = f"partition keys (per-key ordering) need the lock-free state, not {self.kind!r}"
+            raise ConfigurationError(message)
 
     def maxlen(self, stream: str) -> int:
         """The approximate cap of ``stream``."""

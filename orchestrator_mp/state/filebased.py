@@ -278,6 +278,7 @@ class FileStateManager(MirroredStateManager):
         has no lost reply to retry after, so a fresh id could never repeat."""
         if not raw_tasks:
             return 0
+        self.refuse_partition_keys(raw_tasks)
 
         def plan(txn: Transaction) -> Step:
             batches, now = txn.doc["batches"], time.time()

@@ -344,6 +344,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
         far end, or ZADD to the delayed set, never races a claim."""
         if not raw_tasks:
             return 0
+        self.refuse_partition_keys(raw_tasks)
         batch_id = batch_id or new_task_id()
         marker = keys.submit_marker_key(batch_id)
 

@@ -28,10 +28,24 @@ from .. import keys
 from ..connection import create_client
 from ..exceptions import ConfigurationError, Fenced
 from ..limits import RedisLimits
-from ..models import Outcome, new_task_id
+from ..models import Outcome, dumps, new_task_id, partition_key_of
 from . import common, scripts
 from .base import ReclaimResult, SettleResult, StateManager, dead_letter_entry
 from .redisreads import RedisReadsMixin, translate_connection_errors
+
+
+class _Lanes:
+    """Numbers the lanes one script call touches; their key pairs go into KEYS in order."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self._numbers: dict[str, int] = {}
+
+    def number(self, partition_key: str) -> int:
+        if partition_key not in self._numbers:
+            self._numbers[partition_key] = len(self._numbers) + 1
+            self.keys.extend((keys.lane_key(partition_key), keys.lane_owner_key(partition_key)))
+        return self._numbers[partition_key]
 
 
 @translate_connection_errors
@@ -189,10 +203,24 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
         if not raw_tasks:
             return 0
         batch_id = batch_id or new_task_id()
+        lanes, keyed, plain = _Lanes(), [], []
+        for raw in raw_tasks:
+            partition_key = partition_key_of(raw)
+            if partition_key is None:
+                plain.append(raw)
+            else:
+                keyed.extend((raw, lanes.number(partition_key)))
         return int(
             self._submit(
-                keys=[keys.QUEUE, keys.TOTAL_WORK_CREATED, keys.submit_marker_key(batch_id), keys.DELAYED],
-                args=[self.submit_marker_ttl_s, "" if due_at is None else repr(float(due_at)), *raw_tasks],
+                keys=[
+                    keys.QUEUE,
+                    keys.TOTAL_WORK_CREATED,
+                    keys.submit_marker_key(batch_id),
+                    keys.DELAYED,
+                    keys.LANE_WAITING,
+                    *lanes.keys,
+                ],
+                args=[self.submit_marker_ttl_s, "" if due_at is None else repr(float(due_at)), len(keyed) // 2, *keyed, *plain],
             )
         )
 
@@ -239,17 +267,55 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
     def settle(self, worker_id: str, epoch: int, outcomes: Sequence[Outcome]) -> SettleResult:
         if not outcomes:
             return SettleResult(0, 0, 0)
-        done = [o for o in outcomes if o.ok]
-        failed = [o for o in outcomes if not o.ok]
         now = time.time()
         result_keys: list[str] = []
 
-        def result_slot(outcome: Outcome, final: bool) -> tuple[object, str]:
+        lanes = _Lanes()
+
+        def result_slot(outcome: Outcome, final: bool) -> tuple[int, str]:
             if not (final and outcome.want_result and outcome.task_id):
                 return 0, ""
             result_keys.append(keys.result_key(outcome.task_id))
             return len(result_keys), outcome.stored_result(worker_id, now)
 
+        def lane_slot(outcome: Outcome, final: bool) -> int:
+            partition_key = partition_key_of(outcome.raw) if final else None
+            return lanes.number(partition_key) if partition_key else 0
+
+        done, failed = [], []
+        for outcome in outcomes:
+            if outcome.ok:
+                index, stored = result_slot(outcome, True)
+                done.append(
+                    (
+                        outcome.raw,
+                        outcome.task_id,
+                        outcome.name,
+                        common.ms(outcome.wait_ms),
+                        common.ms(outcome.run_ms),
+                        index,
+                        stored,
+                        lane_slot(outcome, True),
+                    )
+                )
+            else:
+                final = not outcome.retry_raw
+                index, stored = result_slot(outcome, final)
+                failed.append(
+                    (
+                        outcome.raw,
+                        outcome.task_id,
+                        outcome.name,
+                        outcome.category,
+                        outcome.message,
+                        dead_letter_entry(outcome, worker_id) if final else "",
+                        outcome.retry_raw,
+                        repr(outcome.retry_at),
+                        index,
+                        stored,
+                        lane_slot(outcome, final),
+                    )
+                )
         args: list[object] = [
             worker_id,
             epoch,
@@ -259,28 +325,13 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
             len(done),
             len(failed),
             self.result_ttl_ms,
+            dumps(done) if done else "[]",
+            dumps(failed) if failed else "[]",
+            len(result_keys),
         ]
-        for outcome in done:
-            args.extend((outcome.raw, outcome.task_id, outcome.name, common.ms(outcome.wait_ms), common.ms(outcome.run_ms)))
-            args.extend(result_slot(outcome, True))
-        for outcome in failed:
-            final = not outcome.retry_raw
-            args.extend(
-                (
-                    outcome.raw,
-                    outcome.task_id,
-                    outcome.name,
-                    outcome.category,
-                    outcome.message,
-                    dead_letter_entry(outcome, worker_id) if final else "",
-                    outcome.retry_raw,
-                    outcome.retry_at,
-                )
-            )
-            args.extend(result_slot(outcome, final))
-        return self._do_settle(worker_id, epoch, result_keys, args)
+        return self._do_settle(worker_id, epoch, [*result_keys, *lanes.keys], args)
 
-    def _do_settle(self, worker_id: str, epoch: int, result_keys: list[str], args: list[object]) -> SettleResult:
+    def _do_settle(self, worker_id: str, epoch: int, extra_keys: list[str], args: list[object]) -> SettleResult:
         result = self._settle(
             keys=[
                 keys.worker_state_key(worker_id),
@@ -299,7 +350,9 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
                 keys.DELAYED,
                 keys.TOTAL_RETRIED,
                 keys.TOTAL_FOREIGN,
-                *result_keys,
+                keys.QUEUE,
+                keys.LANE_WAITING,
+                *extra_keys,
             ],
             args=args,
         )
@@ -308,7 +361,20 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
         return SettleResult(*map(int, result))
 
     def cancel_queued(self, raw_task: str) -> bool:
-        return self._cancel(keys=[keys.QUEUE, keys.TOTAL_CANCELLED], args=[raw_task]) == 1
+        partition_key = partition_key_of(raw_task) or ""
+        return (
+            self._cancel(
+                keys=[
+                    keys.QUEUE,
+                    keys.TOTAL_CANCELLED,
+                    keys.lane_key(partition_key),
+                    keys.lane_owner_key(partition_key),
+                    keys.LANE_WAITING,
+                ],
+                args=[raw_task, 1 if partition_key else 0],
+            )
+            == 1
+        )
 
     def release(self, worker_id: str, epoch: int, raw_tasks: Sequence[str]) -> int:
         if not raw_tasks:
@@ -342,9 +408,21 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
             entry = "" if cause.retry_raw else dead_letter_entry(cause, worker_id)
             stored = cause.stored_result(worker_id, now)
             cause_args = [cause.raw, cause.retry_raw, cause.retry_at, entry, cause.category, cause.message, stored]
-        # Tasks whose submitters wait for a result get it even when dead-lettered here.
-        wanting = [raw for raw in self.inflight(worker_id) if common.WANTS_RESULT in raw]
-        wanting_ids = [common.task_id_of(raw) for raw in wanting]
+        # Tasks whose submitters wait for a result get it even when dead-lettered here,
+        # and a dead-lettered keyed task releases its lane.
+        extra_keys: list[str] = []
+        extras: dict[str, list[int]] = {}
+        for raw in self.inflight(worker_id):
+            result_number = lane_number = 0
+            if common.WANTS_RESULT in raw:
+                extra_keys.append(keys.result_key(common.task_id_of(raw)))
+                result_number = len(extra_keys)
+            partition_key = partition_key_of(raw)
+            if partition_key is not None:
+                lane_number = len(extra_keys) + 1
+                extra_keys.extend((keys.lane_key(partition_key), keys.lane_owner_key(partition_key)))
+            if result_number or lane_number:
+                extras[raw] = [result_number, lane_number]
         epoch, requeued, dead = self._reclaim(
             keys=[
                 keys.worker_state_key(worker_id),
@@ -362,7 +440,8 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
                 keys.DELAYED,
                 keys.TOTAL_RETRIED,
                 keys.TOTAL_FOREIGN,
-                *[keys.result_key(task_id) for task_id in wanting_ids],
+                keys.LANE_WAITING,
+                *extra_keys,
             ],
             args=[
                 worker_id,
@@ -375,7 +454,7 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
                 1 if only_if_expired else 0,
                 *cause_args,
                 self.result_ttl_ms,
-                *wanting,
+                dumps(extras) if extras else "{}",
             ],
         )
         if epoch == -1:
@@ -386,12 +465,24 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
         return RedisLimits(self.redis, worker_id)
 
     def retry_dead_letters(self, entries: Sequence[dict[str, Any]]) -> int:
-        args = [value for pair in common.retry_pairs(entries) for value in pair]
+        args: list[object] = []
+        lanes = _Lanes()
+        for entry_raw, fresh in common.retry_pairs(entries):
+            partition_key = partition_key_of(fresh)
+            args.extend((entry_raw, fresh, lanes.number(partition_key) if partition_key else 0))
         if not args:
             return 0
         return int(
             self._dlq_retry(
-                keys=[keys.DEAD_LETTER, keys.QUEUE, keys.TOTAL_WORK_CREATED, keys.TOTAL_DLQ_RETRIED], args=args
+                keys=[
+                    keys.DEAD_LETTER,
+                    keys.QUEUE,
+                    keys.TOTAL_WORK_CREATED,
+                    keys.TOTAL_DLQ_RETRIED,
+                    keys.LANE_WAITING,
+                    *lanes.keys,
+                ],
+                args=args,
             )
         )
 

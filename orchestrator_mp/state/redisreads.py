@@ -144,15 +144,17 @@ class RedisReadsMixin:
         pipe.llen(keys.QUEUE)
         pipe.llen(keys.DEAD_LETTER)
         pipe.zcard(keys.DELAYED)
+        pipe.get(keys.LANE_WAITING)
         for worker_id in ids:
             pipe.llen(keys.worker_inflight_key(worker_id))
-        pending, dead, delayed, *inflight = pipe.execute()
+        pending, dead, delayed, laned, *inflight = pipe.execute()
         by_worker = {worker_id: int(n) for worker_id, n in zip(ids, inflight, strict=True)}
         return {
             "pending": int(pending),
             "inflight": sum(by_worker.values()),
             "delayed": int(delayed),
             "limited": RedisLimits(self.redis).waiting(),
+            "laned": int(laned or 0),
             "dead_letter": int(dead),
             "by_worker": by_worker,
         }
@@ -179,6 +181,7 @@ class RedisReadsMixin:
             pipe.llen(keys.QUEUE)
             pipe.llen(keys.DEAD_LETTER)
             pipe.zcard(keys.DELAYED)
+            pipe.get(keys.LANE_WAITING)
             for name in limiters:
                 pipe.llen(keys.slot_waiters_key(name))
             reply = pipe.execute()
@@ -192,12 +195,14 @@ class RedisReadsMixin:
         completions = _tail(next(values), next(values))
         errors = _tail(next(values), next(values))
         pending, dead, delayed = int(next(values)), int(next(values)), int(next(values))
+        laned = int(next(values) or 0)
         limited = sum(int(n) for n in values)
         depths = {
             "pending": pending,
             "inflight": sum(inflight.values()),
             "delayed": delayed,
             "limited": limited,
+            "laned": laned,
             "dead_letter": dead,
             "by_worker": inflight,
         }

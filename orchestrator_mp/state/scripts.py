@@ -13,6 +13,23 @@ worker's behalf take the epoch the worker registered with and refuse (returning
 zombie, and its writes must not land.
 """
 
+# Partition-key lanes: at most one task of a key is ever queued, in flight or waiting
+# for a retry (its lane's owner flag is set); the key's later tasks wait, in order,
+# in its lane list. The step that finally settles (or cancels, or dead-letters) the
+# key's task releases the lane: the next waiting task goes to the back of the queue.
+# Lane keys arrive through KEYS like every other key.
+RELEASE_LANE_FUNCTION = """
+local function release_lane(list, owner, queue, waiting)
+  local next_task = redis.call('LPOP', list)
+  if next_task then
+    redis.call('LPUSH', queue, next_task)
+    redis.call('DECR', waiting)
+  else
+    redis.call('DEL', owner)
+  end
+end
+"""
+
 # Register a worker as the owner of a new partition, holding its first lease.
 # KEYS: 1 state hash, 2 active_workers, 3 known_workers, 4 stream:worker_events, 5 events:stream,
 #       6 lease key
@@ -104,19 +121,36 @@ return #due
 # Submit a batch once: a retried call (reply lost to a reconnect) finds the batch
 # marker and adds nothing, so a submission is never applied twice. With a due time
 # the tasks wait in the delayed set until then (claims and the supervisor promote them).
-# KEYS: 1 queue, 2 total_work_created, 3 batch marker, 4 delayed sorted set
-# ARGV: 1 marker ttl seconds, 2 due time ('' for now), 3.. raw tasks
+# A task with a partition key whose lane is busy waits in its lane list instead.
+# KEYS: 1 queue, 2 total_work_created, 3 batch marker, 4 delayed sorted set,
+#       5 lane-waiting gauge, 6.. lane (list, owner) pairs
+# ARGV: 1 marker ttl seconds, 2 due time ('' for now), 3 number of keyed tasks K,
+#       then K pairs (raw task, lane number), then the raw tasks without a key
 # Returns: how many were submitted (0 for a repeated batch)
 SUBMIT = """
 if not redis.call('SET', KEYS[3], 1, 'NX', 'EX', ARGV[1]) then return 0 end
-local n = #ARGV - 2
+local keyed = tonumber(ARGV[3])
+local function enter(raw)
+  if ARGV[2] == '' then redis.call('LPUSH', KEYS[1], raw) else redis.call('ZADD', KEYS[4], ARGV[2], raw) end
+end
+for i = 0, keyed - 1 do
+  local raw, lane = ARGV[4 + 2 * i], tonumber(ARGV[5 + 2 * i])
+  if redis.call('SET', KEYS[5 + 2 * lane], 1, 'NX') then
+    enter(raw)
+  else
+    redis.call('RPUSH', KEYS[4 + 2 * lane], raw)
+    redis.call('INCR', KEYS[5])
+  end
+end
+local first = 4 + 2 * keyed
 if ARGV[2] == '' then
-  for first = 3, #ARGV, 1000 do
-    redis.call('LPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 999, #ARGV)))
+  for start = first, #ARGV, 1000 do
+    redis.call('LPUSH', KEYS[1], unpack(ARGV, start, math.min(start + 999, #ARGV)))
   end
 else
-  for i = 3, #ARGV do redis.call('ZADD', KEYS[4], ARGV[2], ARGV[i]) end
+  for i = first, #ARGV do redis.call('ZADD', KEYS[4], ARGV[2], ARGV[i]) end
 end
+local n = keyed + #ARGV - first + 1
 redis.call('INCRBY', KEYS[2], n)
 return n
 """
@@ -190,86 +224,106 @@ return claimed
 # dead-letter list (entry); entries that were never tasks count as foreign. A
 # final outcome whose submitter wants it is stored under its result key (a
 # one-element list with a TTL) in the same step, so the stored result is always
-# the counted one.
+# the counted one. A final outcome of a keyed task releases its lane. Counters move
+# once per batch (INCRBY); each stream entry still carries its own running total n,
+# consecutive in stream order.
+# The batch travels as two JSON arrays (one argument each), not as one argument per
+# field: encoding thousands of small arguments was the worker's main cost.
 # KEYS: 1 state hash, 2 in-flight list, 3 worker completed, 4 worker errors,
 #       5 total_work_completed, 6 total_errors, 7 total_dead_lettered, 8 total_duplicates,
 #       9 total_fenced, 10 work_completions, 11 work_errors, 12 dead-letter list, 13 events:stream,
-#       14 delayed sorted set, 15 total_retried, 16 total_foreign, 17.. result keys
+#       14 delayed sorted set, 15 total_retried, 16 total_foreign, 17 queue, 18 lane-waiting gauge,
+#       19.. R result keys, then lane (list, owner) pairs
 # ARGV: 1 worker id, 2 epoch, 3 now, 4 completions maxlen, 5 events maxlen,
 #       6 number of completions C, 7 number of failures F, 8 result ttl ms,
-#       then C groups of 7: raw, task id, name, wait_ms, run_ms, result key index, stored result
-#       then F groups of 10: raw, task id, name, category, message, dead-letter entry,
-#                           retry raw, retry due time, result key index, stored result
-#       (retry raw '' means dead-letter; result key index 0 means no result wanted)
+#       9 completions: JSON [[raw, task id, name, wait_ms, run_ms, result number, stored result,
+#                             lane number], ...]
+#       10 failures: JSON [[raw, task id, name, category, message, dead-letter entry,
+#                           retry raw, retry due time, result number, stored result, lane number], ...]
+#       11 R, the number of result keys
+#       (retry raw '' means dead-letter; result or lane number 0 means none)
 # Returns: {completed, failed, duplicates}, or {-1, C + F} when fenced
-SETTLE = """
+SETTLE = RELEASE_LANE_FUNCTION + """
 local n_ok, n_failed = tonumber(ARGV[6]), tonumber(ARGV[7])
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] then
   redis.call('INCRBY', KEYS[9], n_ok + n_failed)
   return {-1, n_ok + n_failed}
 end
+local lanes_at = 18 + tonumber(ARGV[11])
 local function store(index, value)
-  if index ~= '0' then
-    local key = KEYS[16 + tonumber(index)]
+  if index ~= 0 then
+    local key = KEYS[18 + index]
     redis.call('DEL', key)
     redis.call('RPUSH', key, value)
     redis.call('PEXPIRE', key, ARGV[8])
   end
 end
-local completed, failed, duplicates = 0, 0, 0
-local i = 9
-for _ = 1, n_ok do
-  if redis.call('LREM', KEYS[2], -1, ARGV[i]) == 1 then
-    redis.call('INCR', KEYS[3])
-    local n = redis.call('INCR', KEYS[5])
-    redis.call('XADD', KEYS[10], 'MAXLEN', '~', ARGV[4], '*', 'n', n, 'task_id', ARGV[i + 1],
-               'name', ARGV[i + 2], 'worker', ARGV[1], 'wait_ms', ARGV[i + 3], 'run_ms', ARGV[i + 4])
-    store(ARGV[i + 5], ARGV[i + 6])
-    completed = completed + 1
-  else
-    duplicates = duplicates + 1
-  end
-  i = i + 7
+local function release(lane)
+  if lane ~= 0 then release_lane(KEYS[lanes_at + 2 * lane - 1], KEYS[lanes_at + 2 * lane], KEYS[17], KEYS[18]) end
 end
-for _ = 1, n_failed do
-  if redis.call('LREM', KEYS[2], -1, ARGV[i]) == 1 then
-    redis.call('INCR', KEYS[4])
-    local n = redis.call('INCR', KEYS[6])
-    local retry = ARGV[i + 6] ~= ''
-    redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[4], '*', 'n', n, 'task_id', ARGV[i + 1],
-               'name', ARGV[i + 2], 'worker', ARGV[1], 'category', ARGV[i + 3], 'message', ARGV[i + 4],
+local function still_in_flight(batch)
+  local counted = {}
+  for _, item in ipairs(batch) do
+    if redis.call('LREM', KEYS[2], -1, item[1]) == 1 then counted[#counted + 1] = item end
+  end
+  return counted
+end
+local done = n_ok > 0 and still_in_flight(cjson.decode(ARGV[9])) or {}
+local failures = n_failed > 0 and still_in_flight(cjson.decode(ARGV[10])) or {}
+local duplicates = n_ok + n_failed - #done - #failures
+if #done > 0 then
+  redis.call('INCRBY', KEYS[3], #done)
+  local n = redis.call('INCRBY', KEYS[5], #done) - #done
+  for k, item in ipairs(done) do
+    redis.call('XADD', KEYS[10], 'MAXLEN', '~', ARGV[4], '*', 'n', n + k, 'task_id', item[2],
+               'name', item[3], 'worker', ARGV[1], 'wait_ms', item[4], 'run_ms', item[5])
+    store(item[6], item[7])
+    release(item[8])
+  end
+end
+if #failures > 0 then
+  redis.call('INCRBY', KEYS[4], #failures)
+  local n = redis.call('INCRBY', KEYS[6], #failures) - #failures
+  local retried, dead, foreign = 0, 0, 0
+  for k, item in ipairs(failures) do
+    local retry = item[7] ~= ''
+    redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[4], '*', 'n', n + k, 'task_id', item[2],
+               'name', item[3], 'worker', ARGV[1], 'category', item[4], 'message', item[5],
                'retry', retry and 1 or 0)
     if retry then
-      redis.call('ZADD', KEYS[14], ARGV[i + 7], ARGV[i + 6])
-      redis.call('INCR', KEYS[15])
+      redis.call('ZADD', KEYS[14], item[8], item[7])
+      retried = retried + 1
     else
-      redis.call('LPUSH', KEYS[12], ARGV[i + 5])
-      redis.call('INCR', KEYS[7])
-      store(ARGV[i + 8], ARGV[i + 9])
+      redis.call('LPUSH', KEYS[12], item[6])
+      dead = dead + 1
+      store(item[9], item[10])
+      release(item[11])
     end
-    if ARGV[i + 3] == 'bad_payload' then redis.call('INCR', KEYS[16]) end
-    failed = failed + 1
-  else
-    duplicates = duplicates + 1
+    if item[4] == 'bad_payload' then foreign = foreign + 1 end
   end
-  i = i + 10
+  if retried > 0 then redis.call('INCRBY', KEYS[15], retried) end
+  if dead > 0 then redis.call('INCRBY', KEYS[7], dead) end
+  if foreign > 0 then redis.call('INCRBY', KEYS[16], foreign) end
 end
 if duplicates > 0 then redis.call('INCRBY', KEYS[8], duplicates) end
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'status', 'idle', 'current_task', '', 'batch', 0, 'deadline', '',
            'last_activity', ARGV[3])
 redis.call('XADD', KEYS[13], 'MAXLEN', '~', ARGV[5], '*', 'event', 'state', 'worker', ARGV[1],
-           'status', 'idle', 'completed', completed, 'failed', failed, 'version', version)
-return {completed, failed, duplicates}
+           'status', 'idle', 'completed', #done, 'failed', #failures, 'version', version)
+return {#done, #failures, duplicates}
 """
 
-# Withdraw a task that is still queued (no worker has claimed it).
-# KEYS: 1 queue, 2 total_cancelled
-# ARGV: 1 the raw task
+# Withdraw a task that is still queued (no worker has claimed it); a keyed task
+# releases its lane.
+# KEYS: 1 queue, 2 total_cancelled, 3 lane list, 4 lane owner, 5 lane-waiting gauge
+#       (3 and 4 name a lane only when ARGV[2] is 1)
+# ARGV: 1 the raw task, 2 keyed (0 or 1)
 # Returns: 1 if it was withdrawn, 0 if it was no longer queued
-CANCEL = """
+CANCEL = RELEASE_LANE_FUNCTION + """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
   redis.call('INCR', KEYS[2])
+  if ARGV[2] == '1' then release_lane(KEYS[3], KEYS[4], KEYS[1], KEYS[5]) end
   return 1
 end
 return 0
@@ -303,24 +357,30 @@ return released
 # KEYS: 1 state hash, 2 in-flight list, 3 queue, 4 dead-letter list, 5 active_workers,
 #       6 stream:worker_events, 7 total_requeued, 8 total_dead_lettered, 9 total_errors,
 #       10 worker errors, 11 work_errors, 12 lease key, 13 delayed sorted set, 14 total_retried,
-#       15 total_foreign, 16.. result keys of in-flight tasks whose submitters want them
+#       15 total_foreign, 16 lane-waiting gauge, 17.. extra keys (result keys, lane pairs)
 # ARGV: 1 worker id, 2 now, 3 max crashes, 4 events maxlen, 5 completions maxlen, 6 reason,
 #       7 crash increment (0 or 1), 8 only if the lease expired (0 or 1),
 #       9 the causing task's raw or '', 10 its retry raw or '', 11 its retry due time,
 #       12 its dead-letter entry, 13 its category, 14 its message, 15 its stored result,
-#       16 result ttl ms, 17.. the raw tasks matching KEYS[16..], in order
+#       16 result ttl ms, 17 JSON {raw: [result key number, lane number]} for the in-flight
+#       tasks that want a result or hold a lane (numbers index the extra keys: a result key
+#       is KEYS[16 + n], a lane is KEYS[16 + n] and KEYS[17 + n]; 0 means none)
 # Returns: {new epoch, requeued, dead-lettered}, or {-1, 0, 0} when the lease is still alive
-RECLAIM = """
+RECLAIM = RELEASE_LANE_FUNCTION + """
 if ARGV[8] == '1' and redis.call('EXISTS', KEYS[12]) == 1 then return {-1, 0, 0} end
-local result_keys = {}
-for j = 17, #ARGV do result_keys[ARGV[j]] = KEYS[j - 1] end
+local extras = cjson.decode(ARGV[17])
 local function store(raw, value)
-  local key = result_keys[raw]
-  if key then
+  local extra = extras[raw]
+  if extra and extra[1] ~= 0 then
+    local key = KEYS[16 + extra[1]]
     redis.call('DEL', key)
     redis.call('RPUSH', key, value)
     redis.call('PEXPIRE', key, ARGV[16])
   end
+end
+local function release(raw)
+  local extra = extras[raw]
+  if extra and extra[2] ~= 0 then release_lane(KEYS[16 + extra[2]], KEYS[17 + extra[2]], KEYS[3], KEYS[16]) end
 end
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('DEL', KEYS[12])
@@ -350,6 +410,7 @@ while true do
       redis.call('LPUSH', KEYS[4], ARGV[12])
       redis.call('INCR', KEYS[8])
       store(raw, ARGV[15])
+      release(raw)
       dead = dead + 1
     end
   else
@@ -377,6 +438,7 @@ while true do
       store(raw, cjson.encode({status = 'dead_lettered', category = category,
             error_type = category == 'poison' and 'WorkerCrashed' or 'BadPayload', message = message, traceback = '', worker = ARGV[1],
             finished_at = tonumber(ARGV[2])}))
+      release(raw)
       dead = dead + 1
     end
   end
@@ -389,14 +451,22 @@ return {epoch, requeued, dead}
 """
 
 # Send dead letters back to the queue as fresh submissions (by hand, after a fix).
-# KEYS: 1 dead-letter list, 2 queue, 3 total_work_created, 4 total_dlq_retried
-# ARGV: pairs of (the exact dead-letter entry, the task to queue again)
+# A keyed task re-enters its lane (behind a busy lane's task, or as its owner).
+# KEYS: 1 dead-letter list, 2 queue, 3 total_work_created, 4 total_dlq_retried,
+#       5 lane-waiting gauge, 6.. lane (list, owner) pairs
+# ARGV: triples of (the exact dead-letter entry, the task to queue again, lane number or 0)
 # Returns: how many were sent back (entries no longer in the list are skipped)
 DLQ_RETRY = """
 local moved = 0
-for i = 1, #ARGV, 2 do
+for i = 1, #ARGV, 3 do
   if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
-    redis.call('LPUSH', KEYS[2], ARGV[i + 1])
+    local lane = tonumber(ARGV[i + 2])
+    if lane == 0 or redis.call('SET', KEYS[5 + 2 * lane], 1, 'NX') then
+      redis.call('LPUSH', KEYS[2], ARGV[i + 1])
+    else
+      redis.call('RPUSH', KEYS[4 + 2 * lane], ARGV[i + 1])
+      redis.call('INCR', KEYS[5])
+    end
     moved = moved + 1
   end
 end

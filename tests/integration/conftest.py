@@ -20,3 +20,11 @@ def short_lease_manager(request, settings):
     state = build_manager(request.param, short, server_url(request, request.param))
     yield state
     state.close()
+
+
+@pytest.fixture
+def lockfree_manager(request, settings):
+    """The lock-free manager alone, for what only its scripts do (partition keys)."""
+    state = build_manager("lockfree", settings, server_url(request, "lockfree"))
+    yield state
+    state.close()

@@ -157,13 +157,15 @@ def test_embedded_server_is_private(db_path):
 def test_killed_worker_loses_no_task(db_path, state):
     """SIGKILL a worker mid-run: its in-flight tasks come back and every task completes once."""
     with ContinuousOrchestrator(settings=settings_for(db_path, workers=2, batch_size=4, state=state)) as orch:
-        orch.submit_many("tests.sleep", [(2,) for _ in range(400)])
+        orch.submit_many("tests.sleep", [(10,) for _ in range(400)])
         wait_for(lambda: orch.counters()["total_work_completed"] > 50, what="some progress")
-        victim_id, victim_pid = next(iter(orch.supervisor.pids().items()))
-        # Kill it while it holds claimed tasks (the locked and file managers spend
-        # longer between batches, so an unlucky instant could find it empty-handed).
-        wait_for(lambda: orch.state.queue_depths([victim_id])["by_worker"][victim_id], what="in-flight work")
-        sigkill_worker(victim_pid)
+        pids = orch.supervisor.pids()
+        # Kill a worker while it holds claimed tasks, so the requeue is certain.
+        holding = wait_for(
+            lambda: [w for w, n in orch.state.queue_depths(pids)["by_worker"].items() if n >= 2],
+            what="a worker holding tasks",
+        )
+        sigkill_worker(pids[holding[0]])
         wait_for(lambda: orch.supervisor.deaths, what="the death to be noticed")
         assert orch.wait(timeout=60)
         audit = orch.audit()

@@ -51,6 +51,12 @@ NOT_RUN = {
     "python -m orchestrator_mp bench --quick": ".ci/run runs it (with --check); test_cli runs it on 1 and 2 workers",
     "tox -e bench": "tox is not a test dependency; tox.ini must define it",
     "python benchmarks/sweep_wait_policy.py": "minutes of measurements; the script must exist",
+    "python -m orchestrator_mp worker --redis-url redis://:PASSWORD@HOST:6379/0 --workers 4 --import myproject.tasks": (
+        "needs a server on another host; tests/integration/test_external.py runs `worker --redis-url` for real"
+    ),
+    "pip install -e '.[peers]'": "the peer packages are an optional extra CI does not install; setup.cfg must define it",
+    "python -m benchmarks.peers": "the full run takes about 20 minutes; `--list` runs here, and "
+    "tests/integration/test_peers_runner.py runs it on a small workload",
 }
 SKIPPED_PREFIXES = ("pip install -e . && ",)
 SUBSTITUTIONS = (
@@ -97,7 +103,7 @@ LONG_RUNNING = {
 def shell_commands(text: str) -> list[list[str]]:
     """The commands of each ```sh block, comments removed."""
     blocks = []
-    for block in re.findall(r"^```sh\n(.*?)^```", text, re.M | re.S):
+    for block in re.findall(r"^ *```sh\n(.*?)^ *```", text, re.M | re.S):
         commands = [re.sub(r"\s+#\s.*$", "", line).strip() for line in block.splitlines()]
         blocks.append([c for c in commands if c and not c.startswith("#")])
     return blocks
@@ -164,6 +170,18 @@ def _check_not_run(command: str) -> None:
         assert "python -m orchestrator_mp bench --quick --check" in (ROOT / ".ci" / "run").read_text()
     elif command.startswith("python benchmarks/"):
         assert (ROOT / command.split()[1]).is_file(), command
+    elif " worker --redis-url " in command:
+        external = (ROOT / "tests" / "integration" / "test_external.py").read_text()
+        assert '"worker", "--redis-url"' in external
+    elif command == "pip install -e '.[peers]'":
+        extra = re.search(r"^peers =\n((?:[ \t]+\S.*\n)+)", (ROOT / "setup.cfg").read_text(), re.M)
+        assert extra, "setup.cfg must define the peers extra"
+        for package in ("celery[redis]", "rq", "dramatiq[redis]", "huey"):
+            assert package in extra.group(1), package
+    elif command == "python -m benchmarks.peers":
+        listed = subprocess.run([sys.executable, "-m", "benchmarks.peers", "--list"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        assert listed.returncode == 0 and "orchestrator_mp" in listed.stdout, listed.stderr
 
 
 def test_readme_keeps_its_first_two_lines():

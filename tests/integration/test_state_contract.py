@@ -308,3 +308,42 @@ def test_concurrent_claimers_take_and_count_each_task_once(request, settings, va
     assert state.stream_tail(keys.WORK_COMPLETIONS).last["n"] == "400"
     assert state.audit()["ok"]
     state.close()
+
+
+def test_a_partition_key_runs_one_task_at_a_time_in_order(lockfree_manager):
+    """Keyed tasks wait in their lane: one per key is claimable; settling it releases the next."""
+    a1, a2 = (Task(name="tests.add", args=(i, 0), partition_key="repo-a").to_json() for i in (1, 2))
+    b1 = Task(name="tests.add", args=(9, 0), partition_key="repo-b").to_json()
+    lockfree_manager.submit([a1, a2, b1])
+    assert lockfree_manager.queue_depths()["laned"] == 1
+    epoch = lockfree_manager.register_worker("w1", pid=1, host="h")
+    claimed = lockfree_manager.claim("w1", epoch, 16)
+    assert claimed == [a1, b1]  # a2 waits behind a1
+    assert lockfree_manager.claim("w1", epoch, 16) == []
+    lockfree_manager.settle("w1", epoch, [ok(a1)])
+    assert lockfree_manager.claim("w1", epoch, 16) == [a2]
+    lockfree_manager.settle("w1", epoch, [ok(b1), ok(a2)])
+    assert lockfree_manager.queue_depths()["laned"] == 0 and lockfree_manager.audit()["ok"]
+
+
+def test_a_reclaimed_keyed_task_keeps_its_place(lockfree_manager):
+    """A keyed task returned by a takeover still runs before the key's later tasks."""
+    a1, a2 = (Task(name="tests.add", args=(i, 0), partition_key="k").to_json() for i in (1, 2))
+    lockfree_manager.submit([a1, a2])
+    epoch = lockfree_manager.register_worker("w1", pid=1, host="h")
+    assert lockfree_manager.claim("w1", epoch, 16) == [a1]
+    lockfree_manager.reclaim("w1", max_crashes=3)
+    other = lockfree_manager.register_worker("w2", pid=1, host="h")
+    (again,) = lockfree_manager.claim("w2", other, 16)
+    assert Task.from_json(again).args == (1, 0)  # a1 again (crash count raised), not a2
+
+
+@pytest.mark.parametrize("variant", ["locked", "file"])
+def test_partition_keys_are_refused_where_unsupported(request, settings, variant):
+    """The baseline and file states refuse keyed tasks instead of running them unordered."""
+    state = build_manager(variant, settings, server_url(request, variant))
+    keyed = Task(name="tests.add", args=(1, 0), partition_key="k").to_json()
+    with pytest.raises(ConfigurationError, match="partition keys"):
+        state.submit([keyed])
+    assert state.get_counter("total_work_created") == 0
+    state.close()
