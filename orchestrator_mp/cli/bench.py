@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from .. import bench
+from ..charts import plot_report
 from ..config import STATE_KINDS
 from ..exceptions import ConfigurationError
 from ..log import configure as configure_logging
@@ -55,6 +56,10 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--check", action="store_true",
                         help="exit 1 unless lockfree/locked updates/s at the highest count is at least --min-ratio")
     parser.add_argument("--min-ratio", type=positive_float, metavar="R", help="the threshold of --check")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="also draw throughput against workers per state implementation (needs matplotlib)")
+    parser.add_argument("--from-json", metavar="FILE",
+                        help="with --plot: draw a report saved by --json instead of measuring again")
     parser.add_argument("--log-level", default="WARNING", metavar="LEVEL", help="log level (default: WARNING)")
     parser.set_defaults(handler=cmd_bench)
 
@@ -66,9 +71,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.check and not {"lockfree", bench.BASELINE} <= set(args.state):
         raise ConfigurationError(f"--check compares lockfree with {bench.BASELINE}: include both in --state")
     configure_logging(args.log_level.upper())
+    if args.from_json:
+        if not args.plot:
+            raise ConfigurationError("--from-json only redraws a chart: give --plot FILE.png")
+        with open(args.from_json, encoding="utf-8") as handle:
+            plot_report(json.load(handle), args.plot)
+        say(f"chart written to {args.plot}")
+        return EXIT_OK
     plan = bench.Plan.build(args.state, args.workers, quick=args.quick)
     report = bench.compare(plan, progress=say)
     table = bench.render(report)
+    if args.plot:
+        plot_report(report, args.plot)
+        say(f"chart written to {args.plot}")
     verdict = None
     if args.check:
         ok, message = bench.check(report, args.min_ratio)

@@ -168,7 +168,9 @@ def test_run_demo_on_each_state_kind_is_consistent(tmp_path, state):
 @pytest.mark.slow
 def test_bench_quick_prints_implementations_side_by_side(tmp_path):
     """bench --quick --json: contention and end-to-end rows per implementation, ratios to lock-free."""
-    result = run_cli("bench", "--quick", "--workers", "1,2", "--json", cwd=tmp_path, timeout=300, check=True)
+    result = run_cli("bench", "--quick", "--workers", "1,2", "--json", "--plot", "chart.png",
+                     cwd=tmp_path, timeout=300, check=True)
+    assert (tmp_path / "chart.png").read_bytes()[:4] == b"\x89PNG"  # bench --plot draws the chart
     report = json.loads(result.stdout)
     assert {(r["variant"], r["processes"]) for r in report["contention"]} == {
         (v, p) for v in ("lockfree", "locked", "file") for p in (1, 2)
@@ -181,7 +183,7 @@ def test_bench_quick_prints_implementations_side_by_side(tmp_path):
     locked = next(r for r in report["contention"] if r["variant"] == "locked" and r["processes"] == 2)
     assert locked["lock_wait_p99_ms"] >= locked["lock_wait_p50_ms"] > 0 and locked["retries_per_acquire"] >= 0
     assert "lf/locked" in result.stderr and "lf/file" in result.stderr  # the table, beside the JSON
-    assert os.listdir(tmp_path) == []  # every measurement cleaned up after itself
+    assert os.listdir(tmp_path) == ["chart.png"]  # every measurement cleaned up after itself
 
 
 @pytest.mark.slow
