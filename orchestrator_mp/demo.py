@@ -4,9 +4,11 @@ from __future__ import annotations
 import math
 import time
 
-from .registry import task
+from .limits import limiter
+from .registry import register_task, task
 
 DEMO_TASK = "demo"
+LIMITED_DEMO_TASK = "demo.limited"
 
 
 class DemoFailure(RuntimeError):
@@ -26,3 +28,10 @@ def demo(index: int, ms: float = 0.0, fail_rate: float = 0.0) -> int:
     if should_fail(index, fail_rate):
         raise DemoFailure(f"demo task {index} failed on purpose (fail rate {fail_rate})")
     return index
+
+
+def register_limited_demo(rate: str) -> str:
+    """Register the demo task again under ``demo.limited``, sharing one ``rate`` limit
+    across all workers (``run --demo-rate``); returns its name. Call before forking."""
+    register_task(LIMITED_DEMO_TASK, demo, rate_limit=limiter("demo", rate))
+    return LIMITED_DEMO_TASK

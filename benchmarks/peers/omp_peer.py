@@ -47,7 +47,7 @@ def _runner(results: bool) -> Callable[[RunContext], Measurement]:
     return run
 
 
-_COMMON = "ContinuousOrchestrator(max_workers=2), embedded server (AOF everysec), batch 16, submit_many in 5,000s"
+_COMMON = "ContinuousOrchestrator(max_workers=2), embedded server (AOF everysec), default claims (up to 256, sized to ~50 ms of work), submit_many in 5,000s"
 PEERS = {
     "orchestrator_mp": Peer(
         name="orchestrator_mp",

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..config import Settings
 from ..exceptions import ConfigurationError
+from ..limits import parse_rate
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the run finished but not every task completed
@@ -67,6 +68,15 @@ def rate(text: str) -> float:
     if value > 1:
         raise argparse.ArgumentTypeError(f"expected a rate between 0 and 1, got {text}")
     return value
+
+
+def rate_limit(text: str) -> str:
+    """A rate such as ``50/s`` or ``3000/m`` (checked now, used as text)."""
+    try:
+        parse_rate(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def json_value(kind: type) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import __version__, keys
 from ..config import STATE_KINDS, default_workers
-from ..demo import DEMO_TASK
+from ..demo import DEMO_TASK, register_limited_demo
 from ..log import configure as configure_logging
 from ..orchestrator import ContinuousOrchestrator
 from ..state import state_dir_for
@@ -31,6 +31,7 @@ from .common import (
     non_negative_int,
     positive_float,
     rate,
+    rate_limit,
     say,
     settings_from,
 )
@@ -44,6 +45,8 @@ def add_parser(commands: Any) -> None:
     run.add_argument("--demo", type=non_negative_int, metavar="COUNT", help="submit COUNT demo tasks, exit when done")
     run.add_argument("--demo-ms", type=non_negative_float, default=0.0, metavar="MS", help="demo task sleep (ms)")
     run.add_argument("--demo-fail-rate", type=rate, default=0.0, metavar="P", help="share of demo tasks that fail")
+    run.add_argument("--demo-rate", type=rate_limit, default=None, metavar="RATE",
+                     help="limit the demo tasks to RATE (e.g. 50/s, 3000/m) across all workers")
     run.add_argument("--durability", choices=("fast", "strict"), default=None, help="appendfsync everysec | always")
     run.add_argument(
         "--state",
@@ -73,6 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     configure_logging(settings.log_level if not args.json else "WARNING", settings.log_json)
     import_task_modules(args.imports)
+    demo_task = register_limited_demo(args.demo_rate) if args.demo_rate else DEMO_TASK
     signals = Signals()
     signals.install()
     orch = ContinuousOrchestrator(settings=settings)
@@ -100,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 sampler = Sampler(orch, before, total)
                 for start in range(0, args.demo, SUBMIT_CHUNK):
                     calls = [((i, args.demo_ms, args.demo_fail_rate), {}) for i in range(start, min(args.demo, start + SUBMIT_CHUNK))]
-                    orch.submit_many(DEMO_TASK, calls, results=False)
+                    orch.submit_many(demo_task, calls, results=False)
                     submitted += len(calls)
                     display.update(sampler.sample())
                 drained = _wait_for_demo(orch, signals, sampler, display)

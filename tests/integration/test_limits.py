@@ -7,7 +7,7 @@ from orchestrator_mp import ContinuousOrchestrator
 from orchestrator_mp.exceptions import ConfigurationError
 from orchestrator_mp.limits import parse_rate
 from tests import tasks_for_tests  # noqa: F401  (registers the test tasks before workers fork)
-from tests.helpers import settings_for
+from tests.helpers import run_cli, run_cli_json, settings_for
 
 
 @pytest.mark.parametrize(
@@ -78,3 +78,14 @@ def test_limited_tasks_fail_clearly_where_limits_are_not_supported(db_path, stat
     assert error is not None and error.category == "task_error"
     assert f"need the lockfree state; this run uses {state}" in error.remote_message
     assert audit["ok"], audit
+
+
+def test_run_demo_rate_from_the_command_line(tmp_path):
+    """run --demo-rate: the workers together keep to the rate; deferrals are not errors."""
+    report = run_cli_json("run", "--workers", "4", "--demo", "150", "--demo-rate", "50/s", cwd=tmp_path)
+    print(f"\n--demo-rate 50/s: {report['throughput_per_s']} tasks/s, deferred {report['counters']['total_deferred']}")
+    assert report["total_work_completed"] == 150 and report["total_errors"] == 0
+    assert 40 <= report["throughput_per_s"] <= 52
+    assert report["counters"]["total_deferred"] > 0 and report["consistent"] is True
+    bad = run_cli("run", "--demo", "1", "--demo-rate", "fast", cwd=tmp_path)
+    assert bad.returncode == 2 and "rate must look like" in bad.stderr

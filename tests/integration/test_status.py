@@ -57,7 +57,7 @@ def test_status_watch_refreshes_and_never_holds_the_database(tmp_path):
         with serving(tmp_path, workers=2):
             frames = wait_for(lambda: out.text().count("active workers: 2") >= 2, what="two frames of the run")
             assert frames
-        wait_for(lambda: err.text().count("no orchestrator serves") == 2, what="waiting again after the run")
+        wait_for(lambda: err.text().count("no orchestrator serves") >= 2, what="waiting again after the run")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     text = out.text()
