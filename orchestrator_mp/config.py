@@ -92,6 +92,9 @@ class Settings:
         durability: ``fast`` (appendfsync everysec) or ``strict`` (appendfsync always).
         log_level: loguru level for stderr.
         log_json: optional path of a JSON-lines log file.
+        shards: how many hash-tagged shards a new lock-free layout is split into
+            (None: one per master on a Redis Cluster, the plain layout on one server).
+            Fixed when the data is first written; every later client follows it.
     """
 
     db_path: str = attrs.field(default=DEFAULT_DB, converter=os.fspath)
@@ -115,6 +118,7 @@ class Settings:
     max_payload_bytes: int = attrs.field(default=1_048_576, validator=_int_at_least(64))
     shutdown_timeout_s: float = attrs.field(default=10.0, validator=_positive_number)
     durability: str = attrs.field(default="fast", validator=_one_of(DURABILITY_MODES))
+    shards: int | None = attrs.field(default=None, validator=attrs.validators.optional(_int_at_least(1)))
     log_level: str = attrs.field(
         factory=_default_log_level, converter=str.upper, validator=_one_of(LOG_LEVELS)
     )

@@ -7,8 +7,10 @@ URL, never a client, and call :func:`create_client` after the fork.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import redis
+import redis.cluster
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
@@ -22,8 +24,11 @@ PATIENT_RETRY = dict(backoff_base_s=0.01, backoff_cap_s=0.5, attempts=40)
 PASSWORD_ENV = "ORCHESTRATOR_MP_REDIS_PASSWORD"
 
 
-def create_client(url: str, *, retries: bool = True, **options: object) -> redis.Redis:
+def create_client(url: str, *, retries: bool = True, **options: Any) -> redis.Redis:
     """A client for ``url`` (``unix://PATH``, ``redis://``, ``rediss://``), strings decoded.
+
+    A server in cluster mode is detected (``INFO cluster``) and answered with
+    redis-py's ``RedisCluster``, which routes each command to its slot's master.
 
     ``retries=True``: reconnect and resend for about 15 s (only for callers whose
     commands are safe to repeat: reads, idempotent scripts, batch-marked submits).
@@ -42,10 +47,30 @@ def create_client(url: str, *, retries: bool = True, **options: object) -> redis
         options["retry"] = Retry(backoff, int(PATIENT_RETRY["attempts"]))
     else:
         options["retry"] = Retry(NoBackoff(), 0)
-    return redis.Redis.from_url(url, **options)
+    client = redis.Redis.from_url(url, **options)
+    if url.startswith("unix:") or not _cluster_enabled(client):
+        return client
+    client.close()
+    # Fail-fast callers must not ride over a failover either.
+    attempts = 0 if not retries else 3
+    return redis.cluster.RedisCluster.from_url(url, cluster_error_retry_attempts=attempts, **options)
 
 
-def check_reachable(client: redis.Redis, url: str) -> None:
+def _cluster_enabled(client: redis.Redis) -> bool:
+    try:
+        return bool(client.info("cluster").get("cluster_enabled"))
+    except redis.ResponseError:
+        return False  # a server (or proxy) without INFO cluster is no cluster
+    except redis.RedisError:
+        return False  # unreachable: the caller's first command reports it
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` talks to a Redis Cluster (keys must then share slots per call)."""
+    return isinstance(client, redis.cluster.RedisCluster)
+
+
+def check_reachable(client: Any, url: str) -> None:
     """PING once; raise BackendUnavailable with the URL (password hidden) if it fails."""
     try:
         client.ping()

@@ -8,6 +8,10 @@ The README's "Key schema" table documents each key's type, writer and operations
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
 # -- global registration ---------------------------------------------------------------
 ACTIVE_WORKERS = "active_workers"  # set: ids of live partition owners
 KNOWN_WORKERS = "known_workers"  # set: every partition ever registered (sums, sweeps)
@@ -176,3 +180,67 @@ def applied_key(lock_key: str) -> str:
     """String with a PX expiry: the fencing tokens of the last write applied under a lock,
     so a write resent after a lost reply is recognised and not applied twice."""
     return f"applied:{lock_key}"
+
+
+# -- shards: the same names under a hash tag (Redis Cluster) ------------------------------------
+SHARDS = "orchestrator_mp:shards"  # string: how many shards the data is split over (absent: 1, plain)
+
+
+class KeySpace:
+    """The keys of one shard: every name of this module behind one hash-tag prefix.
+
+    ``KeySpace()`` is the plain layout, today's names unchanged (one server). A
+    sharded layout puts every key of shard ``i`` under the tag of :func:`shard_prefix`,
+    so every script, MULTI and multi-key command of a shard stays in one cluster slot;
+    a worker's partition in that shard is ``{tag}:worker:{w}:...``, in the same slot.
+    Attributes mirror the module: ``space.QUEUE``, ``space.worker_state_key(w)``.
+    """
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
+    def key(self, name: str) -> str:
+        """The key of a plain name (a counter, a stream) in this shard."""
+        return self.prefix + name
+
+    def plain(self, key: str) -> str:
+        """The plain name of one of this shard's keys."""
+        return key[len(self.prefix) :] if key.startswith(self.prefix) else key
+
+    def __getattr__(self, name: str) -> Any:
+        value = globals().get(name)
+        if isinstance(value, str) and name.isupper():
+            return self.prefix + value
+        if callable(value) and name.endswith("_key"):
+            builder: Callable[..., str] = value
+            return lambda *args: self.prefix + builder(*args)
+        raise AttributeError(name)
+
+    def __repr__(self) -> str:
+        return f"KeySpace({self.prefix!r})"
+
+
+PLAIN = KeySpace()
+
+
+def shard_prefix(index: int, count: int) -> str:
+    """The hash-tag prefix of shard ``index`` of ``count``: ``{om<i>.<k>}:``.
+
+    The first ``k`` whose slot lies in the i-th of ``count`` equal slot ranges: on a
+    cluster whose masters split the slots evenly (what ``--cluster create`` does),
+    ``count`` = masters puts one shard on each master. Deterministic, so every client
+    agrees on the keys without asking anyone.
+    """
+    low = index * REDIS_CLUSTER_HASH_SLOTS // count
+    high = (index + 1) * REDIS_CLUSTER_HASH_SLOTS // count
+    k = 0
+    while not low <= key_slot(f"{{om{index}.{k}}}".encode()) < high:
+        k += 1
+    return f"{{om{index}.{k}}}:"
+
+
+def shard_spaces(count: int) -> list[KeySpace]:
+    """The key spaces of a layout of ``count`` shards (1 shard on one server: plain)."""
+    return [KeySpace(shard_prefix(i, count)) for i in range(count)]

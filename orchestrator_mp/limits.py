@@ -210,12 +210,14 @@ class RedisLimits:
     Args:
         client: a redis-py client.
         worker_id: the worker these limits act for (slots are recorded in its partition).
+        space: the keys of the layout (or shard) the limits live in.
     """
 
     slot_hold_s = 3600.0  # a code-level slot older than this is presumed abandoned
 
-    def __init__(self, client: redis.Redis, worker_id: str | None = None) -> None:
+    def __init__(self, client: redis.Redis, worker_id: str | None = None, *, space: keys.KeySpace = keys.PLAIN) -> None:
         self.redis = client
+        self.space = space
         self.worker_id = worker_id
         self._admit = client.register_script(ADMIT)
         self._release = client.register_script(RELEASE_SLOT)
@@ -229,17 +231,17 @@ class RedisLimits:
         """One atomic decision for a claimed task; raises Fenced."""
         reply = self._admit(
             keys=[
-                keys.worker_state_key(worker_id),
-                keys.worker_inflight_key(worker_id),
-                keys.DELAYED,
-                keys.rate_limit_key(rate.name if rate else "-"),
-                keys.slots_key(cap.name if cap else "-"),
-                keys.slot_waiters_key(cap.name if cap else "-"),
-                keys.worker_slots_key(worker_id),
-                keys.LIMITERS,
-                keys.TOTAL_DEFERRED,
-                keys.TOTAL_FENCED,
-                keys.rate_reservations_key(rate.name if rate else "-"),
+                self.space.worker_state_key(worker_id),
+                self.space.worker_inflight_key(worker_id),
+                self.space.DELAYED,
+                self.space.rate_limit_key(rate.name if rate else "-"),
+                self.space.slots_key(cap.name if cap else "-"),
+                self.space.slot_waiters_key(cap.name if cap else "-"),
+                self.space.worker_slots_key(worker_id),
+                self.space.LIMITERS,
+                self.space.TOTAL_DEFERRED,
+                self.space.TOTAL_FENCED,
+                self.space.rate_reservations_key(rate.name if rate else "-"),
             ],
             args=[
                 epoch,
@@ -267,7 +269,7 @@ class RedisLimits:
     def release_worker_slots(self, worker_id: str) -> int:
         """Free every slot a dead worker held (part of its takeover). Returns how many."""
         freed = 0
-        for record in self.redis.smembers(keys.worker_slots_key(worker_id)):
+        for record in self.redis.smembers(self.space.worker_slots_key(worker_id)):
             name, _, holder = record.partition("|")
             freed += self._free(name, holder, worker_id)
         return freed
@@ -280,10 +282,10 @@ class RedisLimits:
         return bool(
             self._release(
                 keys=[
-                    keys.slots_key(name),
-                    keys.slot_waiters_key(name),
-                    keys.QUEUE,
-                    keys.worker_slots_key(worker_id),
+                    self.space.slots_key(name),
+                    self.space.slot_waiters_key(name),
+                    self.space.QUEUE,
+                    self.space.worker_slots_key(worker_id),
                 ],
                 args=[holder, f"{name}|{holder}"],
             )
@@ -296,7 +298,7 @@ class RedisLimits:
         while True:
             wait_ms = float(
                 self._rate_only(
-                    keys=[keys.rate_limit_key(limit.name)], args=[limit.rate.interval_ms, limit.rate.tolerance_ms]
+                    keys=[self.space.rate_limit_key(limit.name)], args=[limit.rate.interval_ms, limit.rate.tolerance_ms]
                 )
             )
             if wait_ms <= 0:
@@ -312,7 +314,7 @@ class RedisLimits:
         while True:
             cutoff = time.time() * 1000.0 - self.slot_hold_s * 1000.0
             taken = self._take(
-                keys=[keys.slots_key(cap.name), keys.worker_slots_key(owner), keys.LIMITERS],
+                keys=[self.space.slots_key(cap.name), self.space.worker_slots_key(owner), self.space.LIMITERS],
                 args=[cap.limit, holder, cap.name, cutoff],
             )
             if taken == 1:
@@ -326,12 +328,12 @@ class RedisLimits:
     # -- accounting ------------------------------------------------------------------------------
     def waiting(self) -> int:
         """Tasks parked in every cap's waiting list (waiting work, for drains and audits)."""
-        names = sorted(self.redis.smembers(keys.LIMITERS))
+        names = sorted(self.redis.smembers(self.space.LIMITERS))
         if not names:
             return 0
         pipe = self.redis.pipeline(transaction=False)
         for name in names:
-            pipe.llen(keys.slot_waiters_key(name))
+            pipe.llen(self.space.slot_waiters_key(name))
         return sum(int(n) for n in pipe.execute())
 
 

@@ -4,18 +4,37 @@ how it builds one, and tasks and outcomes to feed it (the ``manager`` fixture is
 from __future__ import annotations
 
 from orchestrator_mp.models import Outcome, Task
-from orchestrator_mp.state import create_state_manager
+from orchestrator_mp.state import ShardedStateManager, create_state_manager
 
 # Every registered kind, plus the baseline's global-lock variant.
-IMPLEMENTATIONS = ["lockfree", "locked", "locked-global", "file"]
-REDIS_IMPLEMENTATIONS = ["lockfree", "locked", "locked-global"]
+# "sharded": the lock-free state split over 3 hash-tagged shards (the Redis Cluster
+# layout) on one server.
+IMPLEMENTATIONS = ["lockfree", "sharded", "locked", "locked-global", "file"]
+REDIS_IMPLEMENTATIONS = ["lockfree", "sharded", "locked", "locked-global"]
+SHARDS = 3
 
 
 def build_manager(variant, settings, url, **options):
     """The manager a contract test runs against (in the calling process)."""
     if variant == "locked-global":
         return create_state_manager(settings.evolve(state="locked"), url, lock_scope="global", **options)
+    if variant == "sharded":
+        return create_state_manager(settings.evolve(state="lockfree", shards=SHARDS), url, **options)
     return create_state_manager(settings.evolve(state=variant), url, **options)
+
+
+def fifo(manager):
+    """Whether the manager keeps one queue in submission order. A sharded one keeps
+    order per shard (and per partition key), not across shards."""
+    return not isinstance(manager, ShardedStateManager)
+
+
+def claim_all(manager, worker_id, epoch, max_count=16):
+    """Claims until the queue is empty: the list of batches."""
+    batches = []
+    while batch := manager.claim(worker_id, epoch, max_count):
+        batches.append(batch)
+    return batches
 
 
 def server_url(request, variant):

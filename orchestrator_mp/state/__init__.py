@@ -15,6 +15,7 @@ from .base import ReclaimResult, SettleResult, StateManager, StreamTail
 from .filebased import FileStateManager, state_dir_for
 from .locked import RedisEnabledStateManager
 from .lockfree import RedisLockFreeStateManager
+from .sharded import ShardedStateManager, open_lockfree
 
 
 @attrs.frozen
@@ -49,11 +50,16 @@ _KINDS: dict[str, StateKind] = {
     for kind in (
         StateKind(
             "lockfree",
-            lambda settings, url, fail_fast=False, **options: RedisLockFreeStateManager(
-                url, lease_s=settings.lease_s, client_retries=not fail_fast, **_sizes(settings), **options
+            lambda settings, url, fail_fast=False, **options: open_lockfree(
+                url,
+                shards=settings.shards,
+                lease_s=settings.lease_s,
+                client_retries=not fail_fast,
+                **_sizes(settings),
+                **options,
             ),
             needs_server=True,
-            summary="atomic Redis operations only (Lua, INCR, XADD, MULTI)",
+            summary="atomic Redis operations only (Lua, INCR, XADD, MULTI); sharded on a cluster",
         ),
         StateKind(
             "locked",
@@ -109,6 +115,7 @@ __all__ = [
     "StreamTail",
     "StateKind",
     "RedisLockFreeStateManager",
+    "ShardedStateManager",
     "RedisEnabledStateManager",
     "FileStateManager",
     "create_state_manager",

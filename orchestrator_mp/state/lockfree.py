@@ -37,14 +37,15 @@ from .redisreads import RedisReadsMixin, translate_connection_errors
 class _Lanes:
     """Numbers the lanes one script call touches; their key pairs go into KEYS in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, space: keys.KeySpace) -> None:
+        self.space = space
         self.keys: list[str] = []
         self._numbers: dict[str, int] = {}
 
     def number(self, partition_key: str) -> int:
         if partition_key not in self._numbers:
             self._numbers[partition_key] = len(self._numbers) + 1
-            self.keys.extend((keys.lane_key(partition_key), keys.lane_owner_key(partition_key)))
+            self.keys.extend((self.space.lane_key(partition_key), self.space.lane_owner_key(partition_key)))
         return self._numbers[partition_key]
 
 
@@ -60,6 +61,8 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
         client_retries: let redis-py resend commands after a reconnect (workers: False).
         client: an existing client to use instead of building one from ``url``
             (it must have been created in this process).
+        space: the keys it works on: the plain layout, or one shard of a sharded
+            layout (see :class:`~orchestrator_mp.state.sharded.ShardedStateManager`).
     """
 
     kind = "lockfree"
@@ -75,10 +78,12 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
         result_ttl_s: float = 86_400.0,
         client_retries: bool = True,
         client: redis.Redis | None = None,
+        space: keys.KeySpace = keys.PLAIN,
     ) -> None:
         if client is None and url is None:
             raise ConfigurationError("RedisLockFreeStateManager needs a url or a client")
         self.url = url
+        self.space = space
         self.redis = client if client is not None else create_client(url, retries=client_retries)
         self.completions_maxlen = completions_maxlen
         self.events_maxlen = events_maxlen
@@ -106,12 +111,12 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
     def register_worker(self, worker_id: str, *, pid: int, host: str) -> int:
         epoch, _version = self._register(
             keys=[
-                keys.worker_state_key(worker_id),
-                keys.ACTIVE_WORKERS,
-                keys.KNOWN_WORKERS,
-                keys.WORKER_EVENTS,
-                keys.EVENTS,
-                keys.worker_lease_key(worker_id),
+                self.space.worker_state_key(worker_id),
+                self.space.ACTIVE_WORKERS,
+                self.space.KNOWN_WORKERS,
+                self.space.WORKER_EVENTS,
+                self.space.EVENTS,
+                self.space.worker_lease_key(worker_id),
             ],
             args=[worker_id, pid, host, time.time(), self.events_maxlen, self.lease_ms],
         )
@@ -119,7 +124,7 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
 
     def heartbeat(self, worker_id: str, epoch: int) -> None:
         result = self._heartbeat(
-            keys=[keys.worker_state_key(worker_id), keys.worker_lease_key(worker_id), keys.TOTAL_FENCED],
+            keys=[self.space.worker_state_key(worker_id), self.space.worker_lease_key(worker_id), self.space.TOTAL_FENCED],
             args=[epoch, time.time(), self.lease_ms],
         )
         if result == -1:
@@ -128,11 +133,11 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
     def deregister_worker(self, worker_id: str, epoch: int) -> None:
         version = self._deregister(
             keys=[
-                keys.worker_state_key(worker_id),
-                keys.ACTIVE_WORKERS,
-                keys.WORKER_EVENTS,
-                keys.EVENTS,
-                keys.worker_lease_key(worker_id),
+                self.space.worker_state_key(worker_id),
+                self.space.ACTIVE_WORKERS,
+                self.space.WORKER_EVENTS,
+                self.space.EVENTS,
+                self.space.worker_lease_key(worker_id),
             ],
             args=[worker_id, epoch, time.time(), self.events_maxlen],
         )
@@ -140,13 +145,13 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
             raise Fenced(worker_id, epoch)
 
     def get_worker_state(self, worker_id: str) -> dict[str, str]:
-        return self.redis.hgetall(keys.worker_state_key(worker_id))
+        return self.redis.hgetall(self.space.worker_state_key(worker_id))
 
     def batch_get_worker_states(self, worker_ids: Iterable[str]) -> dict[str, dict[str, str]]:
         ids = list(worker_ids)
         pipe = self.redis.pipeline(transaction=False)
         for worker_id in ids:
-            pipe.hgetall(keys.worker_state_key(worker_id))
+            pipe.hgetall(self.space.worker_state_key(worker_id))
         return dict(zip(ids, pipe.execute(), strict=True))
 
     def update_worker_field(
@@ -176,7 +181,7 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
         for field, value in common.checked_fields(mapping).items():
             flat.extend((field, value))
         result = self._update_state(
-            keys=[keys.worker_state_key(worker_id), keys.EVENTS, keys.TOTAL_FENCED],
+            keys=[self.space.worker_state_key(worker_id), self.space.EVENTS, self.space.TOTAL_FENCED],
             args=[
                 worker_id,
                 "" if expected_version is None else expected_version,
@@ -195,7 +200,7 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
     # -- counters, metrics ----------------------------------------------------------------
     def increment_counter(self, name: str, amount: int = 1, *, pipeline: Any = None) -> int:
         target = pipeline if pipeline is not None else self.redis
-        result = target.incrby(keys.counter_key(name), amount)
+        result = target.incrby(self.space.counter_key(name), amount)
         return 0 if pipeline is not None else int(result)
 
     # -- the queue ------------------------------------------------------------------------
@@ -203,7 +208,7 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
         if not raw_tasks:
             return 0
         batch_id = batch_id or new_task_id()
-        lanes, keyed, plain = _Lanes(), [], []
+        lanes, keyed, plain = _Lanes(self.space), [], []
         for raw in raw_tasks:
             partition_key = partition_key_of(raw)
             if partition_key is None:
@@ -213,11 +218,11 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
         return int(
             self._submit(
                 keys=[
-                    keys.QUEUE,
-                    keys.TOTAL_WORK_CREATED,
-                    keys.submit_marker_key(batch_id),
-                    keys.DELAYED,
-                    keys.LANE_WAITING,
+                    self.space.QUEUE,
+                    self.space.TOTAL_WORK_CREATED,
+                    self.space.submit_marker_key(batch_id),
+                    self.space.DELAYED,
+                    self.space.LANE_WAITING,
                     *lanes.keys,
                 ],
                 args=[self.submit_marker_ttl_s, "" if due_at is None else repr(float(due_at)), len(keyed) // 2, *keyed, *plain],
@@ -225,7 +230,7 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
         )
 
     def promote_due(self, limit: int = 1000) -> int:
-        return int(self._promote(keys=[keys.DELAYED, keys.QUEUE], args=[time.time(), limit]))
+        return int(self._promote(keys=[self.space.DELAYED, self.space.QUEUE], args=[time.time(), limit]))
 
     def claim(self, worker_id: str, epoch: int, max_count: int, divisor: int = 1) -> list[str]:
         return self._do_claim(worker_id, epoch, max_count, divisor, moved=0)
@@ -236,13 +241,13 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
             return claimed
         # Wake in time for the next delayed task (a retry, a scheduled or rate-limited
         # task): the next claim promotes it, so delays are kept to the millisecond.
-        soonest = self.redis.zrange(keys.DELAYED, 0, 0, withscores=True)
+        soonest = self.redis.zrange(self.space.DELAYED, 0, 0, withscores=True)
         if soonest:
             timeout_s = min(timeout_s, max(0.001, soonest[0][1] - time.time()))
         # Block on the queue itself; BLMOVE lands the task straight in our in-flight
         # list, so it is never anywhere else. A worker fenced while blocked may still
         # land one here: the parent's sweep of dead partitions puts it back.
-        first = self.redis.blmove(keys.QUEUE, keys.worker_inflight_key(worker_id), timeout_s, "RIGHT", "LEFT")
+        first = self.redis.blmove(self.space.QUEUE, self.space.worker_inflight_key(worker_id), timeout_s, "RIGHT", "LEFT")
         if first is None:
             return []
         more = self._do_claim(worker_id, epoch, max_count - 1, divisor, moved=1)
@@ -251,12 +256,12 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
     def _do_claim(self, worker_id: str, epoch: int, max_count: int, divisor: int, moved: int) -> list[str]:
         result = self._claim(
             keys=[
-                keys.QUEUE,
-                keys.worker_inflight_key(worker_id),
-                keys.worker_state_key(worker_id),
-                keys.EVENTS,
-                keys.DELAYED,
-                keys.TOTAL_FENCED,
+                self.space.QUEUE,
+                self.space.worker_inflight_key(worker_id),
+                self.space.worker_state_key(worker_id),
+                self.space.EVENTS,
+                self.space.DELAYED,
+                self.space.TOTAL_FENCED,
             ],
             args=[worker_id, epoch, max_count, max(1, divisor), time.time(), self.events_maxlen, moved],
         )
@@ -270,12 +275,12 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
         now = time.time()
         result_keys: list[str] = []
 
-        lanes = _Lanes()
+        lanes = _Lanes(self.space)
 
         def result_slot(outcome: Outcome, final: bool) -> tuple[int, str]:
             if not (final and outcome.want_result and outcome.task_id):
                 return 0, ""
-            result_keys.append(keys.result_key(outcome.task_id))
+            result_keys.append(self.space.result_key(outcome.task_id))
             return len(result_keys), outcome.stored_result(worker_id, now)
 
         def lane_slot(outcome: Outcome, final: bool) -> int:
@@ -334,24 +339,24 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
     def _do_settle(self, worker_id: str, epoch: int, extra_keys: list[str], args: list[object]) -> SettleResult:
         result = self._settle(
             keys=[
-                keys.worker_state_key(worker_id),
-                keys.worker_inflight_key(worker_id),
-                keys.worker_completed_key(worker_id),
-                keys.worker_errors_key(worker_id),
-                keys.TOTAL_WORK_COMPLETED,
-                keys.TOTAL_ERRORS,
-                keys.TOTAL_DEAD_LETTERED,
-                keys.TOTAL_DUPLICATES,
-                keys.TOTAL_FENCED,
-                keys.WORK_COMPLETIONS,
-                keys.WORK_ERRORS,
-                keys.DEAD_LETTER,
-                keys.EVENTS,
-                keys.DELAYED,
-                keys.TOTAL_RETRIED,
-                keys.TOTAL_FOREIGN,
-                keys.QUEUE,
-                keys.LANE_WAITING,
+                self.space.worker_state_key(worker_id),
+                self.space.worker_inflight_key(worker_id),
+                self.space.worker_completed_key(worker_id),
+                self.space.worker_errors_key(worker_id),
+                self.space.TOTAL_WORK_COMPLETED,
+                self.space.TOTAL_ERRORS,
+                self.space.TOTAL_DEAD_LETTERED,
+                self.space.TOTAL_DUPLICATES,
+                self.space.TOTAL_FENCED,
+                self.space.WORK_COMPLETIONS,
+                self.space.WORK_ERRORS,
+                self.space.DEAD_LETTER,
+                self.space.EVENTS,
+                self.space.DELAYED,
+                self.space.TOTAL_RETRIED,
+                self.space.TOTAL_FOREIGN,
+                self.space.QUEUE,
+                self.space.LANE_WAITING,
                 *extra_keys,
             ],
             args=args,
@@ -365,11 +370,11 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
         return (
             self._cancel(
                 keys=[
-                    keys.QUEUE,
-                    keys.TOTAL_CANCELLED,
-                    keys.lane_key(partition_key),
-                    keys.lane_owner_key(partition_key),
-                    keys.LANE_WAITING,
+                    self.space.QUEUE,
+                    self.space.TOTAL_CANCELLED,
+                    self.space.lane_key(partition_key),
+                    self.space.lane_owner_key(partition_key),
+                    self.space.LANE_WAITING,
                 ],
                 args=[raw_task, 1 if partition_key else 0],
             )
@@ -381,10 +386,10 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
             return 0
         result = self._release(
             keys=[
-                keys.worker_state_key(worker_id),
-                keys.worker_inflight_key(worker_id),
-                keys.QUEUE,
-                keys.TOTAL_FENCED,
+                self.space.worker_state_key(worker_id),
+                self.space.worker_inflight_key(worker_id),
+                self.space.QUEUE,
+                self.space.TOTAL_FENCED,
             ],
             args=[epoch, *raw_tasks],
         )
@@ -415,32 +420,32 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
         for raw in self.inflight(worker_id):
             result_number = lane_number = 0
             if common.WANTS_RESULT in raw:
-                extra_keys.append(keys.result_key(common.task_id_of(raw)))
+                extra_keys.append(self.space.result_key(common.task_id_of(raw)))
                 result_number = len(extra_keys)
             partition_key = partition_key_of(raw)
             if partition_key is not None:
                 lane_number = len(extra_keys) + 1
-                extra_keys.extend((keys.lane_key(partition_key), keys.lane_owner_key(partition_key)))
+                extra_keys.extend((self.space.lane_key(partition_key), self.space.lane_owner_key(partition_key)))
             if result_number or lane_number:
                 extras[raw] = [result_number, lane_number]
         epoch, requeued, dead = self._reclaim(
             keys=[
-                keys.worker_state_key(worker_id),
-                keys.worker_inflight_key(worker_id),
-                keys.QUEUE,
-                keys.DEAD_LETTER,
-                keys.ACTIVE_WORKERS,
-                keys.WORKER_EVENTS,
-                keys.TOTAL_REQUEUED,
-                keys.TOTAL_DEAD_LETTERED,
-                keys.TOTAL_ERRORS,
-                keys.worker_errors_key(worker_id),
-                keys.WORK_ERRORS,
-                keys.worker_lease_key(worker_id),
-                keys.DELAYED,
-                keys.TOTAL_RETRIED,
-                keys.TOTAL_FOREIGN,
-                keys.LANE_WAITING,
+                self.space.worker_state_key(worker_id),
+                self.space.worker_inflight_key(worker_id),
+                self.space.QUEUE,
+                self.space.DEAD_LETTER,
+                self.space.ACTIVE_WORKERS,
+                self.space.WORKER_EVENTS,
+                self.space.TOTAL_REQUEUED,
+                self.space.TOTAL_DEAD_LETTERED,
+                self.space.TOTAL_ERRORS,
+                self.space.worker_errors_key(worker_id),
+                self.space.WORK_ERRORS,
+                self.space.worker_lease_key(worker_id),
+                self.space.DELAYED,
+                self.space.TOTAL_RETRIED,
+                self.space.TOTAL_FOREIGN,
+                self.space.LANE_WAITING,
                 *extra_keys,
             ],
             args=[
@@ -462,11 +467,11 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
         return ReclaimResult(int(epoch), int(requeued), int(dead))
 
     def limits(self, worker_id: str | None = None) -> RedisLimits:
-        return RedisLimits(self.redis, worker_id)
+        return RedisLimits(self.redis, worker_id, space=self.space)
 
     def retry_dead_letters(self, entries: Sequence[dict[str, Any]]) -> int:
         args: list[object] = []
-        lanes = _Lanes()
+        lanes = _Lanes(self.space)
         for entry_raw, fresh in common.retry_pairs(entries):
             partition_key = partition_key_of(fresh)
             args.extend((entry_raw, fresh, lanes.number(partition_key) if partition_key else 0))
@@ -475,11 +480,11 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
         return int(
             self._dlq_retry(
                 keys=[
-                    keys.DEAD_LETTER,
-                    keys.QUEUE,
-                    keys.TOTAL_WORK_CREATED,
-                    keys.TOTAL_DLQ_RETRIED,
-                    keys.LANE_WAITING,
+                    self.space.DEAD_LETTER,
+                    self.space.QUEUE,
+                    self.space.TOTAL_WORK_CREATED,
+                    self.space.TOTAL_DLQ_RETRIED,
+                    self.space.LANE_WAITING,
                     *lanes.keys,
                 ],
                 args=args,
@@ -490,4 +495,4 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
         args = [] if entries is None else [entry["raw"] for entry in entries]
         if entries is not None and not args:
             return 0
-        return int(self._dlq_purge(keys=[keys.DEAD_LETTER, keys.TOTAL_DLQ_PURGED], args=args))
+        return int(self._dlq_purge(keys=[self.space.DEAD_LETTER, self.space.TOTAL_DLQ_PURGED], args=args))

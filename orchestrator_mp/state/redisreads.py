@@ -63,17 +63,22 @@ def _tail(length: int, last: list[Any]) -> StreamTail:
 
 @translate_connection_errors
 class RedisReadsMixin:
-    """Needs ``self.redis`` (a decoded client created in this process) and ``self.events_maxlen``."""
+    """Needs ``self.redis`` (a decoded client created in this process) and ``self.events_maxlen``.
+
+    Keys come from ``self.space`` (the plain layout unless a manager serves one shard);
+    callers always name counters and streams by their plain names.
+    """
 
     redis: redis.Redis
     events_maxlen: int
+    space: keys.KeySpace = keys.PLAIN
 
     # -- workers ------------------------------------------------------------------------------
     def active_workers(self) -> set[str]:
-        return set(self.redis.smembers(keys.ACTIVE_WORKERS))
+        return set(self.redis.smembers(self.space.ACTIVE_WORKERS))
 
     def known_workers(self) -> set[str]:
-        return set(self.redis.smembers(keys.KNOWN_WORKERS))
+        return set(self.redis.smembers(self.space.KNOWN_WORKERS))
 
     def expired_workers(self) -> list[str]:
         active = sorted(self.active_workers())
@@ -81,18 +86,18 @@ class RedisReadsMixin:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for worker_id in active:
-            pipe.exists(keys.worker_lease_key(worker_id))
+            pipe.exists(self.space.worker_lease_key(worker_id))
         return [w for w, alive in zip(active, pipe.execute(), strict=True) if not alive]
 
     def inflight(self, worker_id: str) -> list[str]:
-        return list(reversed(self.redis.lrange(keys.worker_inflight_key(worker_id), 0, -1)))
+        return list(reversed(self.redis.lrange(self.space.worker_inflight_key(worker_id), 0, -1)))
 
     # -- counters, streams ----------------------------------------------------------------------
     def get_counter(self, name: str) -> int:
-        return int(self.redis.get(keys.counter_key(name)) or 0)
+        return int(self.redis.get(self.space.counter_key(name)) or 0)
 
     def get_counters(self, names: Sequence[str] = keys.COUNTERS) -> dict[str, int]:
-        values = self.redis.mget([keys.counter_key(name) for name in names])
+        values = self.redis.mget([self.space.counter_key(name) for name in names])
         return {name: int(value or 0) for name, value in zip(names, values, strict=True)}
 
     def worker_counters(self, worker_ids: Iterable[str]) -> dict[str, dict[str, int]]:
@@ -101,8 +106,8 @@ class RedisReadsMixin:
             return {}
         pipe = self.redis.pipeline(transaction=False)
         for worker_id in ids:
-            pipe.get(keys.worker_completed_key(worker_id))
-            pipe.get(keys.worker_errors_key(worker_id))
+            pipe.get(self.space.worker_completed_key(worker_id))
+            pipe.get(self.space.worker_errors_key(worker_id))
         values = pipe.execute()
         return {
             worker_id: {"completed": int(values[2 * i] or 0), "errors": int(values[2 * i + 1] or 0)}
@@ -114,23 +119,29 @@ class RedisReadsMixin:
     ) -> None:
         """An append needs no lock: XADD (queued in ``pipeline`` if given)."""
         target = pipeline if pipeline is not None else self.redis
-        target.xadd(keys.METRICS, metric_fields(name, value, tags), maxlen=self.events_maxlen, approximate=True)
+        target.xadd(self.space.METRICS, metric_fields(name, value, tags), maxlen=self.events_maxlen, approximate=True)
 
     def stream_tail(self, stream: str) -> StreamTail:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.xlen(stream)
-        pipe.xrevrange(stream, count=1)
+        pipe.xlen(self.space.key(stream))
+        pipe.xrevrange(self.space.key(stream), count=1)
         return _tail(*pipe.execute())
 
     def read_stream(self, stream: str, count: int = 100) -> list[tuple[str, dict[str, str]]]:
-        return list(reversed(self.redis.xrevrange(stream, count=count)))
+        return list(reversed(self.redis.xrevrange(self.space.key(stream), count=count)))
 
     def follow(
         self, positions: dict[str, str], block_s: float, count: int = 1000
     ) -> list[tuple[str, str, dict[str, str]]]:
-        reply = self.redis.xread(positions, count=count, block=max(1, int(block_s * 1000)))
+        space = self.space
+        reply = self.redis.xread(
+            {space.key(stream): position for stream, position in positions.items()},
+            count=count,
+            block=None if block_s <= 0 else max(1, int(block_s * 1000)),
+        )
         entries = []
-        for stream, items in reply or []:
+        for key, items in reply or []:
+            stream = space.plain(key)
             for entry_id, fields in items:
                 entries.append((stream, entry_id, fields))
             if items:
@@ -141,19 +152,19 @@ class RedisReadsMixin:
     def queue_depths(self, worker_ids: Iterable[str] | None = None) -> dict[str, Any]:
         ids = sorted(self.known_workers() if worker_ids is None else worker_ids)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.llen(keys.QUEUE)
-        pipe.llen(keys.DEAD_LETTER)
-        pipe.zcard(keys.DELAYED)
-        pipe.get(keys.LANE_WAITING)
+        pipe.llen(self.space.QUEUE)
+        pipe.llen(self.space.DEAD_LETTER)
+        pipe.zcard(self.space.DELAYED)
+        pipe.get(self.space.LANE_WAITING)
         for worker_id in ids:
-            pipe.llen(keys.worker_inflight_key(worker_id))
+            pipe.llen(self.space.worker_inflight_key(worker_id))
         pending, dead, delayed, laned, *inflight = pipe.execute()
         by_worker = {worker_id: int(n) for worker_id, n in zip(ids, inflight, strict=True)}
         return {
             "pending": int(pending),
             "inflight": sum(by_worker.values()),
             "delayed": int(delayed),
-            "limited": RedisLimits(self.redis).waiting(),
+            "limited": RedisLimits(self.redis, space=self.space).waiting(),
             "laned": int(laned or 0),
             "dead_letter": int(dead),
             "by_worker": by_worker,
@@ -161,29 +172,29 @@ class RedisReadsMixin:
 
     def dead_letters(self, limit: int | None = 100) -> list[dict[str, Any]]:
         stop = -1 if limit is None else max(0, limit - 1)
-        return [decode_dead_letter(raw) for raw in self.redis.lrange(keys.DEAD_LETTER, 0, stop)]
+        return [decode_dead_letter(raw) for raw in self.redis.lrange(self.space.DEAD_LETTER, 0, stop)]
 
     def audit_snapshot(self) -> AuditSnapshot:
         """One MULTI/EXEC: a consistent snapshot even while workers settle batches."""
         while True:
             known = sorted(self.known_workers())
-            limiters = sorted(self.redis.smembers(keys.LIMITERS))
+            limiters = sorted(self.redis.smembers(self.space.LIMITERS))
             pipe = self.redis.pipeline(transaction=True)
-            pipe.smembers(keys.KNOWN_WORKERS)
-            pipe.mget([keys.counter_key(name) for name in keys.COUNTERS])
+            pipe.smembers(self.space.KNOWN_WORKERS)
+            pipe.mget([self.space.counter_key(name) for name in keys.COUNTERS])
             for worker_id in known:
-                pipe.get(keys.worker_completed_key(worker_id))
-                pipe.get(keys.worker_errors_key(worker_id))
-                pipe.llen(keys.worker_inflight_key(worker_id))
-            for stream in (keys.WORK_COMPLETIONS, keys.WORK_ERRORS):
+                pipe.get(self.space.worker_completed_key(worker_id))
+                pipe.get(self.space.worker_errors_key(worker_id))
+                pipe.llen(self.space.worker_inflight_key(worker_id))
+            for stream in (self.space.WORK_COMPLETIONS, self.space.WORK_ERRORS):
                 pipe.xlen(stream)
                 pipe.xrevrange(stream, count=1)
-            pipe.llen(keys.QUEUE)
-            pipe.llen(keys.DEAD_LETTER)
-            pipe.zcard(keys.DELAYED)
-            pipe.get(keys.LANE_WAITING)
+            pipe.llen(self.space.QUEUE)
+            pipe.llen(self.space.DEAD_LETTER)
+            pipe.zcard(self.space.DELAYED)
+            pipe.get(self.space.LANE_WAITING)
             for name in limiters:
-                pipe.llen(keys.slot_waiters_key(name))
+                pipe.llen(self.space.slot_waiters_key(name))
             reply = pipe.execute()
             if set(reply[0]) == set(known):
                 break  # no worker registered between the two reads
@@ -215,11 +226,11 @@ class RedisReadsMixin:
     def get_results(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
         pipe = self.redis.pipeline(transaction=False)
         for task_id in task_ids:
-            pipe.lindex(keys.result_key(task_id), 0)
+            pipe.lindex(self.space.result_key(task_id), 0)
         return {task_id: decode_result(stored) for task_id, stored in zip(task_ids, pipe.execute(), strict=True)}
 
     def wait_result(self, task_id: str, timeout_s: float | None) -> dict[str, Any] | None:
-        key = keys.result_key(task_id)
+        key = self.space.result_key(task_id)
         stored = self.redis.lindex(key, 0)
         if stored is None:
             # BLMOVE of a list onto itself: a blocking read that leaves the result
@@ -228,9 +239,9 @@ class RedisReadsMixin:
         return decode_result(stored)
 
     def task_status(self, task_id: str) -> tuple[str, dict[str, Any] | None]:
-        inflight_keys = [keys.worker_inflight_key(w) for w in sorted(self.known_workers())]
+        inflight_keys = [self.space.worker_inflight_key(w) for w in sorted(self.known_workers())]
         reply = self.redis.register_script(scripts.TASK_STATUS)(
-            keys=[keys.result_key(task_id), keys.QUEUE, keys.DELAYED, *inflight_keys],
+            keys=[self.space.result_key(task_id), self.space.QUEUE, self.space.DELAYED, *inflight_keys],
             args=[f'"id":"{task_id}"'],
         )
         if reply[0] == "result":

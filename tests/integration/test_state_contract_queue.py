@@ -11,7 +11,14 @@ import pytest
 from orchestrator_mp import keys
 from orchestrator_mp.exceptions import BackendUnavailable, Fenced
 from orchestrator_mp.models import Task
-from tests.contract import REDIS_IMPLEMENTATIONS, build_manager, failed, ok, raw_task
+from tests.contract import (
+    REDIS_IMPLEMENTATIONS,
+    build_manager,
+    failed,
+    fifo,
+    ok,
+    raw_task,
+)
 from tests.helpers import wait_for
 
 
@@ -99,7 +106,8 @@ def test_promote_due_moves_due_tasks_to_the_back_of_the_queue(manager):
         manager.submit([raw], due_at=time.time() - 10 + offset)
     assert manager.promote_due() == 3 and manager.promote_due() == 0
     epoch = manager.register_worker("w1", pid=1, host="h")
-    assert manager.claim("w1", epoch, 8) == [first, *due]
+    claimed = manager.claim("w1", epoch, 8)
+    assert claimed == [first, *due] if fifo(manager) else sorted(claimed) == sorted([first, *due])
 
 
 def test_failures_with_a_retry_go_to_the_delayed_set(manager):
@@ -184,7 +192,7 @@ def test_reclaim_settles_its_cause_and_requeues_the_rest_uncounted(manager):
     other = raw_task("tests.add", 1, 1)
     manager.submit([cause_raw, other])
     epoch = manager.register_worker("w1", pid=1, host="h")
-    assert manager.claim("w1", epoch, 2) == [cause_raw, other]
+    assert sorted(manager.claim("w1", epoch, 2)) == sorted([cause_raw, other])
     cause = failed(cause_raw, category="timeout")
     result = manager.reclaim("w1", max_crashes=3, reason="timeout", crashed=False, cause=cause)
     assert (result.epoch, result.requeued, result.dead_lettered) == (epoch + 1, 1, 1)
@@ -229,12 +237,13 @@ def test_cancel_withdraws_only_queued_tasks(manager):
     raws = [raw_task("tests.add", i, 0) for i in range(3)]
     manager.submit(raws)
     epoch = manager.register_worker("w1", pid=1, host="h")
-    manager.claim("w1", epoch, 1)
-    assert manager.cancel_queued(raws[2]) is True
-    assert manager.cancel_queued(raws[2]) is False
-    assert manager.cancel_queued(raws[0]) is False  # in flight
+    [running] = manager.claim("w1", epoch, 1)
+    queued = [raw for raw in raws if raw != running]
+    assert manager.cancel_queued(queued[1]) is True
+    assert manager.cancel_queued(queued[1]) is False
+    assert manager.cancel_queued(running) is False  # in flight
     assert manager.get_counter(keys.TOTAL_CANCELLED) == 1
-    assert manager.claim("w1", epoch, 4) == [raws[1]]
+    assert manager.claim("w1", epoch, 4) == [queued[0]]
     assert manager.audit()["ok"]
 
 
@@ -249,7 +258,9 @@ def test_dead_letters_can_be_listed_retried_and_purged(manager):
     manager.settle("w1", epoch, [failed(raw) for raw in raws])
     letters = manager.dead_letters(limit=None)
     assert len(letters) == 4 and all("raw" in entry for entry in letters)
-    assert [entry["task"] for entry in letters] == list(reversed(raws))  # newest first
+    if fifo(manager):
+        assert [entry["task"] for entry in letters] == list(reversed(raws))  # newest first
+    assert sorted(entry["task"] for entry in letters) == sorted(raws)
     assert len(manager.dead_letters(limit=2)) == 2
     assert manager.retry_dead_letters(letters[:2]) == 2
     assert manager.retry_dead_letters(letters[:2]) == 0  # no longer there
@@ -259,7 +270,8 @@ def test_dead_letters_can_be_listed_retried_and_purged(manager):
     assert counters[keys.TOTAL_DLQ_RETRIED] == 2 and counters[keys.TOTAL_DLQ_PURGED] == 2
     assert counters[keys.TOTAL_WORK_CREATED] == 6
     again = manager.claim("w1", epoch, 4)
-    assert sorted(again) == sorted(Task.from_json(raw).fresh().to_json() for raw in raws[2:])
+    retried = [entry["task"] for entry in letters[:2]]
+    assert sorted(again) == sorted(Task.from_json(raw).fresh().to_json() for raw in retried)
     assert manager.queue_depths()["dead_letter"] == 0
     assert manager.audit()["ok"]
 
@@ -275,9 +287,14 @@ def test_follow_returns_entries_after_the_positions(manager):
     timer.start()
     try:
         entries = manager.follow(positions, block_s=5)
+        if not fifo(manager):  # one settle per shard: the second may come a poll later
+            entries += manager.follow(positions, block_s=0.5) if len(entries) < 2 else []
     finally:
         timer.join()
-    assert [fields["n"] for stream, _, fields in entries] == ["1", "2"]
+    if fifo(manager):
+        assert [fields["n"] for stream, _, fields in entries] == ["1", "2"]
+    else:  # each shard counts its own: the running totals are per shard
+        assert len(entries) == 2 and sum(map(int, (f["n"] for _, _, f in entries))) in (2, 3)
     assert positions[keys.WORK_COMPLETIONS] == entries[-1][1] == manager.stream_tail(keys.WORK_COMPLETIONS).last_id
     assert manager.follow(positions, block_s=0.05) == []
 

@@ -1,0 +1,568 @@
+"""ShardedStateManager: the lock-free state split over hash-tagged shards (Redis Cluster).
+
+A Redis Cluster refuses any script, MULTI or multi-key command whose keys span two
+hash slots. So the data is split into ``S`` shards, each a complete lock-free layout
+(queue, delayed set, dead letters, counters, streams, lanes, limiters, results, and
+one partition per worker) under its own hash tag (:func:`keys.shard_prefix`). Every
+atomic step of a shard is one :class:`RedisLockFreeStateManager` call on one slot,
+exactly as on a single server; nothing ever moves between shards.
+
+- Tasks are routed by content: a keyed task by its partition key (so its lane is in
+  one shard and per-key order holds), any other by its id. The same task always goes
+  to the same shard; a retried submission re-applies only the shards it missed.
+- Each worker registers in every shard (a partition per shard, the same id) and
+  claims from them in turn, so no shard starves while any worker lives. A dead
+  worker is taken over in every shard; fencing is per shard.
+- Totals are the sum of the shards' counters and every invariant holds per shard,
+  so :meth:`audit` checks each shard and the sums. Streams are per shard; readers
+  merge them by entry id.
+- Costs: a claim that finds its shard empty tries the next (an idle worker polls
+  ``S`` shards, blocking ~50 ms on one at a time, so an idle pickup may wait that
+  long); a heartbeat renews ``S`` leases; a rate limit of ``r`` is enforced as
+  ``r/S`` per shard and a concurrency cap of ``n`` as ``n/S`` per shard (at least
+  one), because tasks spread evenly over shards by id.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+import zlib
+from collections import defaultdict
+from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+import attrs
+import redis
+
+from .. import keys
+from ..connection import create_client, is_cluster
+from ..exceptions import ConfigurationError, Fenced
+from ..limits import Admission, ConcurrencyCap, Limiter, RedisLimits
+from ..models import Outcome, new_task_id, partition_key_of
+from . import common
+from .base import AuditSnapshot, ReclaimResult, SettleResult, StateManager, StreamTail
+from .lockfree import RedisLockFreeStateManager
+from .redisreads import translate_connection_errors
+
+_T = TypeVar("_T")
+
+# Raw tasks start with their crash count: anything else is a suspect, claimed alone.
+SAFE_TASK_PREFIX = '{"crashes":0,'
+
+# How long an idle worker blocks on one shard before trying the next.
+IDLE_BLOCK_S = 0.05
+
+
+def shard_of(text: str, count: int) -> int:
+    """Which of ``count`` shards a routing key (task id, partition key, worker id) maps to."""
+    return zlib.crc32(text.encode()) % count if count > 1 else 0
+
+
+def shard_of_task(raw: str, count: int) -> int:
+    """The shard a raw task lives in: by partition key, else by id, else by its bytes."""
+    partition_key = partition_key_of(raw)
+    if partition_key is not None:
+        return shard_of("key:" + partition_key, count)
+    return shard_of(common.task_id_of(raw) or raw, count)
+
+
+def _id_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@translate_connection_errors
+class ShardedStateManager(StateManager):
+    """Lock-free state over ``len(spaces)`` shards sharing one client (a cluster or one server).
+
+    Args:
+        client: a redis-py ``RedisCluster`` (or ``Redis``) created in this process.
+        spaces: the shards' key spaces (:func:`keys.shard_spaces`).
+        options: passed to each shard's :class:`RedisLockFreeStateManager`.
+    """
+
+    kind = "lockfree"
+
+    def __init__(self, client: Any, spaces: Sequence[keys.KeySpace], *, url: str | None = None, **options: Any) -> None:
+        self.url = url
+        self.redis = client
+        self.spaces = list(spaces)
+        self.shards = [RedisLockFreeStateManager(url, client=client, space=space, **options) for space in self.spaces]
+        self.events_maxlen = self.shards[0].events_maxlen
+        self._epochs: dict[str, list[int]] = {}
+        self._deadlines: set[str] = set()  # workers whose home copy holds a task deadline
+        self._turn = itertools.count()
+
+    @property
+    def count(self) -> int:
+        return len(self.shards)
+
+    def close(self) -> None:
+        self.redis.close()
+
+    # -- routing ------------------------------------------------------------------------------
+    def _home(self, worker_id: str) -> RedisLockFreeStateManager:
+        """The shard whose copy of a worker's state hash is the versioned one."""
+        return self.shards[shard_of(worker_id, self.count)]
+
+    def _epoch(self, worker_id: str, epoch: int, index: int) -> int:
+        """The epoch of a worker in shard ``index`` (each shard fences on its own)."""
+        epochs = self._epochs.get(worker_id)
+        return epochs[index] if epochs else epoch
+
+    def _each(self, call: Callable[[int, RedisLockFreeStateManager], _T]) -> list[_T]:
+        return [call(i, shard) for i, shard in enumerate(self.shards)]
+
+    def _each_fenced(self, worker_id: str, epoch: int, call: Callable[[RedisLockFreeStateManager, int], _T]) -> list[_T]:
+        """``call(shard, its epoch)`` on every shard; the first Fenced ends it (a
+        takeover fences every shard, so one refusal is counted once)."""
+        return [call(shard, self._epoch(worker_id, epoch, i)) for i, shard in enumerate(self.shards)]
+
+    def _by_shard(self, raws: Iterable[_T], raw_of: Callable[[_T], str]) -> dict[int, list[_T]]:
+        groups: dict[int, list[_T]] = defaultdict(list)
+        for item in raws:
+            groups[shard_of_task(raw_of(item), self.count)].append(item)
+        return groups
+
+    # -- workers -----------------------------------------------------------------------------
+    def register_worker(self, worker_id: str, *, pid: int, host: str) -> int:
+        epochs = self._each(lambda _i, shard: shard.register_worker(worker_id, pid=pid, host=host))
+        self._epochs[worker_id] = epochs
+        return epochs[shard_of(worker_id, self.count)]
+
+    def heartbeat(self, worker_id: str, epoch: int) -> None:
+        self._each_fenced(worker_id, epoch, lambda shard, e: shard.heartbeat(worker_id, e))
+
+    def expired_workers(self) -> list[str]:
+        return sorted({w for shard in self.shards for w in shard.expired_workers()})
+
+    def deregister_worker(self, worker_id: str, epoch: int) -> None:
+        self._each_fenced(worker_id, epoch, lambda shard, e: shard.deregister_worker(worker_id, e))
+        self._epochs.pop(worker_id, None)
+
+    def active_workers(self) -> set[str]:
+        return set().union(*(shard.active_workers() for shard in self.shards))
+
+    def known_workers(self) -> set[str]:
+        return set().union(*(shard.known_workers() for shard in self.shards))
+
+    def get_worker_state(self, worker_id: str) -> dict[str, str]:
+        return self.batch_get_worker_states([worker_id])[worker_id]
+
+    def batch_get_worker_states(self, worker_ids: Iterable[str]) -> dict[str, dict[str, str]]:
+        """The home copy (versioned fields); while a batch claimed from another shard
+        runs, that shard's copy says so (claims and settles write their shard's copy)."""
+        ids = list(worker_ids)
+        copies = [shard.batch_get_worker_states(ids) for shard in self.shards]
+        states = {}
+        for worker_id in ids:
+            home = dict(copies[shard_of(worker_id, self.count)][worker_id])
+            busy = [part[worker_id] for part in copies if part[worker_id].get("status") == "busy"]
+            if busy and home.get("status") != "busy":
+                home.update({f: busy[0][f] for f in ACTIVITY_FIELDS if f in busy[0]})
+            states[worker_id] = home
+        return states
+
+    def update_worker_field(
+        self, worker_id: str, field: str, value: object, *, epoch: int | None = None, pipeline: Any = None
+    ) -> int:
+        index = shard_of(worker_id, self.count)
+        own = None if epoch is None else self._epoch(worker_id, epoch, index)
+        if field == "deadline" and value:
+            self._deadlines.add(worker_id)
+        return self.shards[index].update_worker_field(worker_id, field, value, epoch=own, pipeline=pipeline)
+
+    def update_worker_state(
+        self,
+        worker_id: str,
+        mapping: dict[str, object],
+        expected_version: int | None = None,
+        *,
+        epoch: int | None = None,
+    ) -> bool:
+        index = shard_of(worker_id, self.count)
+        own = None if epoch is None else self._epoch(worker_id, epoch, index)
+        if mapping.get("deadline"):
+            self._deadlines.add(worker_id)
+        return self.shards[index].update_worker_state(worker_id, mapping, expected_version, epoch=own)
+
+    # -- counters, metrics, streams -------------------------------------------------------------
+    def increment_counter(self, name: str, amount: int = 1, *, pipeline: Any = None) -> int:
+        # A hand-made increment lands in shard 0; reads sum the shards.
+        self.shards[0].increment_counter(name, amount, pipeline=pipeline)
+        return 0 if pipeline is not None else self.get_counter(name)
+
+    def get_counter(self, name: str) -> int:
+        return sum(shard.get_counter(name) for shard in self.shards)
+
+    def get_counters(self, names: Sequence[str] = keys.COUNTERS) -> dict[str, int]:
+        totals = dict.fromkeys(names, 0)
+        for shard in self.shards:
+            for name, value in shard.get_counters(names).items():
+                totals[name] += value
+        return totals
+
+    def worker_counters(self, worker_ids: Iterable[str]) -> dict[str, dict[str, int]]:
+        ids = sorted(worker_ids)
+        totals = {w: {"completed": 0, "errors": 0} for w in ids}
+        for shard in self.shards:
+            for worker_id, counts in shard.worker_counters(ids).items():
+                totals[worker_id]["completed"] += counts["completed"]
+                totals[worker_id]["errors"] += counts["errors"]
+        return totals
+
+    def record_metric(
+        self, name: str, value: float, tags: dict[str, object] | None = None, *, pipeline: Any = None
+    ) -> None:
+        self.shards[next(self._turn) % self.count].record_metric(name, value, tags, pipeline=pipeline)
+
+    def stream_tail(self, stream: str) -> StreamTail:
+        running_total = stream in (keys.WORK_COMPLETIONS, keys.WORK_ERRORS)
+        return _merged_tail([shard.stream_tail(stream) for shard in self.shards], running_total)
+
+    def read_stream(self, stream: str, count: int = 100) -> list[tuple[str, dict[str, str]]]:
+        entries = [entry for shard in self.shards for entry in shard.read_stream(stream, count)]
+        entries.sort(key=lambda entry: _id_order(entry[0]))
+        return entries[-count:] if count else entries
+
+    def follow(
+        self, positions: dict[str, str], block_s: float, count: int = 1000
+    ) -> list[tuple[str, str, dict[str, str]]]:
+        """Polls every shard (a blocking read can wait on one slot only). Positions are
+        kept per shard under ``stream@i`` keys beside the caller's plain ones."""
+        deadline = time.monotonic() + max(0.0, block_s)
+        while True:
+            entries = []
+            for i, shard in enumerate(self.shards):
+                mine = {s: positions.get(f"{s}@{i}", p) for s, p in positions.items() if "@" not in s}
+                found = shard.follow(mine, block_s=0, count=count)
+                for stream, position in mine.items():
+                    positions[f"{stream}@{i}"] = position
+                entries.extend(found)
+            if entries or time.monotonic() >= deadline:
+                entries.sort(key=lambda entry: _id_order(entry[1]))
+                for stream, entry_id, _fields in entries:
+                    positions[stream] = entry_id  # the newest overall, for callers that look
+                return entries
+            time.sleep(min(IDLE_BLOCK_S, max(0.0, deadline - time.monotonic())))
+
+    # -- limits --------------------------------------------------------------------------------
+    def limits(self, worker_id: str | None = None) -> "ShardedLimits":
+        return ShardedLimits([shard.limits(worker_id) for shard in self.shards], worker_id)
+
+    # -- the queue -----------------------------------------------------------------------------
+    def submit(self, raw_tasks: Sequence[str], batch_id: str | None = None, due_at: float | None = None) -> int:
+        batch_id = batch_id or new_task_id()
+        groups = self._by_shard(raw_tasks, str)
+        return sum(
+            self.shards[i].submit(raws, batch_id=f"{batch_id}.{i}", due_at=due_at) for i, raws in sorted(groups.items())
+        )
+
+    def promote_due(self, limit: int = 1000) -> int:
+        return sum(shard.promote_due(limit) for shard in self.shards)
+
+    def _turns(self) -> list[int]:
+        """Shard indexes starting from the next in turn, so claims spread over shards."""
+        start = next(self._turn) % self.count
+        return [(start + k) % self.count for k in range(self.count)]
+
+    def claim(self, worker_id: str, epoch: int, max_count: int, divisor: int = 1) -> list[str]:
+        """Fills the batch from the shards in turn (FIFO within each shard)."""
+        claimed: list[str] = []
+        for i in self._turns():
+            want = max_count - len(claimed)
+            if want <= 0:
+                break
+            own = self._epoch(worker_id, epoch, i)
+            got = self.shards[i].claim(worker_id, own, want, divisor)
+            if got and not got[0].startswith(SAFE_TASK_PREFIX):
+                if not claimed:
+                    return got  # a crash suspect runs alone
+                self.shards[i].release(worker_id, own, got)  # back to its queue, for a later claim
+                break
+            claimed += got
+            if got and divisor > 1:
+                break  # a fair share of a shallow queue
+        return claimed
+
+    def wait_claim(self, worker_id: str, epoch: int, max_count: int, divisor: int, timeout_s: float) -> list[str]:
+        claimed = self.claim(worker_id, epoch, max_count, divisor)
+        if claimed:
+            return claimed
+        i = self._turns()[0]
+        block_s = min(timeout_s, IDLE_BLOCK_S) if self.count > 1 else timeout_s
+        return self.shards[i].wait_claim(worker_id, self._epoch(worker_id, epoch, i), max_count, divisor, block_s)
+
+    def settle(self, worker_id: str, epoch: int, outcomes: Sequence[Outcome]) -> SettleResult:
+        totals = [0, 0, 0]
+        groups = self._by_shard(outcomes, lambda outcome: outcome.raw)
+        fenced = False
+        for i, group in sorted(groups.items()):
+            try:
+                result = self.shards[i].settle(worker_id, self._epoch(worker_id, epoch, i), group)
+            except Fenced:
+                fenced = True
+                continue
+            totals = [totals[0] + result.completed, totals[1] + result.failed, totals[2] + result.duplicates]
+        if fenced:
+            raise Fenced(worker_id, epoch)
+        home = shard_of(worker_id, self.count)
+        if worker_id in self._deadlines and home not in groups:
+            # SETTLE clears a published deadline in the task's shard; the parent reads
+            # the home copy, so clear it there too (or a finished task would time out).
+            self._deadlines.discard(worker_id)
+            self.update_worker_state(worker_id, {"deadline": "", "current_task": ""}, epoch=epoch)
+        elif home in groups:
+            self._deadlines.discard(worker_id)
+        return SettleResult(*totals)
+
+    def cancel_queued(self, raw_task: str) -> bool:
+        return self.shards[shard_of_task(raw_task, self.count)].cancel_queued(raw_task)
+
+    def release(self, worker_id: str, epoch: int, raw_tasks: Sequence[str]) -> int:
+        released, fenced = 0, False
+        for i, group in sorted(self._by_shard(raw_tasks, str).items()):
+            try:
+                released += self.shards[i].release(worker_id, self._epoch(worker_id, epoch, i), group)
+            except Fenced:
+                fenced = True
+        if fenced:
+            raise Fenced(worker_id, epoch)
+        return released
+
+    def inflight(self, worker_id: str) -> list[str]:
+        return [raw for shard in self.shards for raw in shard.inflight(worker_id)]
+
+    def reclaim(
+        self,
+        worker_id: str,
+        *,
+        max_crashes: int,
+        reason: str = "died",
+        crashed: bool = True,
+        only_if_expired: bool = False,
+        cause: Outcome | None = None,
+    ) -> ReclaimResult | None:
+        cause_shard = shard_of_task(cause.raw, self.count) if cause is not None else -1
+        results = [
+            shard.reclaim(
+                worker_id,
+                max_crashes=max_crashes,
+                reason=reason,
+                crashed=crashed,
+                only_if_expired=only_if_expired,
+                cause=cause if i == cause_shard else None,
+            )
+            for i, shard in enumerate(self.shards)
+        ]
+        done = [result for result in results if result is not None]
+        if not done:
+            return None
+        return ReclaimResult(
+            max(result.epoch for result in done),
+            sum(result.requeued for result in done),
+            sum(result.dead_lettered for result in done),
+        )
+
+    def queue_depths(self, worker_ids: Iterable[str] | None = None) -> dict[str, Any]:
+        ids = sorted(self.known_workers() if worker_ids is None else worker_ids)
+        return _summed_depths([shard.queue_depths(ids) for shard in self.shards])
+
+    def dead_letters(self, limit: int | None = 100) -> list[dict[str, Any]]:
+        entries = [entry for shard in self.shards for entry in shard.dead_letters(limit)]
+        entries.sort(key=lambda entry: entry.get("failed_at") or 0, reverse=True)
+        return entries if limit is None else entries[:limit]
+
+    def retry_dead_letters(self, entries: Sequence[dict[str, Any]]) -> int:
+        # A retried task keeps its id and key, so it goes back to the shard it left.
+        groups = self._by_shard(entries, lambda entry: entry.get("task", ""))
+        return sum(self.shards[i].retry_dead_letters(group) for i, group in sorted(groups.items()))
+
+    def purge_dead_letters(self, entries: Sequence[dict[str, Any]] | None = None) -> int:
+        if entries is None:
+            return sum(shard.purge_dead_letters(None) for shard in self.shards)
+        groups = self._by_shard(entries, lambda entry: entry.get("task", ""))
+        return sum(self.shards[i].purge_dead_letters(group) for i, group in sorted(groups.items()))
+
+    # -- results -------------------------------------------------------------------------------
+    def get_results(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        # A keyed task's result lives in its key's shard: look in every shard.
+        found: dict[str, dict[str, Any] | None] = dict.fromkeys(task_ids)
+        for shard in self.shards:
+            missing = [task_id for task_id, result in found.items() if result is None]
+            if not missing:
+                break
+            found.update({k: v for k, v in shard.get_results(missing).items() if v is not None})
+        return found
+
+    def wait_result(self, task_id: str, timeout_s: float | None) -> dict[str, Any] | None:
+        home = self.shards[shard_of(task_id, self.count)]
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            found = self.get_results([task_id])[task_id]
+            left = None if deadline is None else deadline - time.monotonic()
+            if found is not None or (left is not None and left <= 0):
+                return found
+            # Block on the shard an unkeyed task's result lands in; poll the others.
+            found = home.wait_result(task_id, IDLE_BLOCK_S * 4 if left is None else min(left, IDLE_BLOCK_S * 4))
+            if found is not None:
+                return found
+
+    def task_status(self, task_id: str) -> tuple[str, dict[str, Any] | None]:
+        for shard in self.shards:
+            status = shard.task_status(task_id)
+            if status[0] != "unknown":
+                return status
+        return "unknown", None
+
+    # -- auditing ------------------------------------------------------------------------------
+    def audit_snapshot(self) -> AuditSnapshot:
+        """The sum of each shard's exact (MULTI) snapshot: every invariant is linear
+        and holds per shard, so it holds for the sums though shards are read in turn."""
+        parts = [shard.audit_snapshot() for shard in self.shards]
+        counters = dict.fromkeys(keys.COUNTERS, 0)
+        per_worker: dict[str, dict[str, int]] = {}
+        for part in parts:
+            for name, value in part.counters.items():
+                counters[name] += value
+            for worker_id, counts in part.per_worker.items():
+                mine = per_worker.setdefault(worker_id, {"completed": 0, "errors": 0})
+                mine["completed"] += counts["completed"]
+                mine["errors"] += counts["errors"]
+        return AuditSnapshot(
+            counters=counters,
+            per_worker=per_worker,
+            completions=_merged_tail([part.completions for part in parts], running_total=True),
+            errors=_merged_tail([part.errors for part in parts], running_total=True),
+            depths=_summed_depths([part.depths for part in parts]),
+        )
+
+    def audit(self) -> dict[str, Any]:
+        report = super().audit()
+        shards_ok = [shard.audit()["ok"] for shard in self.shards]
+        report["checks"]["every_shard_consistent"] = all(shards_ok)
+        report["ok"] = report["ok"] and all(shards_ok)
+        report["shards"] = len(self.shards)
+        return report
+
+    def ping(self) -> None:
+        self.shards[0].ping()
+
+
+ACTIVITY_FIELDS = ("status", "current_task", "batch", "last_activity")
+
+
+def _merged_tail(tails: Sequence[StreamTail], running_total: bool = False) -> StreamTail:
+    """One tail for a stream kept per shard: total length, newest entry overall. With
+    ``running_total``, ``n`` (each shard's running count) becomes the sum of the shards'."""
+    present = [tail for tail in tails if tail.last]
+    length = sum(tail.length for tail in tails)
+    if not present:
+        return StreamTail(length=length, last={})
+    newest = max(present, key=lambda tail: _id_order(tail.last_id))
+    last = dict(newest.last)
+    if running_total:
+        last["n"] = str(sum(int(tail.last.get("n", 0)) for tail in present))
+    return StreamTail(length=length, last=last, last_id=newest.last_id)
+
+
+def _summed_depths(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    depths: dict[str, Any] = {"by_worker": {}}
+    for part in parts:
+        for name, value in part.items():
+            if name == "by_worker":
+                for worker_id, n in value.items():
+                    depths["by_worker"][worker_id] = depths["by_worker"].get(worker_id, 0) + n
+            else:
+                depths[name] = depths.get(name, 0) + value
+    return depths
+
+
+@attrs.define
+class ShardedLimits:
+    """Limits split over shards: a task is admitted in the shard it lives in, against
+    that shard's share of the rate (``r/S``) and of the cap (``n/S``, at least 1)."""
+
+    parts: list[RedisLimits]
+    worker_id: str | None = None
+
+    @property
+    def redis(self) -> Any:
+        return self.parts[0].redis
+
+    def _share(self, rate: Limiter | None, cap: ConcurrencyCap | None) -> tuple[Limiter | None, ConcurrencyCap | None]:
+        count = len(self.parts)
+        if count == 1:
+            return rate, cap
+        if rate is not None:
+            rate = attrs.evolve(rate, rate=attrs.evolve(rate.rate, period_s=rate.rate.period_s * count))
+        if cap is not None:
+            cap = attrs.evolve(cap, limit=max(1, cap.limit // count))
+        return rate, cap
+
+    def admit(
+        self, worker_id: str, epoch: int, raw: str, task_id: str, rate: Limiter | None, cap: ConcurrencyCap | None
+    ) -> Admission:
+        shard = self.parts[shard_of_task(raw, len(self.parts))]
+        return shard.admit(worker_id, epoch, raw, task_id, *self._share(rate, cap))
+
+    def release(self, cap: ConcurrencyCap, worker_id: str, task_id: str) -> bool:
+        # The slot is in the task's shard; the holder id names the task, not its shard.
+        return any(part.release(cap, worker_id, task_id) for part in self.parts)
+
+    def release_worker_slots(self, worker_id: str) -> int:
+        return sum(part.release_worker_slots(worker_id) for part in self.parts)
+
+    def wait_for_rate(self, limit: Limiter) -> float:
+        """Code-level limits are not tied to a task: they live whole in shard 0."""
+        return self.parts[0].wait_for_rate(limit)
+
+    def hold_slot(self, cap: ConcurrencyCap, poll_s: float = 0.01) -> str:
+        return self.parts[0].hold_slot(cap, poll_s)
+
+    def free_slot(self, cap: ConcurrencyCap, holder: str) -> None:
+        self.parts[0].free_slot(cap, holder)
+
+    def waiting(self) -> int:
+        return sum(part.waiting() for part in self.parts)
+
+
+def layout(client: Any, requested: int | None) -> int | None:
+    """How many shards the data on ``client`` is split into (None: the plain layout).
+
+    The first client to write fixes it (``SET NX`` of :data:`keys.SHARDS`): ``requested``,
+    else one shard per cluster master, else the plain layout on a single server.
+    """
+    stored = client.get(keys.SHARDS)
+    if stored is None:
+        if requested is None and not is_cluster(client):
+            return None
+        wanted = requested or max(1, len(client.get_primaries()))
+        client.set(keys.SHARDS, wanted, nx=True)
+        stored = client.get(keys.SHARDS)
+    count = int(stored)
+    if requested is not None and requested != count:
+        raise ConfigurationError(f"the data here is split into {count} shards; --shards {requested} cannot change that")
+    return count
+
+
+def open_lockfree(
+    url: str | None, *, shards: int | None = None, client_retries: bool = True, client: Any = None, **options: Any
+) -> StateManager:
+    """The lock-free manager for ``url``: plain on one server, sharded on a cluster
+    (or wherever a sharded layout was chosen)."""
+    if client is None:
+        if url is None:
+            raise ConfigurationError("the lock-free state needs a url or a client")
+        client = create_client(url, retries=client_retries)
+    try:
+        count = layout(client, shards)
+    except redis.ConnectionError:
+        # Unreachable now: the first call reports it (BackendUnavailable); build what
+        # was asked for so that call can be made.
+        count = shards
+    if count is None:
+        return RedisLockFreeStateManager(url, client=client, **options)
+    return ShardedStateManager(client, keys.shard_spaces(count), url=url, **options)
+
+
+__all__ = ["ShardedStateManager", "ShardedLimits", "shard_of", "shard_of_task", "layout", "open_lockfree"]
