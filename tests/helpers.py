@@ -207,3 +207,26 @@ def run_in_pty(*args: str, cwd: str | os.PathLike, timeout: float = 120, columns
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def start_worker_command(url: str, workers: int, cwd: str | os.PathLike, env: dict | None = None,
+                         secret: str | None = None) -> subprocess.Popen:
+    """`worker --redis-url URL --workers N` in its own process, once it says it joined."""
+    full_env = {**os.environ, "ORCHESTRATOR_MP_LOG_LEVEL": "WARNING", **(env or {})}
+    proc = subprocess.Popen([*CLI, "worker", "--redis-url", url, "--workers", str(workers)],
+                            cwd=cwd, stderr=subprocess.PIPE, text=True, env=full_env)
+    line = proc.stderr.readline()
+    assert line.startswith("joined "), line
+    assert secret is None or secret not in line
+    return proc
+
+
+def completed_by_process(url: str, cwd: str | os.PathLike) -> dict[str, int]:
+    """Tasks completed per command (``host:pid``), from `status --json`."""
+    status = run_cli_json("status", "--redis-url", url, cwd=cwd)
+    done: dict[str, int] = {}
+    for worker_id, info in status["workers"].items():
+        prefix = worker_id.rsplit(":", 1)[0]  # host:pid of the command that started it
+        done[prefix] = done.get(prefix, 0) + int(info.get("completed", 0))
+    return done
+

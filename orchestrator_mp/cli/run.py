@@ -158,6 +158,7 @@ def _run_report(orch: ContinuousOrchestrator, before: dict, submitted: int, elap
         keys.TOTAL_WORK_COMPLETED: counters[keys.TOTAL_WORK_COMPLETED],
         keys.TOTAL_ERRORS: counters[keys.TOTAL_ERRORS],
         "state": orch.settings.state,
+        "shards": audit.get("shards", 1),
         "elapsed_s": round(elapsed, 3),
         "throughput_per_s": round(settled / elapsed, 1) if elapsed > 0 else 0.0,
         "run": {

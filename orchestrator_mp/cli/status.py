@@ -89,6 +89,7 @@ def status_report(state: StateManager) -> dict[str, Any]:
         "queues": audit["queues"],
         "consistent": audit["ok"],
         "checks": audit["checks"],
+        "shards": audit.get("shards", 1),
         "moving": audit["queues"]["pending"] + audit["queues"]["inflight"] > 0
         or any(workers.get(w, {}).get("status") == "busy" for w in active),
         "time": time.time(),

