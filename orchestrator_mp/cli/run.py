@@ -30,6 +30,7 @@ from .common import (
     non_negative_float,
     non_negative_int,
     positive_float,
+    positive_int,
     rate,
     rate_limit,
     say,
@@ -55,6 +56,14 @@ def add_parser(commands: Any) -> None:
         help="state manager: lockfree (default), locked (lock-based baseline), file (legacy files, no server)",
     )
     run.add_argument(
+        "--shards",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="split the lock-free data into N hash-tagged shards; fixed by whoever writes first "
+        "(default: one per master on a Redis Cluster, none on one server)",
+    )
+    run.add_argument(
         "--progress-interval",
         type=positive_float,
         default=1.0,
@@ -73,6 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         batch_size=args.batch,
         durability=args.durability,
         state=args.state,
+        shards=args.shards,
     )
     configure_logging(settings.log_level if not args.json else "WARNING", settings.log_json)
     import_task_modules(args.imports)

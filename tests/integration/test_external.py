@@ -13,8 +13,7 @@ import time
 import psutil
 import pytest
 
-from orchestrator_mp.server import redis_server_path
-from tests.cluster import local_cluster
+from tests.cluster import local_cluster, local_server
 from tests.helpers import (
     CLI,
     completed_by_process,
@@ -30,12 +29,6 @@ pytestmark = pytest.mark.slow
 PASSWORD = "s3cret-pw"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(params=["server", "cluster"])
 def external_redis(request, tmp_path):
     """(URL with the password, its port): a standalone server, or a 3-master cluster
@@ -44,25 +37,8 @@ def external_redis(request, tmp_path):
         with local_cluster(tmp_path / "cluster", password=PASSWORD) as started:
             yield started.url, started.ports[0]
         return
-    port = _free_port()
-    proc = subprocess.Popen(
-        [redis_server_path(), "--port", str(port), "--bind", "127.0.0.1", "--requirepass", PASSWORD,
-         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
-    wait_for(lambda: _answers(port), timeout=10, what="the external server")
-    yield url, port
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
+    with local_server(tmp_path / "server", password=PASSWORD) as started:
+        yield started.url, started.ports[0]
 
 
 def test_run_and_two_worker_commands_share_the_work(external_redis, tmp_path):
