@@ -12,7 +12,8 @@ W --demo N --json``, on
 
 For each it reports the median tasks/s over ``--repeat`` runs (data flushed between
 runs) and the Redis CPU per task (``INFO cpu`` user+sys, summed over nodes, divided by
-tasks) with each node's share. ``1e6 / (µs per task per shard)`` is what one shard's
+tasks) with each node's share, and the queue wait of tasks submitted one at a time
+at 200/s to idle workers. ``1e6 / (µs per task per shard)`` is what one shard's
 server core can serve; the README's deployment section builds its estimate of how
 throughput grows with shards on these figures. All servers, the workers and the
 parent share this machine's cores, so the cluster runs here are a floor, not a forecast.
@@ -32,6 +33,8 @@ from typing import Any, Callable, Iterator
 import redis
 from redis.cluster import RedisCluster
 
+from orchestrator_mp import ContinuousOrchestrator, Settings, keys
+from orchestrator_mp.demo import DEMO_TASK
 from tests.cluster import LocalCluster, local_cluster, local_server
 
 CLI = [sys.executable, "-m", "orchestrator_mp"]
@@ -82,18 +85,41 @@ def _one_run(server: LocalCluster, tasks: int, workers: int, shards: int | None,
     }
 
 
+def _latency(server: LocalCluster, shards: int | None, directory: str, rate: int, seconds: float) -> dict[str, float]:
+    """Queue wait of tasks submitted one at a time at ``rate``/s to 2 idle workers."""
+    _flush(server)
+    settings = Settings(
+        db_path=os.path.join(directory, "unused.db"), redis_url=server.url, workers=2, shards=shards, log_level="WARNING"
+    )
+    total = int(rate * seconds)
+    with ContinuousOrchestrator(settings=settings) as orch:
+        started = time.perf_counter()
+        for i in range(total):
+            pause = started + i / rate - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            orch.submit_many(DEMO_TASK, [(i,)], results=False)
+        assert orch.wait(60)
+        waits = sorted(float(f["wait_ms"]) for _, f in orch.state.read_stream(keys.WORK_COMPLETIONS, count=total))
+    return {
+        "queue_wait_p50_ms": round(statistics.median(waits), 2),
+        "queue_wait_p99_ms": round(waits[int(0.99 * (len(waits) - 1))], 2),
+    }
+
+
 def _configurations(directory: str) -> Iterator[tuple[str, Callable[[], Any], int | None]]:
     yield "one server (plain layout)", lambda: local_server(os.path.join(directory, "server")), None
     yield "3-master cluster, 1 shard", lambda: local_cluster(os.path.join(directory, "c1")), 1
     yield "3-master cluster, 3 shards", lambda: local_cluster(os.path.join(directory, "c3")), None
 
 
-def measure(tasks: int, workers: int, repeat: int) -> list[dict[str, Any]]:
+def measure(tasks: int, workers: int, repeat: int, rate: int = 200) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as directory:
         for name, start, shards in _configurations(directory):
             with start() as server:
                 runs = [_one_run(server, tasks, workers, shards, directory) for _ in range(repeat)]
+                latency = _latency(server, shards, directory, rate, seconds=3.0)
             rows.append(
                 {
                     "configuration": name,
@@ -102,6 +128,7 @@ def measure(tasks: int, workers: int, repeat: int) -> list[dict[str, Any]]:
                     "tasks_per_s_runs": [r["tasks_per_s"] for r in runs],
                     "redis_cpu_us_per_task_median": round(statistics.median(r["redis_cpu_us_per_task"] for r in runs), 2),
                     "node_share_last": runs[-1]["node_share"],
+                    f"latency_at_{rate}_per_s": latency,
                     "consistent": all(r["consistent"] for r in runs),
                 }
             )
@@ -118,11 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     rows = measure(args.tasks, args.workers, args.repeat)
     print(f"{args.tasks} demo tasks, {args.workers} workers, median of {args.repeat}, {os.cpu_count()} CPUs")
-    print(f"{'configuration':<30} {'shards':>6} {'tasks/s':>9} {'Redis µs/task':>14}  node shares")
+    print(f"{'configuration':<30} {'shards':>6} {'tasks/s':>9} {'Redis µs/task':>14} {'wait p50/p99 ms':>16}  node shares")
     for row in rows:
+        wait = row["latency_at_200_per_s"]
         print(
             f"{row['configuration']:<30} {row['shards']:>6} {row['tasks_per_s_median']:>9,.0f} "
-            f"{row['redis_cpu_us_per_task_median']:>14.2f}  {row['node_share_last']}"
+            f"{row['redis_cpu_us_per_task_median']:>14.2f} {wait['queue_wait_p50_ms']:>7.2f}/{wait['queue_wait_p99_ms']:<8.2f}"
+            f"  {row['node_share_last']}"
             + ("" if row["consistent"] else "  INCONSISTENT")
         )
     print(f"({time.monotonic() - began:.0f} s)")

@@ -184,6 +184,10 @@ def applied_key(lock_key: str) -> str:
 
 # -- shards: the same names under a hash tag (Redis Cluster) ------------------------------------
 SHARDS = "orchestrator_mp:shards"  # string: how many shards the data is split over (absent: 1, plain)
+# list: one token per task made claimable in a sharded layout (capped), so idle workers
+# block on one key instead of polling every shard's queue
+DOORBELL = "orchestrator_mp:doorbell"
+DOORBELL_CAP = 64
 
 
 class KeySpace:

@@ -16,9 +16,12 @@ exactly as on a single server; nothing ever moves between shards.
 - Totals are the sum of the shards' counters and every invariant holds per shard,
   so :meth:`audit` checks each shard and the sums. Streams are per shard; readers
   merge them by entry id.
-- Costs: a claim that finds its shard empty tries the next (an idle worker polls
-  ``S`` shards, blocking ~50 ms on one at a time, so an idle pickup may wait that
-  long); a heartbeat renews ``S`` leases; a rate limit of ``r`` is enforced as
+- A blocking read waits on one slot only, so idle workers wait on a doorbell
+  (:data:`keys.DOORBELL`, a capped list in its own slot): every call here that makes
+  tasks claimable (submit, release, takeover, promotion, a lane or a cap moving on)
+  pushes a token per task, and an idle worker woken by one claims from every shard.
+- Costs: a claim that finds its shard empty tries the next; a ring is one more
+  round trip per submission; a heartbeat renews ``S`` leases; a rate limit of ``r`` is enforced as
   ``r/S`` per shard and a concurrency cap of ``n`` as ``n/S`` per shard (at least
   one), because tasks spread evenly over shards by id.
 """
@@ -48,8 +51,8 @@ _T = TypeVar("_T")
 # Raw tasks start with their crash count: anything else is a suspect, claimed alone.
 SAFE_TASK_PREFIX = '{"crashes":0,'
 
-# How long an idle worker blocks on one shard before trying the next.
-IDLE_BLOCK_S = 0.05
+# How often wait_result polls the shards a keyed task's result may land in.
+RESULT_POLL_S = 0.05
 
 
 def shard_of(text: str, count: int) -> int:
@@ -243,22 +246,34 @@ class ShardedStateManager(StateManager):
                 for stream, entry_id, _fields in entries:
                     positions[stream] = entry_id  # the newest overall, for callers that look
                 return entries
-            time.sleep(min(IDLE_BLOCK_S, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(RESULT_POLL_S, max(0.0, deadline - time.monotonic())))
 
     # -- limits --------------------------------------------------------------------------------
     def limits(self, worker_id: str | None = None) -> "ShardedLimits":
-        return ShardedLimits([shard.limits(worker_id) for shard in self.shards], worker_id)
+        return ShardedLimits([shard.limits(worker_id) for shard in self.shards], self.ring, worker_id)
 
     # -- the queue -----------------------------------------------------------------------------
     def submit(self, raw_tasks: Sequence[str], batch_id: str | None = None, due_at: float | None = None) -> int:
         batch_id = batch_id or new_task_id()
         groups = self._by_shard(raw_tasks, str)
-        return sum(
+        queued = sum(
             self.shards[i].submit(raws, batch_id=f"{batch_id}.{i}", due_at=due_at) for i, raws in sorted(groups.items())
         )
+        if due_at is None:
+            self.ring(queued)
+        return queued
 
     def promote_due(self, limit: int = 1000) -> int:
-        return sum(shard.promote_due(limit) for shard in self.shards)
+        return self.ring(sum(shard.promote_due(limit) for shard in self.shards))
+
+    def ring(self, tasks: int) -> int:
+        """Wake up to ``tasks`` idle workers (one token each, the list capped); returns ``tasks``."""
+        if tasks > 0:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.lpush(keys.DOORBELL, *["1"] * min(tasks, keys.DOORBELL_CAP))
+            pipe.ltrim(keys.DOORBELL, 0, keys.DOORBELL_CAP - 1)
+            pipe.execute()
+        return tasks
 
     def _turns(self) -> list[int]:
         """Shard indexes starting from the next in turn, so claims spread over shards."""
@@ -288,9 +303,16 @@ class ShardedStateManager(StateManager):
         claimed = self.claim(worker_id, epoch, max_count, divisor)
         if claimed:
             return claimed
-        i = self._turns()[0]
-        block_s = min(timeout_s, IDLE_BLOCK_S) if self.count > 1 else timeout_s
-        return self.shards[i].wait_claim(worker_id, self._epoch(worker_id, epoch, i), max_count, divisor, block_s)
+        # Wake for a doorbell token, or in time for the soonest delayed task (a claim
+        # promotes it), or at the timeout, whichever comes first.
+        pipe = self.redis.pipeline(transaction=False)
+        for space in self.spaces:
+            pipe.zrange(space.DELAYED, 0, 0, withscores=True)
+        due = [entries[0][1] for entries in pipe.execute() if entries]
+        if due:
+            timeout_s = min(timeout_s, max(0.001, min(due) - time.time()))
+        self.redis.blpop([keys.DOORBELL], timeout=timeout_s)
+        return self.claim(worker_id, epoch, max_count, divisor)
 
     def settle(self, worker_id: str, epoch: int, outcomes: Sequence[Outcome]) -> SettleResult:
         totals = [0, 0, 0]
@@ -303,6 +325,7 @@ class ShardedStateManager(StateManager):
                 fenced = True
                 continue
             totals = [totals[0] + result.completed, totals[1] + result.failed, totals[2] + result.duplicates]
+        self.ring(sum(1 for outcome in outcomes if partition_key_of(outcome.raw) is not None))  # lanes move on
         if fenced:
             raise Fenced(worker_id, epoch)
         home = shard_of(worker_id, self.count)
@@ -325,6 +348,7 @@ class ShardedStateManager(StateManager):
                 released += self.shards[i].release(worker_id, self._epoch(worker_id, epoch, i), group)
             except Fenced:
                 fenced = True
+        self.ring(released)
         if fenced:
             raise Fenced(worker_id, epoch)
         return released
@@ -357,6 +381,7 @@ class ShardedStateManager(StateManager):
         done = [result for result in results if result is not None]
         if not done:
             return None
+        self.ring(sum(result.requeued for result in done))
         return ReclaimResult(
             max(result.epoch for result in done),
             sum(result.requeued for result in done),
@@ -375,7 +400,7 @@ class ShardedStateManager(StateManager):
     def retry_dead_letters(self, entries: Sequence[dict[str, Any]]) -> int:
         # A retried task keeps its id and key, so it goes back to the shard it left.
         groups = self._by_shard(entries, lambda entry: entry.get("task", ""))
-        return sum(self.shards[i].retry_dead_letters(group) for i, group in sorted(groups.items()))
+        return self.ring(sum(self.shards[i].retry_dead_letters(group) for i, group in sorted(groups.items())))
 
     def purge_dead_letters(self, entries: Sequence[dict[str, Any]] | None = None) -> int:
         if entries is None:
@@ -403,7 +428,7 @@ class ShardedStateManager(StateManager):
             if found is not None or (left is not None and left <= 0):
                 return found
             # Block on the shard an unkeyed task's result lands in; poll the others.
-            found = home.wait_result(task_id, IDLE_BLOCK_S * 4 if left is None else min(left, IDLE_BLOCK_S * 4))
+            found = home.wait_result(task_id, RESULT_POLL_S if left is None else min(left, RESULT_POLL_S))
             if found is not None:
                 return found
 
@@ -483,6 +508,7 @@ class ShardedLimits:
     that shard's share of the rate (``r/S``) and of the cap (``n/S``, at least 1)."""
 
     parts: list[RedisLimits]
+    ring: Callable[[int], int]  # wakes idle workers when a freed slot lets a waiter go
     worker_id: str | None = None
 
     @property
@@ -507,10 +533,12 @@ class ShardedLimits:
 
     def release(self, cap: ConcurrencyCap, worker_id: str, task_id: str) -> bool:
         # The slot is in the task's shard; the holder id names the task, not its shard.
-        return any(part.release(cap, worker_id, task_id) for part in self.parts)
+        freed = any(part.release(cap, worker_id, task_id) for part in self.parts)
+        self.ring(int(freed))
+        return freed
 
     def release_worker_slots(self, worker_id: str) -> int:
-        return sum(part.release_worker_slots(worker_id) for part in self.parts)
+        return self.ring(sum(part.release_worker_slots(worker_id) for part in self.parts))
 
     def wait_for_rate(self, limit: Limiter) -> float:
         """Code-level limits are not tied to a task: they live whole in shard 0."""
