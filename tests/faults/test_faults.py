@@ -41,10 +41,12 @@ def _reclaim_times(orch):
     return times
 
 
-def test_random_worker_kills_and_a_server_kill_lose_nothing(db_path):
-    """5,000 tasks, 4 workers, a worker SIGKILLed every ~200 ms and the server once."""
+@pytest.mark.parametrize("shards", [None, 3], ids=["plain", "sharded"])
+def test_random_worker_kills_and_a_server_kill_lose_nothing(db_path, shards):
+    """5,000 tasks, 4 workers, a worker SIGKILLed every ~200 ms and the server once
+    (on the plain layout, and on the 3-shard layout a cluster gets)."""
     submitted = 5000
-    settings = settings_for(db_path, workers=4, durability="strict", batch_size=8)
+    settings = settings_for(db_path, workers=4, durability="strict", batch_size=8, shards=shards)
     kills: list[tuple[str, float]] = []
     server_kills = []
     with ContinuousOrchestrator(settings=settings) as orch:
@@ -86,7 +88,7 @@ def test_random_worker_kills_and_a_server_kill_lose_nothing(db_path):
     lost = submitted - counters["total_work_completed"] - dead
     duplicates_counted = len(ids) - len(set(ids))
     print(
-        f"\nkills survived: {len(kills)} workers + {len(server_kills)} server (restarts {restarts}); "
+        f"\n{'sharded' if shards else 'plain'}: kills survived: {len(kills)} workers + {len(server_kills)} server (restarts {restarts}); "
         f"recovery delay p50 {statistics.median(delays) * 1000:.0f} ms, max {max(delays) * 1000:.0f} ms "
         f"over {len(delays)} kills; tasks lost: {lost}; duplicates counted: {duplicates_counted}; "
         f"re-runs absorbed: {counters['total_duplicates']}; requeued: {counters['total_requeued']}; "
