@@ -16,7 +16,9 @@ import os
 import signal
 import subprocess
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
+from ..connection import PASSWORD_ENV, create_client, is_cluster
 from ..exceptions import ServerError
 from ..log import configure as configure_logging
 from ..orchestrator import live_url, open_state
@@ -44,9 +46,11 @@ def cmd_redis_cli(args: argparse.Namespace) -> int:
     cli_args = args.cli_args[1:] if args.cli_args[:1] == ["--"] else args.cli_args
     url = live_url(settings)
     if url is not None:
-        os.execv(executable, [executable, *_target(url), *cli_args])
+        target, env = _target(url)
+        os.execve(executable, [executable, *target, *cli_args], env)
     with open_state(settings, role="redis-cli") as state:
-        child = subprocess.Popen([executable, *_target(state.url), *cli_args])
+        target, env = _target(state.url)
+        child = subprocess.Popen([executable, *target, *cli_args], env=env)
         # Ctrl-C belongs to redis-cli (it ends a repeat loop or clears its prompt
         # line); a SIGTERM for us is passed on, and we stop the server when it exits.
         previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -58,5 +62,31 @@ def cmd_redis_cli(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous_term)
 
 
-def _target(url: str) -> list[str]:
-    return ["-s", url.removeprefix("unix://")] if url.startswith("unix://") else ["-u", url]
+def _target(url: str) -> tuple[list[str], dict[str, str]]:
+    """redis-cli's connection options for ``url``, and its environment.
+
+    The password goes in ``REDISCLI_AUTH`` (not argv, where ``ps`` shows it); a
+    cluster gets ``-c`` so redis-cli follows each key to its master.
+    """
+    env = dict(os.environ)
+    if url.startswith("unix://"):
+        return ["-s", url.removeprefix("unix://")], env
+    parts = urlsplit(url)
+    options = ["-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 6379)]
+    database = parts.path.strip("/")
+    if database:
+        options += ["-n", database]
+    if parts.username:
+        options += ["--user", unquote(parts.username)]
+    password = unquote(parts.password) if parts.password else os.environ.get(PASSWORD_ENV)
+    if password:
+        env["REDISCLI_AUTH"] = password
+    if parts.scheme == "rediss":
+        options.append("--tls")
+    client = create_client(url, retries=False)
+    try:
+        if is_cluster(client):
+            options.append("-c")
+    finally:
+        client.close()
+    return options, env
