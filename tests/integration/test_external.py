@@ -13,6 +13,7 @@ import time
 import psutil
 import pytest
 
+from orchestrator_mp import keys
 from tests.cluster import local_cluster, local_server
 from tests.helpers import (
     CLI,
@@ -67,6 +68,10 @@ def test_run_and_two_worker_commands_share_the_work(external_redis, tmp_path):
     assert PASSWORD not in result.stderr
     status = run_cli_json("status", "--redis-url", url, cwd=tmp_path)
     assert status["active_workers"] == [] and status["consistent"] is True
+    # The bundled redis-cli on the same URL (on a cluster it follows keys to their masters).
+    key = f"{keys.shard_prefix(0, 3)}total_work_created" if report["shards"] > 1 else "total_work_created"
+    created = run_cli("redis-cli", "--redis-url", url, "GET", key, cwd=tmp_path, check=True)
+    assert 0 < int(created.stdout) <= 5000 and PASSWORD not in created.stderr
 
 
 def test_a_lost_host_is_reclaimed_within_its_lease(external_redis, tmp_path):
