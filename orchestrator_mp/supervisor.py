@@ -51,6 +51,8 @@ TICK_S = 0.1
 SWEEP_INTERVAL_S = 1.0
 # A worker that dies this soon after its start, unregistered, counts towards the crash-loop limit.
 EARLY_DEATH_S = 2.0
+# A worker that exits cleanly (0) waits this long for our own stop before it is replaced.
+CLEAN_EXIT_GRACE_S = 1.0
 
 
 @attrs.define
@@ -299,6 +301,11 @@ class Supervisor:
         if worker.retired_at is not None:
             logger.info("retired {} exited ({})", worker.worker_id, death)
             return  # already reclaimed and replaced
+        if worker.process.exitcode == 0 and self._closing.wait(CLEAN_EXIT_GRACE_S):
+            # A clean stop (it deregistered): a signal to the whole process group (a
+            # terminal's Ctrl-C, systemd's stop) reached it a moment before our stop.
+            logger.info("{} stopped with the rest", worker.worker_id)
+            return
         self.deaths.append(death)
         logger.warning("{}; reclaiming its partition and starting a replacement", death)
         if not worker.reclaimed:
