@@ -41,6 +41,18 @@ def partition_key_of(raw: str) -> str | None:
     return key if isinstance(key, str) else None
 
 
+def shard_key_of(raw: str) -> str | None:
+    """The shard key of a raw task, decoding only entries that may have one."""
+    if '"shard":' not in raw:
+        return None
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    key = body.get("shard") if isinstance(body, dict) else None
+    return key if isinstance(key, str) else None
+
+
 def new_task_id() -> str:
     return uuid.uuid4().hex
 
@@ -51,7 +63,14 @@ def dumps(value: Any) -> str:
 
 
 _REQUIRED = {"id": str, "name": str, "args": list, "kwargs": dict, "ts": (int, float), "crashes": int}
-_OPTIONAL = {"retries": int, "max_retries": int, "time_limit": (int, float), "result": bool, "key": str}
+_OPTIONAL = {
+    "retries": int,
+    "max_retries": int,
+    "time_limit": (int, float),
+    "result": bool,
+    "key": str,
+    "shard": str,
+}
 
 
 def _shape_error(body: Any) -> str:
@@ -83,6 +102,9 @@ class Task:
     time_limit_s: float | None = None
     want_result: bool = False  # store the outcome under result:{id} for handles and futures
     partition_key: str | None = None  # tasks sharing a key run one at a time, in submission order
+    # Tasks sharing a shard key live in one shard of a sharded layout (a Redis Cluster):
+    # set for tasks under a rate limit or cap, so one shard keeps the whole limit.
+    shard_key: str | None = None
 
     def to_json(self) -> str:
         """Encode; raises PayloadError when the arguments are not JSON-serialisable."""
@@ -103,6 +125,8 @@ class Task:
             body["result"] = True
         if self.partition_key is not None:
             body["key"] = self.partition_key
+        if self.shard_key is not None:
+            body["shard"] = self.shard_key
         try:
             return dumps(body)
         except (TypeError, ValueError) as exc:
@@ -126,6 +150,7 @@ class Task:
             and type(body.get("ts")) in (float, int)
             and type(body.get("retries", 0)) is int
             and type(body.get("key", "")) is str
+            and type(body.get("shard", "")) is str
         ):
             max_retries, time_limit, want = body.get("max_retries"), body.get("time_limit"), body.get("result", False)
             if (
@@ -145,6 +170,7 @@ class Task:
                     time_limit_s=time_limit,
                     want_result=want,
                     partition_key=body.get("key"),
+                    shard_key=body.get("shard"),
                 )
         raise PayloadError(raw, _shape_error(body))
 

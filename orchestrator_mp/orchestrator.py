@@ -39,7 +39,7 @@ from .handles import TaskHandle
 from .log import configure_if_untouched, logger
 from .models import Task
 from .recovery import recover_stale_partitions
-from .registry import is_registered, name_of
+from .registry import is_registered, name_of, shard_key_for
 from .server import DatabaseLock, EmbeddedServer, monitor_command, read_owner
 from .state import (
     FALLBACK_KIND,
@@ -296,6 +296,7 @@ class ContinuousOrchestrator:
                 f"partition_key must be 1-200 characters of A-Z a-z 0-9 _ . : / @ + -, got {partition_key!r}"
             )
         raws, ids = [], []
+        shard = shard_key_for(name)
         for call in calls:
             args, kwargs = _split_call(call)
             entry = Task(
@@ -306,6 +307,7 @@ class ContinuousOrchestrator:
                 max_retries=max_retries,
                 time_limit_s=time_limit_s,
                 partition_key=partition_key,
+                shard_key=shard,
             )
             raws.append(self._encode(entry))
             ids.append(entry.id)

@@ -153,6 +153,19 @@ def get_spec(name: str) -> TaskSpec:
         raise UnknownTaskError(name) from None
 
 
+def shard_key_for(name: str) -> str | None:
+    """Where a sharded layout keeps tasks of ``name``: with their cap (or else their
+    rate limit) when the task has one, so one shard enforces the whole limit."""
+    spec = _TASKS.get(name)
+    if spec is None:
+        return None
+    if spec.concurrency is not None:
+        return f"cap:{spec.concurrency.name}"
+    if spec.rate_limit is not None:
+        return f"rate:{spec.rate_limit.name}"
+    return None
+
+
 def get_task(name: str) -> Callable[..., Any]:
     """The function registered under ``name``; raises UnknownTaskError if none."""
     return get_spec(name).func

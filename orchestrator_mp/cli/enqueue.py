@@ -9,6 +9,7 @@ from ..exceptions import PayloadError
 from ..log import configure as configure_logging
 from ..models import Task
 from ..orchestrator import open_state
+from ..registry import shard_key_for
 from .common import EXIT_OK, add_common_options, json_value, positive_int, settings_from
 
 
@@ -27,7 +28,14 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     configure_logging(settings.log_level if not args.json else "WARNING", settings.log_json)
     tasks = [
-        Task(name=args.task, args=tuple(args.args), kwargs=args.kwargs, want_result=True) for _ in range(args.count)
+        Task(
+            name=args.task,
+            args=tuple(args.args),
+            kwargs=args.kwargs,
+            want_result=True,
+            shard_key=shard_key_for(args.task),
+        )
+        for _ in range(args.count)
     ]
     raws = [t.to_json() for t in tasks]
     for raw in raws:

@@ -51,7 +51,7 @@ from typing import Any, Callable, Iterable, Sequence
 import redis
 
 from .. import keys
-from ..connection import create_client
+from ..connection import create_client, is_cluster
 from ..exceptions import ConfigurationError, LockTimeout
 from ..models import Outcome, dumps, new_task_id
 from . import common, plans
@@ -150,6 +150,10 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
         )
         self.url = url
         self.redis = client if client is not None else create_client(url, retries=client_retries)
+        if is_cluster(self.redis):
+            raise ConfigurationError(
+                "the lock-based baseline (--state locked) runs on one Redis server; a cluster needs the lock-free state"
+            )
         self.lock_scope = lock_scope
         self.policy = WAIT_POLICIES[wait_policy]
         self.lease_s = lease_s

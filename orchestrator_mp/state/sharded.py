@@ -40,7 +40,7 @@ from .. import keys
 from ..connection import create_client, is_cluster
 from ..exceptions import ConfigurationError, Fenced
 from ..limits import Admission, ConcurrencyCap, Limiter, RedisLimits
-from ..models import Outcome, new_task_id, partition_key_of
+from ..models import Outcome, new_task_id, partition_key_of, shard_key_of
 from . import common
 from .base import AuditSnapshot, ReclaimResult, SettleResult, StateManager, StreamTail
 from .lockfree import RedisLockFreeStateManager
@@ -61,7 +61,13 @@ def shard_of(text: str, count: int) -> int:
 
 
 def shard_of_task(raw: str, count: int) -> int:
-    """The shard a raw task lives in: by partition key, else by id, else by its bytes."""
+    """The shard a raw task lives in: by shard key (a limit's tasks), else partition
+    key, else id, else its bytes. Read from the raw task alone, so every process agrees."""
+    if count == 1:
+        return 0
+    shard_key = shard_key_of(raw)
+    if shard_key is not None:
+        return shard_of(shard_key, count)
     partition_key = partition_key_of(raw)
     if partition_key is not None:
         return shard_of("key:" + partition_key, count)
@@ -504,8 +510,11 @@ def _summed_depths(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 @attrs.define
 class ShardedLimits:
-    """Limits split over shards: a task is admitted in the shard it lives in, against
-    that shard's share of the rate (``r/S``) and of the cap (``n/S``, at least 1)."""
+    """Limits over shards: a task is admitted in the shard it lives in. Tasks submitted
+    with their limit's shard key (the orchestrator and ``enqueue`` set it from the
+    registry) all live in one shard, which enforces the whole limit; any others are
+    held to that shard's share: ``r/S`` of a rate and ``n/S`` (at least 1) of a cap.
+    (A limiter shared by task types with different shard keys is kept per shard.)"""
 
     parts: list[RedisLimits]
     ring: Callable[[int], int]  # wakes idle workers when a freed slot lets a waiter go
@@ -515,10 +524,12 @@ class ShardedLimits:
     def redis(self) -> Any:
         return self.parts[0].redis
 
-    def _share(self, rate: Limiter | None, cap: ConcurrencyCap | None) -> tuple[Limiter | None, ConcurrencyCap | None]:
+    def _share(
+        self, raw: str, rate: Limiter | None, cap: ConcurrencyCap | None
+    ) -> tuple[Limiter | None, ConcurrencyCap | None]:
         count = len(self.parts)
-        if count == 1:
-            return rate, cap
+        if count == 1 or shard_key_of(raw) is not None:
+            return rate, cap  # every task of this limit lives in this shard
         if rate is not None:
             rate = attrs.evolve(rate, rate=attrs.evolve(rate.rate, period_s=rate.rate.period_s * count))
         if cap is not None:
@@ -529,7 +540,7 @@ class ShardedLimits:
         self, worker_id: str, epoch: int, raw: str, task_id: str, rate: Limiter | None, cap: ConcurrencyCap | None
     ) -> Admission:
         shard = self.parts[shard_of_task(raw, len(self.parts))]
-        return shard.admit(worker_id, epoch, raw, task_id, *self._share(rate, cap))
+        return shard.admit(worker_id, epoch, raw, task_id, *self._share(raw, rate, cap))
 
     def release(self, cap: ConcurrencyCap, worker_id: str, task_id: str) -> bool:
         # The slot is in the task's shard; the holder id names the task, not its shard.

@@ -4,12 +4,21 @@ from __future__ import annotations
 import re
 
 import pytest
+from redis.crc import key_slot
 
 from orchestrator_mp import keys
 from orchestrator_mp.connection import redact
 from orchestrator_mp.demo import should_fail
 from orchestrator_mp.exceptions import ConfigurationError, UnknownTaskError
-from orchestrator_mp.registry import get_task, register_task, task, unregister_task
+from orchestrator_mp.models import Task
+from orchestrator_mp.registry import (
+    get_task,
+    register_task,
+    shard_key_for,
+    task,
+    unregister_task,
+)
+from orchestrator_mp.state.sharded import shard_of, shard_of_task
 
 
 def test_worker_keys_share_one_hash_tag():
@@ -83,3 +92,41 @@ def test_redact_hides_passwords():
     assert redact("redis://user:secret@host:6379/0") == "redis://user:***@host:6379/0"
     assert redact("redis://:secret@host") == "redis://***@host"
     assert redact("unix:///tmp/x.sock") == "unix:///tmp/x.sock"
+
+
+def test_a_shard_key_space_prefixes_every_key_with_one_hash_tag():
+    """Every key of a shard (worker partitions included) hashes to the shard's slot."""
+    spaces = keys.shard_spaces(3)
+    for index, space in enumerate(spaces):
+        names = [space.QUEUE, space.key(keys.TOTAL_WORK_COMPLETED), space.key(keys.WORK_COMPLETIONS),
+                 space.worker_state_key("host:1:0"), space.worker_inflight_key("host:1:0"), space.lane_key("k"),
+                 space.result_key("abc"), space.slots_key("cap")]
+        slots = {key_slot(name.encode()) for name in names}
+        assert len(slots) == 1
+        assert index * 16384 // 3 <= slots.pop() < (index + 1) * 16384 // 3  # one shard per master
+        assert space.plain(space.QUEUE) == keys.QUEUE
+    assert keys.PLAIN.QUEUE == keys.QUEUE and keys.PLAIN.worker_state_key("w") == keys.worker_state_key("w")
+    assert [s.prefix for s in keys.shard_spaces(3)] == [s.prefix for s in spaces]  # deterministic
+
+
+def test_tasks_route_to_shards_by_shard_key_then_partition_key_then_id():
+    plain = [Task(name="t").to_json() for _ in range(300)]
+    assert {shard_of_task(raw, 3) for raw in plain} == {0, 1, 2}
+    keyed = {shard_of_task(Task(name="t", partition_key="acct-1").to_json(), 3) for _ in range(20)}
+    limited = {shard_of_task(Task(name="t", shard_key="cap:x").to_json(), 3) for _ in range(20)}
+    assert len(keyed) == 1 and len(limited) == 1 and limited == {shard_of("cap:x", 3)}
+    raw = Task(name="t", shard_key="cap:x", partition_key="k").to_json()
+    assert Task.from_json(raw).shard_key == "cap:x" and shard_of_task(raw, 1) == 0
+
+
+def test_limited_tasks_get_their_limits_shard_key():
+    register_task("tests.unit.capped", lambda: None, concurrency=2)
+    register_task("tests.unit.rated", lambda: None, rate_limit="5/s")
+    register_task("tests.unit.free", lambda: None)
+    try:
+        assert shard_key_for("tests.unit.capped") == "cap:task:tests.unit.capped"
+        assert shard_key_for("tests.unit.rated") == "rate:task:tests.unit.rated"
+        assert shard_key_for("tests.unit.free") is None and shard_key_for("nowhere") is None
+    finally:
+        for name in ("tests.unit.capped", "tests.unit.rated", "tests.unit.free"):
+            unregister_task(name)
