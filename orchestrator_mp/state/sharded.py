@@ -256,7 +256,7 @@ class ShardedStateManager(StateManager):
 
     # -- limits --------------------------------------------------------------------------------
     def limits(self, worker_id: str | None = None) -> "ShardedLimits":
-        return ShardedLimits([shard.limits(worker_id) for shard in self.shards], self.ring, worker_id)
+        return ShardedLimits([shard.limits(worker_id) for shard in self.shards], self.ring, self._epoch, worker_id)
 
     # -- the queue -----------------------------------------------------------------------------
     def submit(self, raw_tasks: Sequence[str], batch_id: str | None = None, due_at: float | None = None) -> int:
@@ -518,6 +518,7 @@ class ShardedLimits:
 
     parts: list[RedisLimits]
     ring: Callable[[int], int]  # wakes idle workers when a freed slot lets a waiter go
+    epoch_in: Callable[[str, int, int], int]  # (worker, epoch, shard) -> the worker's epoch there
     worker_id: str | None = None
 
     @property
@@ -539,8 +540,9 @@ class ShardedLimits:
     def admit(
         self, worker_id: str, epoch: int, raw: str, task_id: str, rate: Limiter | None, cap: ConcurrencyCap | None
     ) -> Admission:
-        shard = self.parts[shard_of_task(raw, len(self.parts))]
-        return shard.admit(worker_id, epoch, raw, task_id, *self._share(raw, rate, cap))
+        index = shard_of_task(raw, len(self.parts))
+        own = self.epoch_in(worker_id, epoch, index)
+        return self.parts[index].admit(worker_id, own, raw, task_id, *self._share(raw, rate, cap))
 
     def release(self, cap: ConcurrencyCap, worker_id: str, task_id: str) -> bool:
         # The slot is in the task's shard; the holder id names the task, not its shard.
