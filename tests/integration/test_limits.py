@@ -27,9 +27,10 @@ def test_bad_rates_are_refused(text):
         parse_rate(text)
 
 
-def test_rate_limit_is_respected_by_all_workers_together(db_path):
+@pytest.mark.parametrize("shards", [None, 3], ids=["plain", "sharded"])
+def test_rate_limit_is_respected_by_all_workers_together(db_path, shards):
     """Four workers share one 40/s limit: the achieved rate is within 5% of it."""
-    with ContinuousOrchestrator(settings=settings_for(db_path, workers=4)) as orch:
+    with ContinuousOrchestrator(settings=settings_for(db_path, workers=4, shards=shards)) as orch:
         handles = orch.submit_many("tests.rate_limited", [(i,) for i in range(120)])
         started = sorted(h.result(timeout=60) for h in handles)
         counters = orch.counters()
@@ -43,9 +44,10 @@ def test_rate_limit_is_respected_by_all_workers_together(db_path):
     assert audit["ok"], audit
 
 
-def test_concurrency_cap_is_never_exceeded(db_path, tmp_path):
+@pytest.mark.parametrize("shards", [None, 3], ids=["plain", "sharded"])
+def test_concurrency_cap_is_never_exceeded(db_path, tmp_path, shards):
     """At most 2 holders of the cap at once, across 4 workers; every call completes."""
-    with ContinuousOrchestrator(settings=settings_for(db_path, workers=4)) as orch:
+    with ContinuousOrchestrator(settings=settings_for(db_path, workers=4, shards=shards)) as orch:
         handles = orch.submit_many("tests.capped", [(str(tmp_path), 40) for _ in range(40)])
         observed = [h.result(timeout=60) for h in handles]
         audit = orch.audit()
@@ -55,9 +57,10 @@ def test_concurrency_cap_is_never_exceeded(db_path, tmp_path):
     assert audit["ok"] and audit["counters"]["total_work_completed"] == 40
 
 
-def test_slot_of_a_killed_holder_is_freed_by_recovery(db_path, tmp_path):
+@pytest.mark.parametrize("shards", [None, 3], ids=["plain", "sharded"])
+def test_slot_of_a_killed_holder_is_freed_by_recovery(db_path, tmp_path, shards):
     """A worker dying while holding the only slot frees it: the waiting tasks run."""
-    with ContinuousOrchestrator(settings=settings_for(db_path, workers=2)) as orch:
+    with ContinuousOrchestrator(settings=settings_for(db_path, workers=2, shards=shards)) as orch:
         first = orch.submit("tests.capped_crash", str(tmp_path), "a")
         others = orch.submit_many("tests.capped_crash", [(str(tmp_path), f"b{i}") for i in range(3)])
         assert first.result(timeout=30) == "a"
