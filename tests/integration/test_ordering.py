@@ -23,11 +23,12 @@ def _runs(path):
     return starts, ends
 
 
-def test_keys_keep_their_order_through_worker_kills(db_path, tmp_path):
+@pytest.mark.parametrize("shards", [None, 3], ids=["plain", "sharded"])
+def test_keys_keep_their_order_through_worker_kills(db_path, tmp_path, shards):
     """8 keys x 25 tasks, 4 workers, 6 SIGKILLs: per key, runs never overlap and finish in order."""
     log = str(tmp_path / "runs.log")
     keys = [f"repo-{k}" for k in range(8)]
-    with ContinuousOrchestrator(settings=settings_for(db_path, workers=4)) as orch:
+    with ContinuousOrchestrator(settings=settings_for(db_path, workers=4, shards=shards)) as orch:
         for seq in range(25):
             for key in keys:
                 orch.submit_with("tests.ordered", (log, key, seq, 5), partition_key=key, result=False)
@@ -66,7 +67,7 @@ def test_keys_keep_their_order_through_worker_kills(db_path, tmp_path):
             end = ended.get((seq, pid))
             if end is not None and next_start < end:
                 violations += 1  # two runs of one key at once
-    print(f"\nordering: 8 keys x 25 tasks, {len(kills)} kills, {workers_used} workers used, "
+    print(f"\nordering ({'sharded' if shards else 'plain'}): 8 keys x 25 tasks, {len(kills)} kills, {workers_used} workers used, "
           f"ordering violations {violations}, re-runs after a kill {reruns}, "
           f"requeued {audit['counters']['total_requeued']}")
     assert violations == 0
