@@ -54,6 +54,17 @@ NOT_RUN = {
     "python -m orchestrator_mp worker --redis-url redis://:PASSWORD@HOST:6379/0 --workers 4 --import myproject.tasks": (
         "needs a server on another host; tests/integration/test_external.py runs `worker --redis-url` for real"
     ),
+    "redis-server --port 7000 --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file nodes-7000.conf "
+    "--daemonize yes": "fixed ports and daemons outlive the suite; tests/cluster.py starts nodes with these options",
+    "redis-cli --cluster create 127.0.0.1:7000 127.0.0.1:7001 127.0.0.1:7002 --cluster-replicas 0 --cluster-yes": (
+        "needs the three nodes above; tests/cluster.py runs this create"
+    ),
+    "python -m orchestrator_mp run --redis-url redis://127.0.0.1:7000/0 --workers 2 --demo 20000 --demo-ms 1": (
+        "needs the cluster above; test_external runs `run --redis-url` plus `worker` commands on a real cluster"
+    ),
+    "python -m orchestrator_mp worker --redis-url redis://127.0.0.1:7000/0 --workers 2": (
+        "needs the cluster above; test_external runs `worker --redis-url` on a real cluster"
+    ),
     "pip install -e '.[peers]'": "the peer packages are an optional extra CI does not install; setup.cfg must define it",
     "python -m benchmarks.peers": "the full run takes about 20 minutes; `--list` runs here, and "
     "tests/integration/test_peers_runner.py runs it on a small workload",
@@ -170,9 +181,16 @@ def _check_not_run(command: str) -> None:
         assert "python -m orchestrator_mp bench --quick --check" in (ROOT / ".ci" / "run").read_text()
     elif command.startswith("python benchmarks/"):
         assert (ROOT / command.split()[1]).is_file(), command
-    elif " worker --redis-url " in command:
+    elif " worker --redis-url " in command or " run --redis-url " in command:
         external = (ROOT / "tests" / "integration" / "test_external.py").read_text()
-        assert '"worker", "--redis-url"' in external
+        helpers = (ROOT / "tests" / "helpers.py").read_text()
+        assert '"worker", "--redis-url"' in helpers and "start_worker_command(" in external
+        assert '"run", "--redis-url"' in external
+        assert '@pytest.fixture(params=["server", "cluster"])' in external
+    elif command.startswith(("redis-server ", "redis-cli --cluster create")):
+        starter = (ROOT / "tests" / "cluster.py").read_text()
+        for option in re.findall(r"(--[a-z-]+)", command):
+            assert f'"{option}"' in starter, option
     elif command == "pip install -e '.[peers]'":
         extra = re.search(r"^peers =\n((?:[ \t]+\S.*\n)+)", (ROOT / "setup.cfg").read_text(), re.M)
         assert extra, "setup.cfg must define the peers extra"
