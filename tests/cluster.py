@@ -85,6 +85,7 @@ class LocalCluster:
     directory: str
     password: str | None = None
     cluster_enabled: bool = True
+    replicas: int = 0
     processes: list[subprocess.Popen] = dataclasses.field(default_factory=list)
     ports: list[int] = dataclasses.field(default_factory=list)
     startup_s: float = 0.0
@@ -118,19 +119,26 @@ class LocalCluster:
 
     @classmethod
     def start(
-        cls, directory: str | os.PathLike, masters: int = 3, password: str | None = None, cluster_enabled: bool = True
+        cls,
+        directory: str | os.PathLike,
+        masters: int = 3,
+        password: str | None = None,
+        cluster_enabled: bool = True,
+        replicas: int = 0,
     ) -> LocalCluster:
-        """Start ``masters`` nodes under ``directory`` and join them; on any failure
-        every process started so far is stopped before the error propagates. With
-        ``cluster_enabled=False``: one standalone server (``masters`` must be 1)."""
+        """Start ``masters`` nodes (and ``replicas`` per master) under ``directory`` and
+        join them; on any failure every process started so far is stopped before the
+        error propagates. With ``cluster_enabled=False``: one standalone server
+        (``masters`` must be 1)."""
         if cluster_enabled and masters < 3:
             raise ValueError("redis-cli --cluster create needs at least 3 masters")
         if not cluster_enabled and masters != 1:
             raise ValueError("a standalone server is one node")
         began = time.monotonic()
-        cluster = cls(directory=os.fspath(directory), password=password, cluster_enabled=cluster_enabled)
+        cluster = cls(directory=os.fspath(directory), password=password, cluster_enabled=cluster_enabled,
+                      replicas=replicas)
         try:
-            for _ in range(masters):
+            for _ in range(masters * (1 + replicas)):
                 cluster._start_node()
             if cluster_enabled:
                 cluster._create()
@@ -227,7 +235,7 @@ class LocalCluster:
         if self.password:
             argv += ["-a", self.password, "--no-auth-warning"]
         argv += ["--cluster", "create", *(f"127.0.0.1:{port}" for port in self.ports),
-                 "--cluster-replicas", "0", "--cluster-yes"]
+                 "--cluster-replicas", str(self.replicas), "--cluster-yes"]
         try:
             result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                     timeout=CREATE_TIMEOUT_S)
@@ -275,9 +283,11 @@ class LocalCluster:
 
 
 @contextlib.contextmanager
-def local_cluster(directory: str | os.PathLike, masters: int = 3, password: str | None = None) -> Iterator[LocalCluster]:
+def local_cluster(
+    directory: str | os.PathLike, masters: int = 3, password: str | None = None, replicas: int = 0
+) -> Iterator[LocalCluster]:
     """A started ``LocalCluster`` for the block; every server is stopped by PID after."""
-    cluster = LocalCluster.start(directory, masters=masters, password=password)
+    cluster = LocalCluster.start(directory, masters=masters, password=password, replicas=replicas)
     try:
         yield cluster
     finally:
