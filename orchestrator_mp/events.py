@@ -1,20 +1,27 @@
 """Read the streams: replay and follow them, and derive throughput and latency.
 
 Every stream entry is appended inside one of the state manager's atomic steps
-(``state/scripts.py``); this module only reads, through a redis-py client with
-``decode_responses=True`` (:func:`client_of` takes it from a state manager)::
+(``state/scripts.py``); this module only reads, through redis-py clients with
+``decode_responses=True``. A sharded state keeps a copy of every stream per shard
+(``{om1.2}:events:stream``): readers take a *source*, one client (the plain
+names) or the :class:`ShardView` list of :func:`views_of`, and always speak of
+streams by their plain names::
 
-    --since 10m ─▶ start id "1700000000000-0" ─XRANGE pages per stream─▶ heapq.merge ─▶ replay
-                                                                              │ (positions)
-    XREAD BLOCK 1000 STREAMS s1 s2 .. id1 id2 .. ◀───── last id per stream ◀──┘ ─▶ follow
+    --since 10m ─▶ start id "1700000000000-0" ─XRANGE pages per stream and shard─▶ heapq.merge ─▶ replay
+                                                                                       │ (positions)
+    XREAD BLOCK 1000 STREAMS s1 s2 .. id1 id2 .. ◀── last id per (shard, stream) ◀─────┘ ─▶ follow
+
+A cluster command may touch one slot only, so each XREAD reads one shard's streams
+and a blocking one can wait on one shard at a time (several shards: each is read
+without blocking, then one in turn blocks for at most 50 ms).
 
 Entry ids are ``<server milliseconds>-<sequence>``, so an entry's time and any
 time window map to ids without a field of their own.
 
 Throughput needs no scan: each ``work_completions`` / ``work_errors`` entry
-carries ``n``, the running total its INCR returned in the same atomic step, so the
-tasks settled between two entries are the difference of their ``n`` (exact even
-after MAXLEN trimming).
+carries ``n``, the running total (per shard) its INCR returned in the same atomic
+step, so the tasks settled between two entries of a shard are the difference of
+their ``n`` (exact even after MAXLEN trimming); shards add up.
 
 Latency (queue wait, run time) is read from ``metrics:stream`` samples named
 ``queue_wait_ms`` / ``run_ms`` when workers record them there, else from the
@@ -23,11 +30,15 @@ Latency (queue wait, run time) is read from ``metrics:stream`` samples named
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import re
-from typing import Any, Iterable, Iterator, Sequence
+import time
+from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
+import attrs
 import redis
+import redis.cluster
 
 from . import keys
 from .exceptions import ConfigurationError
@@ -57,21 +68,100 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _FULL_ID = re.compile(r"^\d+-\d+$")
 _EMPTY = "0-0"
+SHARD_BLOCK_MS = 50  # the longest one blocking read waits on one shard while others may get entries
 
 
-# -- names, ids and times ------------------------------------------------------------------
-def client_of(state: Any) -> redis.Redis:
+# -- sources: which clients and key spaces hold the streams ---------------------------------
+Client = Union[redis.Redis, redis.cluster.RedisCluster]
+
+
+@attrs.frozen
+class ShardView:
+    """One shard's copy of the streams: a client and the key space of their names.
+
+    ``ShardView(client)`` is the plain layout (the names of :mod:`keys` unchanged).
+    """
+
+    client: Client
+    space: keys.KeySpace = keys.PLAIN
+
+    def key(self, stream: str) -> str:
+        """The key of a plain stream name in this shard."""
+        return self.space.key(stream)
+
+
+# What the readers accept: one client (the plain layout) or a view per shard.
+Source = Union[Client, Sequence[ShardView]]
+
+
+def _is_client(value: Any) -> bool:
+    return isinstance(value, (redis.Redis, redis.cluster.RedisCluster))
+
+
+def client_of(state: Any) -> Client:
     """The redis-py client behind a state manager: streams are a Redis feature.
+
+    It reads the plain stream names only; a sharded state's streams are read
+    through :func:`views_of`.
 
     Raises:
         ConfigurationError: the state manager keeps no Redis streams.
     """
     client = getattr(state, "redis", None)
-    if not isinstance(client, redis.Redis):
+    if not _is_client(client):
         raise ConfigurationError(f"the {getattr(state, 'kind', '?')} state manager keeps no Redis streams to read")
     return client
 
 
+def views_of(state: Any) -> list[ShardView]:
+    """One :class:`ShardView` per shard of a state manager (one for a plain layout).
+
+    Raises:
+        ConfigurationError: the state manager keeps no Redis streams (the file state).
+    """
+    client = client_of(state)
+    spaces = getattr(state, "spaces", None) or [getattr(state, "space", keys.PLAIN)]
+    return [ShardView(client, space) for space in spaces]
+
+
+def as_views(source: Source | ShardView) -> list[ShardView]:
+    """The views of a source: a client is the plain layout, a view stands alone.
+
+    Raises:
+        ConfigurationError: neither a client nor any view.
+    """
+    if _is_client(source):
+        return [ShardView(source)]
+    if isinstance(source, ShardView):
+        return [source]
+    views = list(source) if isinstance(source, (list, tuple)) else []
+    if not views or not all(isinstance(view, ShardView) for view in views):
+        raise ConfigurationError(f"streams are read from a redis client or ShardViews; got {source!r}")
+    return views
+
+
+def _pipelined(views: Sequence[ShardView], queue: Callable[[Any, ShardView], object]) -> list[list[Any]]:
+    """Replies of the commands ``queue(pipe, view)`` adds for each view, one list per
+    view, through one non-transactional pipeline per client (one round trip when the
+    views share a client; a cluster pipeline may span slots)."""
+    groups: dict[int, list[int]] = {}
+    for index, view in enumerate(views):
+        groups.setdefault(id(view.client), []).append(index)
+    replies: list[list[Any]] = [[] for _ in views]
+    for indexes in groups.values():
+        pipe = views[indexes[0]].client.pipeline(transaction=False)
+        sizes = []
+        for index in indexes:
+            before = len(pipe)
+            queue(pipe, views[index])
+            sizes.append(len(pipe) - before)
+        flat = iter(pipe.execute())
+        for index, size in zip(indexes, sizes, strict=True):
+            replies[index] = [next(flat) for _ in range(size)]
+    return replies
+
+
+# -- names, ids and times ------------------------------------------------------------------
 def resolve_stream(name: str) -> str:
     """A stream's full name from a full name or an alias (``events``, ``errors``, ...).
 
@@ -93,9 +183,13 @@ def id_order(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def server_time(client: redis.Redis) -> float:
-    """The server's clock in seconds (the clock stream ids are made from)."""
-    seconds, micros = client.time()
+def server_time(client: Client) -> float:
+    """The server's clock in seconds (the clock stream ids are made from); on a
+    cluster, the clock of the node redis-py sends TIME to (its default node)."""
+    reply = client.time()
+    if isinstance(reply, dict):  # a reply per node: any of them
+        reply = next(iter(reply.values()))
+    seconds, micros = reply
     return seconds + micros / 1e6
 
 
@@ -127,7 +221,7 @@ def parse_since(text: str, now: float) -> str | None:
     raise ConfigurationError(message)
 
 
-def last_id(client: redis.Redis, stream: str) -> str:
+def last_id(client: Client, stream: str) -> str:
     """The id of the newest entry, ``"0-0"`` for an empty or missing stream."""
     newest = client.xrevrange(stream, count=1)
     return newest[0][0] if newest else _EMPTY
@@ -135,16 +229,25 @@ def last_id(client: redis.Redis, stream: str) -> str:
 
 # -- replaying and following ---------------------------------------------------------------
 def read_range(
-    client: redis.Redis, stream: str, start: str = "-", end: str = "+", page: int = 1000
+    client: Client, stream: str, start: str = "-", end: str = "+", page: int = 1000, *, name: str | None = None
 ) -> Iterator[StreamEntry]:
-    """Entries of one stream from ``start`` to ``end`` (XRANGE syntax), oldest first, in pages."""
+    """Entries of one stream from ``start`` to ``end`` (XRANGE syntax), oldest first, in pages.
+
+    ``name``: what the entries call their stream (a shard's key read under its plain name).
+    """
+    name = stream if name is None else name
     while True:
         batch = client.xrange(stream, min=start, max=end, count=page)
         for entry_id, fields in batch:
-            yield StreamEntry(stream, entry_id, fields)
+            yield StreamEntry(name, entry_id, fields)
         if len(batch) < page:
             return
         start = "(" + batch[-1][0]
+
+
+def view_range(view: ShardView, stream: str, start: str = "-", end: str = "+", page: int = 1000) -> Iterator[StreamEntry]:
+    """:func:`read_range` of one shard's copy of a stream, entries named by the plain name."""
+    return read_range(view.client, view.key(stream), start, end, page, name=stream)
 
 
 def _merge_key(entry: StreamEntry) -> tuple[int, int, str]:
@@ -155,48 +258,61 @@ class StreamFollower:
     """Reads several streams in id order: first what they hold from ``since``, then
     new entries as they are appended (``XREAD BLOCK``).
 
-    Positions (the last id read from each stream) live here, not in the client:
-    after a lost connection, assign a new ``client`` and go on where it stopped.
+    Positions (the last id read from each stream of each shard) live here, not in
+    the client: after a lost connection, assign a new ``client`` (every view gets
+    it) and go on where it stopped.
 
     Args:
-        client: a client created in this process.
-        streams: full stream names.
+        source: a client created in this process, or one view per shard (:func:`views_of`).
+        streams: plain stream names.
         since: an XRANGE start from :func:`parse_since`; None reads only new entries.
-        block_ms: how long one :meth:`poll` waits for something new.
+        block_ms: how long one :meth:`poll` waits for something new (0: until something comes).
         count: most entries one call reads from each stream.
     """
 
     def __init__(
         self,
-        client: redis.Redis,
+        source: Source,
         streams: Sequence[str],
         since: str | None = None,
         *,
         block_ms: int = 1000,
         count: int = 1000,
     ) -> None:
-        self.client = client
+        self.views = as_views(source)
         self.streams = list(streams)
         self.since = since
         self.block_ms = block_ms
         self.count = count
-        self.positions: dict[str, str] | None = None
+        self.positions: dict[tuple[int, str], str] | None = None  # (view index, plain stream) → last id
+        self._turn = 0  # the view the next blocking read waits on
+
+    @property
+    def client(self) -> Client:
+        """The client of the (first) view."""
+        return self.views[0].client
+
+    @client.setter
+    def client(self, client: Client) -> None:
+        self.views = [attrs.evolve(view, client=client) for view in self.views]
 
     def replay(self) -> Iterator[StreamEntry]:
         """What the streams hold from ``since`` up to now, merged in id order.
 
-        Ids order entries across streams to the millisecond only (sequence numbers
-        are per stream). Marks where :meth:`poll` starts: entries appended during the replay are
-        read by the first poll, none twice.
+        Ids order entries across streams and shards to the millisecond only (sequence
+        numbers are per stream). Marks where :meth:`poll` starts: entries appended
+        during the replay are read by the first poll, none twice.
         """
-        pipe = self.client.pipeline(transaction=False)
-        for stream in self.streams:
-            pipe.xrevrange(stream, count=1)
-        ends = {s: (newest[0][0] if newest else _EMPTY) for s, newest in zip(self.streams, pipe.execute(), strict=True)}
+        tails = _pipelined(self.views, lambda pipe, view: [pipe.xrevrange(view.key(s), count=1) for s in self.streams])
+        ends = {
+            (index, stream): (newest[0][0] if newest else _EMPTY)
+            for index, replies in enumerate(tails)
+            for stream, newest in zip(self.streams, replies, strict=True)
+        }
         if self.since is not None:
             ranges = [
-                read_range(self.client, stream, self.since, end, self.count)
-                for stream, end in ends.items()
+                view_range(self.views[index], stream, self.since, end, self.count)
+                for (index, stream), end in ends.items()
                 if end != _EMPTY
             ]
             yield from heapq.merge(*ranges, key=_merge_key)
@@ -208,51 +324,83 @@ class StreamFollower:
         if self.positions is None:
             for _ in self.replay():
                 pass
-        reply = self.client.xread(self.positions, count=self.count, block=self.block_ms)
+        if len(self.views) == 1:
+            return self._read(0, self.block_ms)
+        deadline = None if self.block_ms <= 0 else time.monotonic() + self.block_ms / 1000.0
+        while True:
+            entries = [entry for index in range(len(self.views)) for entry in self._read(index, None)]
+            if not entries:
+                wait_ms = SHARD_BLOCK_MS if deadline is None else int((deadline - time.monotonic()) * 1000)
+                if wait_ms <= 0:
+                    return []
+                turn, self._turn = self._turn, (self._turn + 1) % len(self.views)
+                entries = self._read(turn, min(wait_ms, SHARD_BLOCK_MS))
+            if entries:
+                return sorted(entries, key=_merge_key)
+
+    def _read(self, index: int, block_ms: int | None) -> list[StreamEntry]:
+        """One XREAD of one view's streams (one slot), past their positions."""
+        assert self.positions is not None
+        view = self.views[index]
+        wanted = {view.key(stream): self.positions[(index, stream)] for stream in self.streams}
+        reply = view.client.xread(wanted, count=self.count, block=block_ms)
         items = reply.items() if isinstance(reply, dict) else reply or []
         entries = []
-        for stream, stream_entries in items:
+        for key, stream_entries in items:
+            stream = view.space.plain(key)
             for entry_id, fields in stream_entries:
                 entries.append(StreamEntry(stream, entry_id, fields))
             if stream_entries:
-                self.positions[stream] = stream_entries[-1][0]
+                self.positions[(index, stream)] = stream_entries[-1][0]
         entries.sort(key=_merge_key)
         return entries
 
 
 # -- throughput ------------------------------------------------------------------------------
 def throughput(
-    client: redis.Redis, windows_s: Sequence[float] = THROUGHPUT_WINDOWS_S, now: float | None = None
+    source: Source, windows_s: Sequence[float] = THROUGHPUT_WINDOWS_S, now: float | None = None
 ) -> dict[str, dict[str, float]]:
     """Tasks completed and failed per second over each recent window, in one round trip.
 
     Returns ``{"10s": {"completed_per_s": x, "errors_per_s": y}, ...}``: the
     difference of the running totals ``n`` between the first entry inside the
-    window and the newest one, divided by the time from that first entry to now
-    (at least 1 s, at most the window), so a run that began 3 s ago shows its
-    rate rather than a third of it. A window reaching back before the oldest
-    retained entry counts from that entry.
+    window and the newest one (per shard, summed over shards), divided by the time
+    from the earliest such first entry to now (at least 1 s, at most the window),
+    so a run that began 3 s ago shows its rate rather than a third of it. A window
+    reaching back before the oldest retained entry counts from that entry.
     """
-    now = server_time(client) if now is None else now
-    streams = (keys.WORK_COMPLETIONS, keys.WORK_ERRORS)
-    pipe = client.pipeline(transaction=False)
-    for stream in streams:
-        pipe.xrevrange(stream, count=1)
-        for window in windows_s:
-            pipe.xrange(stream, min=f"{int((now - window) * 1000)}-0", count=1)
-    replies = iter(pipe.execute())
+    views = as_views(source)
+    now = server_time(views[0].client) if now is None else now
+    streams = {"completed_per_s": keys.WORK_COMPLETIONS, "errors_per_s": keys.WORK_ERRORS}
+
+    def queue(pipe: Any, view: ShardView) -> None:
+        for stream in streams.values():
+            pipe.xrevrange(view.key(stream), count=1)
+            for window in windows_s:
+                pipe.xrange(view.key(stream), min=f"{int((now - window) * 1000)}-0", count=1)
+
+    per_view = [iter(replies) for replies in _pipelined(views, queue)]
     result: dict[str, dict[str, float]] = {_window_name(w): {} for w in windows_s}
-    for field in ("completed_per_s", "errors_per_s"):  # in the order of `streams`
-        newest = next(replies)
+    for field in streams:  # in the order queued
+        newest = [next(replies) for replies in per_view]
         for window in windows_s:
-            first = next(replies)
-            rate = 0.0
-            if newest and first:
-                settled = _running_total(newest[0][1]) - _running_total(first[0][1]) + 1
-                span = min(window, max(1.0, now - id_order(first[0][0])[0] / 1000.0))
-                rate = max(0, settled) / span
-            result[_window_name(window)][field] = round(rate, 1)
+            firsts = [next(replies) for replies in per_view]
+            result[_window_name(window)][field] = _rate(newest, firsts, window, now)
     return result
+
+
+def _rate(newest: Sequence[list], firsts: Sequence[list], window: float, now: float) -> float:
+    """Tasks per second from each shard's newest entry and first entry in the window."""
+    settled, start = 0, None
+    for last, first in zip(newest, firsts, strict=True):
+        if last and first:
+            settled += max(0, _running_total(last[0][1]) - _running_total(first[0][1]) + 1)
+            began = id_order(first[0][0])[0] / 1000.0
+            start = began if start is None else min(start, began)
+    if start is None:
+        return 0.0
+    span = min(window, max(1.0, now - start))
+    return round(settled / span, 1)
 
 
 def _window_name(seconds: float) -> str:
@@ -314,25 +462,23 @@ def summarize(values: Iterable[float], percentiles: Sequence[float] = PERCENTILE
     return summary
 
 
-def recent_latency(client: redis.Redis, samples: int = LATENCY_SAMPLES) -> dict[str, Any]:
-    """Percentiles of queue wait and run time (ms) over the newest ``samples`` tasks.
+def recent_latency(source: Source, samples: int = LATENCY_SAMPLES) -> dict[str, Any]:
+    """Percentiles of queue wait and run time (ms) over the newest ``samples`` tasks
+    (of every shard together).
 
     Each metric comes from ``metrics:stream`` when it holds samples of that name,
     else from ``work_completions``. Returns ``{"queue_wait_ms": summary, "run_ms":
     summary, "sources": {metric: stream}}`` (see :func:`summarize`).
     """
+    views = as_views(source)
     by_metric: dict[str, list[float]] = {name: [] for name in LATENCY_METRICS}
-    metrics = (StreamEntry(keys.METRICS, i, f) for i, f in client.xrevrange(keys.METRICS, count=2 * samples))
-    for name, value in latency_samples(metrics):
+    for name, value in latency_samples(newest_entries(views, keys.METRICS, 2 * samples)):
         if len(by_metric[name]) < samples:
             by_metric[name].append(value)
     sources = {name: keys.METRICS for name, values in by_metric.items() if values}
     if len(sources) < len(by_metric):
-        completions = (
-            StreamEntry(keys.WORK_COMPLETIONS, i, f) for i, f in client.xrevrange(keys.WORK_COMPLETIONS, count=samples)
-        )
-        for name, value in latency_samples(completions):
-            if name not in sources:
+        for name, value in latency_samples(newest_entries(views, keys.WORK_COMPLETIONS, samples)):
+            if name not in sources and len(by_metric[name]) < samples:
                 by_metric[name].append(value)
         sources.update({name: keys.WORK_COMPLETIONS for name in by_metric if name not in sources})
     result: dict[str, Any] = {name: summarize(values) for name, values in by_metric.items()}
@@ -340,21 +486,35 @@ def recent_latency(client: redis.Redis, samples: int = LATENCY_SAMPLES) -> dict[
     return result
 
 
+def newest_entries(source: Source, stream: str, count: int) -> list[StreamEntry]:
+    """The newest ``count`` entries of a stream over every shard, newest first."""
+    views = as_views(source)
+    replies = _pipelined(views, lambda pipe, view: pipe.xrevrange(view.key(stream), count=count))
+    per_view = [[StreamEntry(stream, i, f) for i, f in entries] for (entries,) in replies]
+    merged = heapq.merge(*per_view, key=lambda entry: id_order(entry.id), reverse=True)
+    return list(itertools.islice(merged, count))
+
+
 __all__ = [
     "MONITOR_STREAMS",
     "STREAM_ALIASES",
     "LATENCY_METRICS",
+    "ShardView",
     "StreamFollower",
     "client_of",
+    "views_of",
+    "as_views",
     "resolve_stream",
     "id_order",
     "server_time",
     "parse_since",
     "last_id",
     "read_range",
+    "view_range",
     "throughput",
     "latency_samples",
     "percentile",
     "summarize",
     "recent_latency",
+    "newest_entries",
 ]

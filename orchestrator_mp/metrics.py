@@ -6,8 +6,8 @@
                       ├─ source() → the live owner's state manager, or None → orchestrator_mp_up 0
                       ├─ counters (MGET), active workers (SMEMBERS), queue depths (LLEN),
                       │  worker states and counters (pipelined HGETALL / GET)
-                      └─ LatencyHistograms.update(): XRANGE what each stream gained
-                         since the previous scrape, bucketed in this process
+                      └─ LatencyHistograms.update(): XRANGE what each stream (of each
+                         shard) gained since the previous scrape, bucketed in this process
 
 Counters map one to one onto the key schema's counters (``total_X`` →
 ``orchestrator_mp_X_total``), so a scrape reports exactly what ``status`` and
@@ -17,8 +17,8 @@ come from ``metrics:stream`` samples named ``queue_wait_ms`` / ``run_ms`` once
 workers record them there (from then on), else from the ``wait_ms`` / ``run_ms``
 fields of ``work_completions``. Entries MAXLEN trimmed away before a scrape read
 them are counted in ``orchestrator_mp_latency_samples_skipped_total`` (exact for
-``work_completions``, whose entries carry the running total ``n``): with that
-source, ``_count + skipped == orchestrator_mp_work_completed_total``.
+``work_completions``, whose entries carry each shard's running total ``n``): with
+that source, ``_count + skipped == orchestrator_mp_work_completed_total``.
 
 Nothing here writes to Redis.
 """
@@ -38,7 +38,16 @@ from prometheus_client.core import (
 from prometheus_client.registry import CollectorRegistry
 
 from . import keys
-from .events import LATENCY_METRICS, client_of, latency_samples, read_range
+from .events import (
+    LATENCY_METRICS,
+    ShardView,
+    Source,
+    as_views,
+    latency_samples,
+    view_range,
+    views_of,
+)
+from .models import StreamEntry
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -84,45 +93,51 @@ class LatencyHistograms:
         self.max_entries = max_entries
         self.counts = {name: [0] * (len(self.buckets) + 1) for name in LATENCY_METRICS}
         self.sums = dict.fromkeys(LATENCY_METRICS, 0.0)
-        self.positions: dict[str, str | None] = {keys.METRICS: None, keys.WORK_COMPLETIONS: None}
+        self.positions: dict[tuple[int, str], str] = {}  # (shard view index, plain stream) → last id read
         self.from_metrics: set[str] = set()  # names recorded in metrics:stream (that source wins)
-        self.last_n: int | None = None
+        self.last_n: dict[int, int] = {}  # shard view index → the running total n last read
         self.skipped = 0
 
-    def update(self, client: redis.Redis) -> None:
-        """Read what ``metrics:stream`` and ``work_completions`` gained since the last call."""
-        for entry in self._new_entries(client, keys.METRICS):
-            name = entry.fields.get("name")
-            if name in LATENCY_METRICS:
-                self.from_metrics.add(name)
-            for metric, value in latency_samples((entry,)):
-                self._observe(metric, value)
+    def update(self, source: Source) -> None:
+        """Read what ``metrics:stream`` and ``work_completions`` of every shard gained
+        since the last call (``source``: a client, or :func:`events.views_of` a state)."""
+        views = as_views(source)
+        for index, view in enumerate(views):
+            for entry in self._new_entries(index, view, keys.METRICS):
+                name = entry.fields.get("name")
+                if name in LATENCY_METRICS:
+                    self.from_metrics.add(name)
+                for metric, value in latency_samples((entry,)):
+                    self._observe(metric, value)
         if self.from_metrics >= set(LATENCY_METRICS):
             return
-        for entry in self._new_entries(client, keys.WORK_COMPLETIONS):
-            self._count_gap(entry.fields.get("n"))
-            for metric, value in latency_samples((entry,)):
-                if metric not in self.from_metrics:
-                    self._observe(metric, value)
+        for index, view in enumerate(views):
+            for entry in self._new_entries(index, view, keys.WORK_COMPLETIONS):
+                self._count_gap(index, entry.fields.get("n"))
+                for metric, value in latency_samples((entry,)):
+                    if metric not in self.from_metrics:
+                        self._observe(metric, value)
 
-    def _new_entries(self, client: redis.Redis, stream: str) -> Iterator:
-        position = self.positions[stream]
+    def _new_entries(self, index: int, view: ShardView, stream: str) -> Iterator[StreamEntry]:
+        position = self.positions.get((index, stream))
         start = "-" if position is None else "(" + position
-        for read, entry in enumerate(read_range(client, stream, start, "+", page=min(1000, self.max_entries))):
+        for read, entry in enumerate(view_range(view, stream, start, "+", page=min(1000, self.max_entries))):
             if read >= self.max_entries:
                 return
-            self.positions[stream] = entry.id
+            self.positions[(index, stream)] = entry.id
             yield entry
 
-    def _count_gap(self, running_total: str | None) -> None:
+    def _count_gap(self, index: int, running_total: str | None) -> None:
+        """Count completions trimmed away unread: a shard's ``n`` grows by one per entry."""
         try:
             n = int(running_total or "")
         except ValueError:
             return
-        expected = 1 if self.last_n is None else self.last_n + 1
+        last = self.last_n.get(index)
+        expected = 1 if last is None else last + 1
         if n > expected:
             self.skipped += n - expected
-        self.last_n = n
+        self.last_n[index] = n
 
     def _observe(self, metric: str, milliseconds: float) -> None:
         seconds = milliseconds / 1000.0
@@ -201,7 +216,7 @@ class OrchestratorCollector:
     def _read(self, state: "StateManager") -> list[Metric]:
         # Histograms first: completions appended while this scrape reads are then
         # counted by the counters (read after) but not yet observed, never the reverse.
-        self.histograms.update(client_of(state))
+        self.histograms.update(views_of(state))
         counters = state.get_counters()
         active = sorted(state.active_workers())
         depths = state.queue_depths()  # in-flight of every known partition, not only the live ones

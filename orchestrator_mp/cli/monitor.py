@@ -1,7 +1,8 @@
 """``monitor``: follow the event, metrics, worker-event and error streams live.
 
 One readable line per entry (``--json``: one JSON object per line), read with
-``XREAD BLOCK`` so lines appear as the entries are appended. ``--since`` replays
+``XREAD BLOCK`` so lines appear as the entries are appended (a sharded layout's
+streams are merged over its shards). ``--since`` replays
 what the streams retain first. Without ``--redis-url`` it attaches to whatever
 orchestrator owns ``--db``, waits while none does, and follows the next one
 (it never starts a server itself, so it never keeps a ``run`` from starting).
@@ -21,10 +22,10 @@ from .. import keys
 from ..events import (
     MONITOR_STREAMS,
     StreamFollower,
-    client_of,
     parse_since,
     resolve_stream,
     server_time,
+    views_of,
 )
 from ..log import configure as configure_logging
 from ..models import StreamEntry
@@ -92,8 +93,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     try:
         if args.no_follow:
             with open_state(settings, role="monitor") as state:
-                client = client_of(state)
-                follower = StreamFollower(client, streams, parse_since(args.since, server_time(client)))
+                views = views_of(state)
+                follower = StreamFollower(views, streams, parse_since(args.since, server_time(views[0].client)))
                 printer.emit(follower.replay(), stop=lambda: bool(signals.count))
         else:
             with Attachment(settings) as attachment:
@@ -124,16 +125,16 @@ def _follow(attachment: Attachment, streams: list[str], since: str, printer: "Pr
             time.sleep(WAIT_POLL_S)
             continue
         try:
-            client = client_of(state)
+            views = views_of(state)
             if follower is None:
-                start = parse_since(since, server_time(client))
+                start = parse_since(since, server_time(views[0].client))
                 if start is None and waiting:
                     # Nothing served the database when we started: show all it did since.
                     start = f"{int(started_at * 1000)}-0"
-                follower = StreamFollower(client, streams, start, block_ms=BLOCK_MS)
+                follower = StreamFollower(views, streams, start, block_ms=BLOCK_MS)
                 printer.emit(follower.replay(), stop=stop)
             else:
-                follower.client = client
+                follower.client = views[0].client  # a new owner: a new client, the same shards
             entries = follower.poll()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # Also while an orchestrator shuts down: its lock file still names the

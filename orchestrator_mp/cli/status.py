@@ -3,7 +3,7 @@
 A table per worker (id, pid, host, status, current task, time since its last
 activity, completed, errors, version/epoch), then queue / in-flight / dead-letter
 depths, the counters, recent throughput and latency percentiles computed from the
-streams (see ``events.py``). ``--json`` prints the same as one object;
+streams of every shard (see ``events.py``). ``--json`` prints the same as one object;
 ``--watch`` refreshes in place on a terminal (a new frame every interval
 otherwise) and, like ``monitor``, only attaches to a live owner: it never keeps
 a ``run`` from starting.
@@ -23,7 +23,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ..events import client_of, recent_latency, throughput
+from ..events import recent_latency, throughput, views_of
 from ..exceptions import ConfigurationError
 from ..log import configure as configure_logging
 from ..orchestrator import Attachment, open_state
@@ -95,11 +95,11 @@ def status_report(state: StateManager) -> dict[str, Any]:
         "time": time.time(),
     }
     try:
-        client = client_of(state)
+        views = views_of(state)
     except ConfigurationError:
         return report
-    report["throughput"] = throughput(client)
-    report["latency"] = recent_latency(client)
+    report["throughput"] = throughput(views)
+    report["latency"] = recent_latency(views)
     return report
 
 
