@@ -186,6 +186,7 @@ class Supervisor:
 
     def _watch(self) -> None:
         next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+        failing_since: float | None = None
         while not self._closing.is_set():
             with self._lock:
                 sentinels = list(self.workers)
@@ -201,7 +202,13 @@ class Supervisor:
                     sweep_dead_partitions(self.state, self.settings, self.live_ids())
                     next_sweep = time.monotonic() + SWEEP_INTERVAL_S
             except Exception as exc:  # keep watching: the next tick tries again
-                logger.warning("supervisor tick failed: {!r}", exc)
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    logger.warning("supervisor tick failed: {!r} (retrying every tick; said once)", exc)
+                continue
+            if failing_since is not None:
+                logger.warning("supervisor ticks work again after {:.1f} s", time.monotonic() - failing_since)
+                failing_since = None
 
     def _tick(self) -> None:
         if self.server is not None and not self.server.is_alive():

