@@ -29,28 +29,26 @@ ERROR_CATEGORIES = (TASK_ERROR, UNKNOWN_TASK, BAD_PAYLOAD, BAD_RESULT, POISON, T
 OWN_FAILURES = frozenset({TASK_ERROR, BAD_RESULT, TIMEOUT})
 
 
-def partition_key_of(raw: str) -> str | None:
-    """The partition key of a raw task, decoding only entries that may have one."""
-    if '"key":' not in raw:
+def _string_field(raw: str, field: str) -> str | None:
+    """A string field of a raw task, decoding only entries that may have it."""
+    if f'"{field}":' not in raw:
         return None
     try:
         body = json.loads(raw)
     except ValueError:
         return None
-    key = body.get("key") if isinstance(body, dict) else None
-    return key if isinstance(key, str) else None
+    value = body.get(field) if isinstance(body, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def partition_key_of(raw: str) -> str | None:
+    """The partition key of a raw task (tasks sharing one run in order)."""
+    return _string_field(raw, "key")
 
 
 def shard_key_of(raw: str) -> str | None:
-    """The shard key of a raw task, decoding only entries that may have one."""
-    if '"shard":' not in raw:
-        return None
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return None
-    key = body.get("shard") if isinstance(body, dict) else None
-    return key if isinstance(key, str) else None
+    """The shard key of a raw task (tasks sharing one live in one shard)."""
+    return _string_field(raw, "shard")
 
 
 def new_task_id() -> str:
