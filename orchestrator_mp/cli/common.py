@@ -132,6 +132,14 @@ def add_worker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=positive_int, default=None, metavar="N", help="worker processes (default: CPUs)")
     parser.add_argument("--batch", type=positive_int, default=None, metavar="K", help="most tasks claimed per round trip")
     parser.add_argument(
+        "--lease",
+        type=positive_float,
+        default=None,
+        metavar="S",
+        help="seconds these workers count as alive without a heartbeat (default 3; on a Redis Cluster, "
+        "above cluster-node-timeout keeps them through a failover)",
+    )
+    parser.add_argument(
         "--import",
         dest="imports",
         action="append",

@@ -80,6 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         args,
         workers=args.workers or default_workers(),
         batch_size=args.batch,
+        lease_s=args.lease,
         durability=args.durability,
         state=args.state,
         shards=args.shards,

@@ -39,7 +39,9 @@ def add_parser(commands: Any) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Join the server at ``--redis-url`` (or the live owner of ``--db``) until a signal."""
-    settings = settings_from(args, workers=args.workers or default_workers(), batch_size=args.batch)
+    settings = settings_from(
+        args, workers=args.workers or default_workers(), batch_size=args.batch, lease_s=args.lease
+    )
     configure_logging(settings.log_level, settings.log_json)
     url = live_url(settings)
     if url is None:

@@ -32,12 +32,15 @@ def _replicas_in_sync(cluster) -> bool:
     return True
 
 
-def test_a_master_failover_loses_no_task(tmp_path, db_path):
+@pytest.mark.parametrize("lease_s", [3.0, 10.0])
+def test_a_master_failover_loses_no_task(tmp_path, db_path, lease_s):
+    """With the default 3 s lease the workers are fenced and replaced during the ~4 s
+    failover; with a lease above it they reconnect and keep their partitions."""
     submitted = 10_000
     with local_cluster(tmp_path / "cluster", replicas=1) as cluster:
         wait_for(lambda: _replicas_in_sync(cluster), timeout=20, what="the replicas to sync")
         router = RedisCluster.from_url(cluster.url, decode_responses=True)
-        with ContinuousOrchestrator(settings=settings_for(db_path, workers=2, redis_url=cluster.url)) as orch:
+        with ContinuousOrchestrator(settings=settings_for(db_path, workers=2, redis_url=cluster.url, lease_s=lease_s)) as orch:
             orch.submit_many("tests.sleep", [(1,) for _ in range(submitted)], results=False)
             wait_for(lambda: orch.counters()["total_work_completed"] > 500, timeout=30, what="a running start")
             master = router.nodes_manager.get_node_from_slot(router.keyslot(f"{keys.shard_prefix(1, 3)}x"))
@@ -47,16 +50,20 @@ def test_a_master_failover_loses_no_task(tmp_path, db_path):
             assert orch.wait(timeout=120), "the run did not drain after the failover"
             drained_s = time.monotonic() - killed_at
             audit = orch.audit()
+            workers_started = len(orch.worker_ids())
         router.close()
         survivor = next(port for port in cluster.ports if port != master.port)
         fresh = RedisCluster.from_url(cluster.node_url(survivor), decode_responses=True)
         promoted = fresh.nodes_manager.get_node_from_slot(fresh.keyslot(f"{keys.shard_prefix(1, 3)}x"))
         fresh.close()
     counters = audit["counters"]
-    print(f"\ncluster failover: master :{master.port} killed, replica :{promoted.port} serves its shard; "
-          f"drained {drained_s:.1f} s later; completed {counters['total_work_completed']} of {submitted}; "
-          f"requeued {counters['total_requeued']}; duplicates absorbed {counters['total_duplicates']}")
+    print(f"\ncluster failover (lease {lease_s:g} s): master :{master.port} killed, replica :{promoted.port} "
+          f"serves its shard; drained {drained_s:.1f} s later; completed {counters['total_work_completed']} of "
+          f"{submitted}; workers started {workers_started} for 2; requeued {counters['total_requeued']}; "
+          f"duplicates absorbed {counters['total_duplicates']}")
     assert promoted.port != master.port
     assert counters["total_work_created"] == submitted
     assert counters["total_work_completed"] + counters["total_dead_lettered"] == submitted
     assert audit["ok"], audit["checks"]
+    if lease_s > 5:
+        assert workers_started == 2  # nobody was presumed dead
