@@ -48,7 +48,7 @@ def test_results_order_delays_and_limits_on_a_cluster(cluster_url, db_path, tmp_
           f"({39 / span:.1f}/s); cap 2 held by at most {most_at_once}")
     assert order == list(range(30))  # one key: one shard, one lane, submission order
     assert 0.5 <= delayed_s < 1.5
-    assert 39 / 40 * 0.9 <= span < 39 / 40 * 1.5  # the rate, kept whole in one shard
+    assert 39 / 40 * 0.9 <= span < 39 / 40 * 2  # the rate, kept whole in one shard (not split 3 ways)
     assert most_at_once <= 2  # the cap lives whole in one shard (its tasks carry its shard key)
     assert audit["ok"] and audit["shards"] == 3, audit["checks"]
     assert tasks_for_tests  # registered before the workers fork
