@@ -7,8 +7,9 @@ one partition per worker) under its own hash tag (:func:`keys.shard_prefix`). Ev
 atomic step of a shard is one :class:`RedisLockFreeStateManager` call on one slot,
 exactly as on a single server; nothing ever moves between shards.
 
-- Tasks are routed by content: a keyed task by its partition key (so its lane is in
-  one shard and per-key order holds), any other by its id. The same task always goes
+- Tasks are routed by content (:func:`.shards.shard_of_task`): a limited task type
+  by its limit, a keyed task by its partition key (so its lane is in one shard and
+  per-key order holds), any other by its id. The same task always goes
   to the same shard; a retried submission re-applies only the shards it missed.
 - Each worker registers in every shard (a partition per shard, the same id) and
   claims from them in turn, so no shard starves while any worker lives. A dead
@@ -21,31 +22,31 @@ exactly as on a single server; nothing ever moves between shards.
   tasks claimable (submit, release, takeover, promotion, a lane or a cap moving on)
   pushes a token per task, and an idle worker woken by one claims from every shard.
 - Costs: a claim that finds its shard empty tries the next; a ring is one more
-  round trip per submission; a heartbeat renews ``S`` leases; a rate limit of ``r`` is enforced as
-  ``r/S`` per shard and a concurrency cap of ``n`` as ``n/S`` per shard (at least
-  one), because tasks spread evenly over shards by id.
+  round trip per submission; a heartbeat renews ``S`` leases. Limits: see
+  :class:`~orchestrator_mp.state.shardedlimits.ShardedLimits`.
+
+Which shard holds what is :mod:`.shards`; the README's "Redis Cluster" section has
+the measured costs.
 """
 from __future__ import annotations
 
 import functools
 import itertools
 import time
-import zlib
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-import attrs
 import redis
 
 from .. import keys
-from ..connection import create_client, is_cluster
+from ..connection import create_client
 from ..exceptions import BackendUnavailable, ConfigurationError, Fenced
-from ..limits import Admission, ConcurrencyCap, Limiter, RedisLimits
-from ..models import Outcome, new_task_id, partition_key_of, shard_key_of
-from . import common
+from ..models import Outcome, new_task_id, partition_key_of
 from .base import AuditSnapshot, ReclaimResult, SettleResult, StateManager, StreamTail
 from .lockfree import RedisLockFreeStateManager
 from .redisreads import translate_connection_errors
+from .shardedlimits import ShardedLimits
+from .shards import layout, shard_of, shard_of_task
 
 _T = TypeVar("_T")
 
@@ -58,25 +59,6 @@ SAFE_TASK_PREFIX = '{"crashes":0,'
 
 # How often wait_result polls the shards a keyed task's result may land in.
 RESULT_POLL_S = 0.05
-
-
-def shard_of(text: str, count: int) -> int:
-    """Which of ``count`` shards a routing key (task id, partition key, worker id) maps to."""
-    return zlib.crc32(text.encode()) % count if count > 1 else 0
-
-
-def shard_of_task(raw: str, count: int) -> int:
-    """The shard a raw task lives in: by shard key (a limit's tasks), else partition
-    key, else id, else its bytes. Read from the raw task alone, so every process agrees."""
-    if count == 1:
-        return 0
-    shard_key = shard_key_of(raw)
-    if shard_key is not None:
-        return shard_of(shard_key, count)
-    partition_key = partition_key_of(raw)
-    if partition_key is not None:
-        return shard_of("key:" + partition_key, count)
-    return shard_of(common.task_id_of(raw) or raw, count)
 
 
 def _id_order(entry_id: str) -> tuple[int, int]:
@@ -552,84 +534,6 @@ def _summed_depths(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return depths
 
 
-@attrs.define
-class ShardedLimits:
-    """Limits over shards: a task is admitted in the shard it lives in. Tasks submitted
-    with their limit's shard key (the orchestrator and ``enqueue`` set it from the
-    registry) all live in one shard, which enforces the whole limit; any others are
-    held to that shard's share: ``r/S`` of a rate and ``n/S`` (at least 1) of a cap.
-    (A limiter shared by task types with different shard keys is kept per shard.)"""
-
-    parts: list[RedisLimits]
-    ring: Callable[[int], int]  # wakes idle workers when a freed slot lets a waiter go
-    epoch_in: Callable[[str, int, int], int]  # (worker, epoch, shard) -> the worker's epoch there
-    worker_id: str | None = None
-
-    @property
-    def redis(self) -> Any:
-        return self.parts[0].redis
-
-    def _share(
-        self, raw: str, rate: Limiter | None, cap: ConcurrencyCap | None
-    ) -> tuple[Limiter | None, ConcurrencyCap | None]:
-        count = len(self.parts)
-        if count == 1 or shard_key_of(raw) is not None:
-            return rate, cap  # every task of this limit lives in this shard
-        if rate is not None:
-            rate = attrs.evolve(rate, rate=attrs.evolve(rate.rate, period_s=rate.rate.period_s * count))
-        if cap is not None:
-            cap = attrs.evolve(cap, limit=max(1, cap.limit // count))
-        return rate, cap
-
-    def admit(
-        self, worker_id: str, epoch: int, raw: str, task_id: str, rate: Limiter | None, cap: ConcurrencyCap | None
-    ) -> Admission:
-        index = shard_of_task(raw, len(self.parts))
-        own = self.epoch_in(worker_id, epoch, index)
-        return self.parts[index].admit(worker_id, own, raw, task_id, *self._share(raw, rate, cap))
-
-    def release(self, cap: ConcurrencyCap, worker_id: str, task_id: str) -> bool:
-        # The slot is in the task's shard; the holder id names the task, not its shard.
-        freed = any(part.release(cap, worker_id, task_id) for part in self.parts)
-        self.ring(int(freed))
-        return freed
-
-    def release_worker_slots(self, worker_id: str) -> int:
-        return self.ring(sum(part.release_worker_slots(worker_id) for part in self.parts))
-
-    def wait_for_rate(self, limit: Limiter) -> float:
-        """Code-level limits are not tied to a task: they live whole in shard 0."""
-        return self.parts[0].wait_for_rate(limit)
-
-    def hold_slot(self, cap: ConcurrencyCap, poll_s: float = 0.01) -> str:
-        return self.parts[0].hold_slot(cap, poll_s)
-
-    def free_slot(self, cap: ConcurrencyCap, holder: str) -> None:
-        self.parts[0].free_slot(cap, holder)
-
-    def waiting(self) -> int:
-        return sum(part.waiting() for part in self.parts)
-
-
-def layout(client: Any, requested: int | None) -> int | None:
-    """How many shards the data on ``client`` is split into (None: the plain layout).
-
-    The first client to write fixes it (``SET NX`` of :data:`keys.SHARDS`): ``requested``,
-    else one shard per cluster master, else the plain layout on a single server.
-    """
-    stored = client.get(keys.SHARDS)
-    if stored is None:
-        if requested is None and not is_cluster(client):
-            return None
-        wanted = requested or max(1, len(client.get_primaries()))
-        client.set(keys.SHARDS, wanted, nx=True)
-        stored = client.get(keys.SHARDS)
-    count = int(stored)
-    if requested is not None and requested != count:
-        raise ConfigurationError(f"the data here is split into {count} shards; --shards {requested} cannot change that")
-    return count
-
-
 def open_lockfree(
     url: str | None, *, shards: int | None = None, client_retries: bool = True, client: Any = None, **options: Any
 ) -> StateManager:
@@ -651,4 +555,4 @@ def open_lockfree(
     return ShardedStateManager(client, keys.shard_spaces(count), url=url, patience_s=patience_s, **options)
 
 
-__all__ = ["ShardedStateManager", "ShardedLimits", "shard_of", "shard_of_task", "layout", "open_lockfree"]
+__all__ = ["ShardedStateManager", "open_lockfree"]

@@ -72,8 +72,12 @@ def test_state_changes_are_appended_to_the_event_stream(manager):
     """Every state change appends to events:stream."""
     manager.register_worker("w1", pid=1, host="h")
     manager.update_worker_field("w1", "status", "busy")
-    last = manager.read_stream(keys.EVENTS, count=1)[-1][1]
-    assert last["worker"] == "w1" and last["status"] == "busy"
+    if fifo(manager):
+        last = manager.read_stream(keys.EVENTS, count=1)[-1][1]
+        assert last["worker"] == "w1" and last["status"] == "busy"
+    else:  # shards' entries of one millisecond merge in no particular order
+        newest = [fields for _, fields in manager.read_stream(keys.EVENTS, count=4)]
+        assert any(fields.get("worker") == "w1" and fields.get("status") == "busy" for fields in newest)
     assert any(e[1]["event"] == "registered" for e in manager.read_stream(keys.WORKER_EVENTS))
 
 

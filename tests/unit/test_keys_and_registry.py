@@ -18,7 +18,7 @@ from orchestrator_mp.registry import (
     task,
     unregister_task,
 )
-from orchestrator_mp.state.sharded import shard_of, shard_of_task
+from orchestrator_mp.state.shards import shard_of, shard_of_task
 
 
 def test_worker_keys_share_one_hash_tag():
