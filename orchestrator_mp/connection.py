@@ -37,9 +37,8 @@ def create_client(url: str, *, retries: bool = True, **options: Any) -> redis.Re
     sit in retries while the server it should restart is dead.
     """
     options.setdefault("decode_responses", True)
-    password = os.environ.get(PASSWORD_ENV)
-    if password and "@" not in url.partition("://")[2]:
-        options.setdefault("password", password)  # kept out of the URL, so out of logs too
+    for name, value in _auth_options(url).items():
+        options.setdefault(name, value)  # kept out of the URL, so out of logs too
     if retries:
         backoff = ExponentialWithJitterBackoff(
             base=PATIENT_RETRY["backoff_base_s"], cap=PATIENT_RETRY["backoff_cap_s"]
@@ -69,12 +68,23 @@ def is_cluster(client: Any) -> bool:
     return isinstance(client, redis.cluster.RedisCluster)
 
 
-def check_reachable(client: Any, url: str) -> None:
-    """PING once; raise BackendUnavailable with the URL (password hidden) if it fails."""
+def check_reachable(url: str) -> None:
+    """PING ``url`` once, without retries: a wrong host, password or certificate is
+    reported at once, in one line (BackendUnavailable, password hidden), instead of
+    after a patient client's retries."""
+    client = redis.Redis.from_url(url, **_auth_options(url), decode_responses=True, retry=Retry(NoBackoff(), 0))
     try:
         client.ping()
     except redis.RedisError as exc:
         raise BackendUnavailable(f"cannot reach Redis at {redact(url)}: {exc}") from None
+    finally:
+        client.close()
+
+
+def _auth_options(url: str) -> dict[str, Any]:
+    """The password from the environment when the URL carries none."""
+    password = os.environ.get(PASSWORD_ENV)
+    return {"password": password} if password and "@" not in url.partition("://")[2] else {}
 
 
 def redact(url: str) -> str:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from . import keys
 from .config import Settings
-from .connection import create_client
+from .connection import check_reachable, create_client
 from .exceptions import (
     ConfigurationError,
     PayloadError,
@@ -145,6 +145,7 @@ class ContinuousOrchestrator:
         if state_kind(self.settings.state).needs_server:
             if self.settings.redis_url:
                 self.url = self.settings.redis_url
+                check_reachable(self.url)
             else:
                 try:
                     self.server = EmbeddedServer(self.settings.db_path, durability=self.settings.durability).start()
@@ -480,6 +481,7 @@ def open_state(settings: Settings, role: str = "command") -> Iterator[StateManag
     """
     if settings.redis_url:
         url = settings.redis_url
+        check_reachable(url)
         with _managed(settings.evolve(state=_recorded_kind(url, settings.state)), url) as state:
             yield state
         return

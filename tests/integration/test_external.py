@@ -24,6 +24,7 @@ from tests.helpers import (
     wait_for,
     wait_gone,
 )
+from tests.tlsproxy import tls_front
 
 pytestmark = pytest.mark.slow
 
@@ -109,3 +110,30 @@ def test_a_lost_host_is_reclaimed_within_its_lease(external_redis, tmp_path):
           f"requeued {status['counters']['total_requeued']}")
     assert reclaimed_after < 3.0 + 2.0
     assert status["consistent"] is True and status["counters"]["total_requeued"] > 0
+
+
+def test_run_status_and_a_worker_over_tls(tmp_path):
+    """rediss:// end to end: a password server behind a TLS front whose certificate a
+    test CA signed; `run` plus a `worker` command, `status`; the bundled redis-cli
+    (built without TLS) says so instead of failing obscurely."""
+    with local_server(tmp_path / "server", password=PASSWORD) as server, \
+            tls_front(server.ports[0], tmp_path) as (port, ca_file):
+        url = f"rediss://:{PASSWORD}@127.0.0.1:{port}/0?ssl_ca_certs={ca_file}"
+        joined = start_worker_command(url, 1, tmp_path, secret=PASSWORD)
+        try:
+            result = run_cli("run", "--redis-url", url, "--workers", "1", "--demo", "2000", "--demo-ms", "1",
+                             "--json", cwd=tmp_path, timeout=180, check=True)
+            done = completed_by_process(url, tmp_path)
+        finally:
+            joined.send_signal(signal.SIGINT)
+            assert joined.wait(timeout=30) == 0
+        status = run_cli_json("status", "--redis-url", url, cwd=tmp_path)
+        cli = run_cli("redis-cli", "--redis-url", url, "PING", cwd=tmp_path)
+        untrusted = run_cli("status", "--redis-url", f"rediss://:{PASSWORD}@127.0.0.1:{port}/0", cwd=tmp_path)
+    report = json.loads(result.stdout)
+    print(f"\nover TLS: {report['throughput_per_s']:.0f} tasks/s; completed per command {done}")
+    assert report["consistent"] is True and report["run"]["completed"] == 2000
+    assert len(done) == 2 and all(count > 0 for count in done.values()), done
+    assert status["consistent"] is True and PASSWORD not in result.stderr
+    assert cli.returncode != 0 and "TLS" in cli.stderr and len(cli.stderr.strip().splitlines()) == 1
+    assert untrusted.returncode != 0 and "certificate" in untrusted.stderr.lower()
