@@ -194,7 +194,8 @@ def render_status(report: dict[str, Any], show_all: bool = False) -> RenderableT
         parts.append(Text("throughput: " + "; ".join(windows)))
     if "latency" in report:
         parts.append(_latency_table(report["latency"]))
-    parts.append(Text(f"consistent: {report['consistent']}"))
+    shards = report.get("shards", 1)
+    parts.append(Text(f"consistent: {report['consistent']}" + (f" ({shards} shards, each checked)" if shards > 1 else "")))
     return Group(*parts)
 
 
