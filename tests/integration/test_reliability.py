@@ -60,9 +60,10 @@ def test_backoff_grows_exponentially_with_jitter():
         assert max(delays) - min(delays) > ceiling / 10  # jittered, not constant
 
 
-def test_time_limit_kills_the_worker_and_dead_letters_as_timeout(db_path):
+@pytest.mark.parametrize("shards", [None, 3], ids=["plain", "sharded"])
+def test_time_limit_kills_the_worker_and_dead_letters_as_timeout(db_path, shards):
     """A task past its time limit is killed with its worker; the others finish."""
-    with ContinuousOrchestrator(settings=settings_for(db_path, workers=2, batch_size=1)) as orch:
+    with ContinuousOrchestrator(settings=settings_for(db_path, workers=2, batch_size=1, shards=shards)) as orch:
         orch.submit("tests.slow_limited", 30)
         orch.submit_many("tests.add", [(1, 1)] * 20)
         assert orch.wait(timeout=30)
@@ -75,9 +76,24 @@ def test_time_limit_kills_the_worker_and_dead_letters_as_timeout(db_path):
     assert timeouts == 1 and workers == 3
 
 
-def test_poison_pill_is_dead_lettered_after_max_crashes(db_path):
+@pytest.mark.parametrize("shards", [None, 3], ids=["plain", "sharded"])
+def test_a_finished_time_limited_task_leaves_no_deadline_behind(db_path, shards):
+    """Quick time-limited tasks (some in shards other than the worker's home one) clear
+    their published deadline: nobody is killed once the limit has passed."""
+    with ContinuousOrchestrator(settings=settings_for(db_path, workers=1, shards=shards)) as orch:
+        orch.submit_many("tests.slow_limited", [(0.01,)] * 9)
+        assert orch.wait(timeout=30)
+        time.sleep(0.5 + 0.5)  # past the 0.5 s limit of the last task
+        timeouts, deaths = orch.supervisor.timeouts, len(orch.supervisor.deaths)
+        (worker_id,) = orch.worker_ids()
+        deadline = orch.state.get_worker_state(worker_id).get("deadline", "")
+    assert timeouts == 0 and deaths == 0 and deadline == ""
+
+
+@pytest.mark.parametrize("shards", [None, 3], ids=["plain", "sharded"])
+def test_poison_pill_is_dead_lettered_after_max_crashes(db_path, shards):
     """A task that kills every worker running it stops looping after max_crashes."""
-    with ContinuousOrchestrator(settings=settings_for(db_path, workers=1, max_crashes=3)) as orch:
+    with ContinuousOrchestrator(settings=settings_for(db_path, workers=1, max_crashes=3, shards=shards)) as orch:
         orch.submit("tests.always_crash")
         assert orch.wait(timeout=60)
         (entry,) = orch.state.dead_letters()
