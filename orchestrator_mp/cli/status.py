@@ -182,8 +182,14 @@ def render_status(report: dict[str, Any], show_all: bool = False) -> RenderableT
     if hidden:
         parts.append(Text(f"({hidden} stopped or dead worker partition(s) kept for their counters; --all lists them)"))
     queues = report["queues"]
+    per_shard = ""
+    if len(queues.get("by_shard", ())) > 1:
+        per_shard = " (pending per shard: " + " / ".join(str(shard["pending"]) for shard in queues["by_shard"]) + ")"
     parts.append(
-        Text(f"queue: {queues['pending']} pending, {queues['inflight']} in flight, {queues['dead_letter']} dead-lettered")
+        Text(
+            f"queue: {queues['pending']} pending, {queues['inflight']} in flight, "
+            f"{queues['dead_letter']} dead-lettered{per_shard}"
+        )
     )
     parts.append(Text("counters: " + ", ".join(f"{name}={value}" for name, value in report["counters"].items())))
     if "throughput" in report:

@@ -523,6 +523,8 @@ def _merged_tail(tails: Sequence[StreamTail], running_total: bool = False) -> St
 
 
 def _summed_depths(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The shards' depths added up, and ``by_shard``: each shard's own (to spot one
+    that carries more than its share, e.g. all tasks of a limited type)."""
     depths: dict[str, Any] = {"by_worker": {}}
     for part in parts:
         for name, value in part.items():
@@ -531,6 +533,7 @@ def _summed_depths(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
                     depths["by_worker"][worker_id] = depths["by_worker"].get(worker_id, 0) + n
             else:
                 depths[name] = depths.get(name, 0) + value
+    depths["by_shard"] = [{k: v for k, v in part.items() if k != "by_worker"} for part in parts]
     return depths
 
 
