@@ -173,6 +173,7 @@ def test_status_and_monitor_read_every_shard_after_a_sharded_run(tmp_path):
     assert report["total_work_completed"] == 2000 and report["shards"] == 3
     status = run_cli_json("status", cwd=tmp_path)
     assert status["shards"] == 3
+    assert [shard["pending"] for shard in status["queues"]["by_shard"]] == [0, 0, 0]
     assert status["throughput"]["60s"]["completed_per_s"] > 0
     assert status["latency"]["run_ms"]["count"] == 2000 == status["latency"]["queue_wait_ms"]["count"]
     assert status["latency"]["sources"]["run_ms"] == keys.WORK_COMPLETIONS
