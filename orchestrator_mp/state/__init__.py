@@ -45,6 +45,13 @@ def _sizes(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _unsharded(settings: Settings, kind: str) -> Settings:
+    """``settings`` for a kind without shards; asking it for shards is an error."""
+    if settings.shards is not None:
+        raise ConfigurationError(f"--shards splits the lock-free state; the {kind} state has no shards")
+    return settings
+
+
 _KINDS: dict[str, StateKind] = {
     kind.name: kind
     for kind in (
@@ -64,7 +71,11 @@ _KINDS: dict[str, StateKind] = {
         StateKind(
             "locked",
             lambda settings, url, fail_fast=False, **options: RedisEnabledStateManager(
-                url, worker_lease_s=settings.lease_s, client_retries=not fail_fast, **_sizes(settings), **options
+                url,
+                worker_lease_s=settings.lease_s,
+                client_retries=not fail_fast,
+                **_sizes(_unsharded(settings, "locked")),
+                **options,
             ),
             needs_server=True,
             summary="baseline: redis-py Lock (leased, fenced, tuned backoff) per partition",
@@ -72,7 +83,7 @@ _KINDS: dict[str, StateKind] = {
         StateKind(
             "file",
             lambda settings, _url, fail_fast=False, **options: FileStateManager(
-                state_dir_for(settings.db_path), lease_s=settings.lease_s, **_sizes(settings), **options
+                state_dir_for(settings.db_path), lease_s=settings.lease_s, **_sizes(_unsharded(settings, "file")), **options
             ),
             needs_server=False,
             summary="legacy fallback: fcntl-locked files beside the database, fsync'd (slow)",
