@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import threading
 import time
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Sequence, TypeVar
@@ -66,6 +67,9 @@ def _id_order(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+_patience = threading.local()  # set while a call of this thread waits out an outage
+
+
 def _riding_over_failovers(cls: type) -> type:
     """Class decorator: a patient manager retries a public call that found a shard's
     master unreachable, with backoff, for up to ``PATIENCE_S``: long enough for a
@@ -75,15 +79,21 @@ def _riding_over_failovers(cls: type) -> type:
     def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
         def call(self: "ShardedStateManager", *args: Any, **kwargs: Any) -> Any:
+            if getattr(_patience, "active", False):
+                return method(self, *args, **kwargs)  # an outer call is already waiting it out
             deadline, delay = time.monotonic() + self.patience_s, 0.05
-            while True:
-                try:
-                    return method(self, *args, **kwargs)
-                except BackendUnavailable:
-                    if time.monotonic() + delay > deadline:
-                        raise
-                    time.sleep(delay)
-                    delay = min(1.0, delay * 2)
+            _patience.active = True
+            try:
+                while True:
+                    try:
+                        return method(self, *args, **kwargs)
+                    except BackendUnavailable:
+                        if time.monotonic() + delay > deadline:
+                            raise
+                        time.sleep(delay)
+                        delay = min(1.0, delay * 2)
+            finally:
+                _patience.active = False
 
         return call
 
