@@ -10,7 +10,14 @@ from ..log import configure as configure_logging
 from ..models import Task
 from ..orchestrator import open_state
 from ..registry import shard_key_for
-from .common import EXIT_OK, add_common_options, json_value, positive_int, settings_from
+from .common import (
+    EXIT_OK,
+    add_common_options,
+    import_task_modules,
+    json_value,
+    positive_int,
+    settings_from,
+)
 
 
 def add_parser(commands: Any) -> None:
@@ -20,6 +27,14 @@ def add_parser(commands: Any) -> None:
     enqueue.add_argument("--args", type=json_value(list), default=[], metavar="JSON", help="positional args (JSON list)")
     enqueue.add_argument("--kwargs", type=json_value(dict), default={}, metavar="JSON", help="keyword args (JSON object)")
     enqueue.add_argument("--count", type=positive_int, default=1, metavar="N", help="submit N copies")
+    enqueue.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (repeatable): a rate-limited or capped task then carries its limit's shard key",
+    )
     enqueue.add_argument("--json", action="store_true", help="print the task ids as JSON")
     enqueue.set_defaults(handler=cmd_enqueue)
 
@@ -27,6 +42,7 @@ def add_parser(commands: Any) -> None:
 def cmd_enqueue(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     configure_logging(settings.log_level if not args.json else "WARNING", settings.log_json)
+    import_task_modules(args.imports)
     tasks = [
         Task(
             name=args.task,

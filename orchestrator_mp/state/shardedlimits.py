@@ -12,8 +12,11 @@ from typing import Any, Callable
 import attrs
 
 from ..limits import Admission, ConcurrencyCap, Limiter, RedisLimits
+from ..log import logger
 from ..models import shard_key_of
 from .shards import shard_of_task
+
+_warned: set[tuple[str, ...]] = set()  # limits already warned about in this process
 
 
 @attrs.define
@@ -39,11 +42,22 @@ class ShardedLimits:
         count = len(self.parts)
         if count == 1 or shard_key_of(raw) is not None:
             return rate, cap  # every task of this limit lives in this shard
+        self._warn_once(rate, cap)
         if rate is not None:
             rate = attrs.evolve(rate, rate=attrs.evolve(rate.rate, period_s=rate.rate.period_s * count))
         if cap is not None:
             cap = attrs.evolve(cap, limit=max(1, cap.limit // count))
         return rate, cap
+
+    def _warn_once(self, rate: Limiter | None, cap: ConcurrencyCap | None) -> None:
+        names = tuple(limit.name for limit in (rate, cap) if limit is not None)
+        if names and names not in _warned:
+            _warned.add(names)
+            logger.warning(
+                "a task limited by {} came without its shard key (its submitter had not imported the task's "
+                "module): held to this shard's share of the limit, so a cap may be exceeded across shards",
+                ", ".join(names),
+            )
 
     def admit(
         self, worker_id: str, epoch: int, raw: str, task_id: str, rate: Limiter | None, cap: ConcurrencyCap | None

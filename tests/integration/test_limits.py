@@ -1,11 +1,15 @@
 """Lock-free global rate limits and concurrency caps, with real workers."""
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 
-from orchestrator_mp import ContinuousOrchestrator
+from orchestrator_mp import ContinuousOrchestrator, Settings, open_state
 from orchestrator_mp.exceptions import ConfigurationError
 from orchestrator_mp.limits import parse_rate
+from orchestrator_mp.models import Task
+from orchestrator_mp.state.shards import shard_of
 from tests import tasks_for_tests  # noqa: F401  (registers the test tasks before workers fork)
 from tests.helpers import run_cli, run_cli_json, settings_for
 
@@ -92,3 +96,19 @@ def test_run_demo_rate_from_the_command_line(tmp_path):
     assert report["counters"]["total_deferred"] > 0 and report["consistent"] is True
     bad = run_cli("run", "--demo", "1", "--demo-rate", "fast", cwd=tmp_path)
     assert bad.returncode == 2 and "rate must look like" in bad.stderr
+
+
+def test_enqueue_with_import_gives_a_capped_task_its_shard_key(tmp_path):
+    """On a sharded layout, `enqueue --import` routes a capped task to its cap's shard;
+    without the import the task cannot know its cap and goes by its id."""
+    env = {"PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[2])}
+    run_cli("run", "--shards", "3", "--demo", "1", "--workers", "1", cwd=tmp_path, check=True)
+    with_import = run_cli("enqueue", "tests.capped", "--args", '["x", 1]', "--import", "tests.tasks_for_tests",
+                          cwd=tmp_path, check=True, env=env).stdout.strip()
+    without = run_cli("enqueue", "tests.capped", "--args", '["x", 1]', cwd=tmp_path, check=True).stdout.strip()
+    with open_state(Settings(db_path=str(tmp_path / "orchestrator_mp.db"))) as state:
+        queued = {Task.from_json(raw).id: (index, Task.from_json(raw))
+                  for index, space in enumerate(state.spaces) for raw in state.redis.lrange(space.QUEUE, 0, -1)}
+    shard, task = queued[with_import]
+    assert task.shard_key == "cap:task:tests.capped" and shard == shard_of(task.shard_key, 3)
+    assert queued[without][1].shard_key is None
