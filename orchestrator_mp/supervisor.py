@@ -31,6 +31,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from typing import Callable
 
 import attrs
@@ -109,11 +110,26 @@ class Supervisor:
     # -- public ----------------------------------------------------------------------------
     def start(self) -> None:
         """Fork the workers and start watching them."""
+        self.prefix = self._unused_prefix(self.prefix)
         with self._lock:
             for _ in range(self.settings.workers):
                 self._spawn()
         self._thread = threading.Thread(target=self._watch, name="orchestrator-supervisor", daemon=True)
         self._thread.start()
+
+    def _unused_prefix(self, base: str) -> str:
+        """``host:pid``, unless live workers already use it: two containers with the
+        same host name and pid (PID 1) would otherwise share partitions. Then a nonce
+        goes after the pid, and the worker ids stay (host, pid, index)."""
+        try:
+            taken = any(worker_id.startswith(base + ":") for worker_id in self.state.active_workers())
+        except Exception:  # the first tick reports an unreachable server
+            return base
+        if not taken:
+            return base
+        alias = f"{base}.{uuid.uuid4().hex[:6]}"
+        logger.warning("worker ids {}:N are in use (the same host name and pid elsewhere?); using {}:N", base, alias)
+        return alias
 
     def started_ids(self) -> list[str]:
         """Every worker id this supervisor started, replacements included, in order."""

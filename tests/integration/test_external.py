@@ -13,13 +13,16 @@ import time
 import psutil
 import pytest
 
-from orchestrator_mp import keys
+from orchestrator_mp import ContinuousOrchestrator, keys
+from orchestrator_mp.state import RedisLockFreeStateManager
+from tests import tasks_for_tests  # noqa: F401  (registers the test tasks before workers fork)
 from tests.cluster import local_cluster, local_server
 from tests.helpers import (
     CLI,
     completed_by_process,
     run_cli,
     run_cli_json,
+    settings_for,
     start_worker_command,
     wait_for,
     wait_gone,
@@ -137,3 +140,20 @@ def test_run_status_and_a_worker_over_tls(tmp_path):
     assert status["consistent"] is True and PASSWORD not in result.stderr
     assert cli.returncode != 0 and "TLS" in cli.stderr and len(cli.stderr.strip().splitlines()) == 1
     assert untrusted.returncode != 0 and "certificate" in untrusted.stderr.lower()
+
+
+def test_a_live_worker_id_prefix_is_not_reused(tmp_path, db_path):
+    """Two hosts with one host name and pid (containers running the command as PID 1)
+    must not share partitions: the second supervisor picks ids with a nonce."""
+    with local_server(tmp_path / "server") as server:
+        url = server.url
+        other = RedisLockFreeStateManager(url, lease_s=120)  # the twin stays alive throughout
+        twin = f"{socket.gethostname()}:{os.getpid()}:0"  # what this process's first worker would be called
+        epoch = other.register_worker(twin, pid=1, host="a-twin")
+        with ContinuousOrchestrator(settings=settings_for(db_path, workers=1, redis_url=url)) as orch:
+            (ours,) = orch.worker_ids()
+            assert orch.submit("tests.add", 1, 2).result(timeout=30) == 3
+        twin_state = other.get_worker_state(twin)
+        other.close()
+    assert ours != twin and ours.startswith(f"{socket.gethostname()}:{os.getpid()}.") and ours.endswith(":0")
+    assert twin_state["epoch"] == str(epoch) and twin_state["host"] == "a-twin"  # never taken over
