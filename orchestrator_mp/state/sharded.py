@@ -58,8 +58,9 @@ PATIENCE_S = 30.0
 # Raw tasks start with their crash count: anything else is a suspect, claimed alone.
 SAFE_TASK_PREFIX = '{"crashes":0,'
 
-# How often wait_result polls the shards a keyed task's result may land in.
-RESULT_POLL_S = 0.05
+# How often calls that cannot block on every shard at once poll them (follow, and
+# wait_result for a keyed task, whose result may land in any shard).
+POLL_S = 0.05
 
 
 def _id_order(entry_id: str) -> tuple[int, int]:
@@ -145,17 +146,10 @@ class ShardedStateManager(StateManager):
         self.redis.close()
 
     # -- routing ------------------------------------------------------------------------------
-    def _home(self, worker_id: str) -> RedisLockFreeStateManager:
-        """The shard whose copy of a worker's state hash is the versioned one."""
-        return self.shards[shard_of(worker_id, self.count)]
-
     def _epoch(self, worker_id: str, epoch: int, index: int) -> int:
         """The epoch of a worker in shard ``index`` (each shard fences on its own)."""
         epochs = self._epochs.get(worker_id)
         return epochs[index] if epochs else epoch
-
-    def _each(self, call: Callable[[int, RedisLockFreeStateManager], _T]) -> list[_T]:
-        return [call(i, shard) for i, shard in enumerate(self.shards)]
 
     def _each_fenced(self, worker_id: str, epoch: int, call: Callable[[RedisLockFreeStateManager, int], _T]) -> list[_T]:
         """``call(shard, its epoch)`` on every shard; the first Fenced ends it (a
@@ -170,7 +164,9 @@ class ShardedStateManager(StateManager):
 
     # -- workers -----------------------------------------------------------------------------
     def register_worker(self, worker_id: str, *, pid: int, host: str) -> int:
-        epochs = self._each(lambda _i, shard: shard.register_worker(worker_id, pid=pid, host=host))
+        """A partition in every shard; the epoch returned is the home shard's (the one
+        whose state hash is versioned), the others are kept here for fencing."""
+        epochs = [shard.register_worker(worker_id, pid=pid, host=host) for shard in self.shards]
         self._epochs[worker_id] = epochs
         return epochs[shard_of(worker_id, self.count)]
 
@@ -288,7 +284,7 @@ class ShardedStateManager(StateManager):
                 for stream, entry_id, _fields in entries:
                     positions[stream] = entry_id  # the newest overall, for callers that look
                 return entries
-            time.sleep(min(RESULT_POLL_S, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
 
     # -- limits --------------------------------------------------------------------------------
     def limits(self, worker_id: str | None = None) -> "ShardedLimits":
@@ -470,7 +466,7 @@ class ShardedStateManager(StateManager):
             if found is not None or (left is not None and left <= 0):
                 return found
             # Block on the shard an unkeyed task's result lands in; poll the others.
-            found = home.wait_result(task_id, RESULT_POLL_S if left is None else min(left, RESULT_POLL_S))
+            found = home.wait_result(task_id, POLL_S if left is None else min(left, POLL_S))
             if found is not None:
                 return found
 
