@@ -190,6 +190,13 @@ DOORBELL = "orchestrator_mp:doorbell"
 DOORBELL_CAP = 64
 
 
+def _prefixed(builder: Callable[..., str], prefix: str) -> Callable[..., str]:
+    def build(*args: Any) -> str:
+        return prefix + builder(*args)
+
+    return build
+
+
 class KeySpace:
     """The keys of one shard: every name of this module behind one hash-tag prefix.
 
@@ -200,10 +207,14 @@ class KeySpace:
     Attributes mirror the module: ``space.QUEUE``, ``space.worker_state_key(w)``.
     """
 
-    __slots__ = ("prefix",)
-
     def __init__(self, prefix: str = "") -> None:
         self.prefix = prefix
+        # Every name is built once here: claims and settles read a dozen keys per call.
+        for name, value in list(globals().items()):
+            if isinstance(value, str) and name.isupper():
+                setattr(self, name, prefix + value)
+            elif callable(value) and name.endswith("_key"):
+                setattr(self, name, _prefixed(value, prefix) if prefix else value)
 
     def key(self, name: str) -> str:
         """The key of a plain name (a counter, a stream) in this shard."""
@@ -214,12 +225,7 @@ class KeySpace:
         return key[len(self.prefix) :] if key.startswith(self.prefix) else key
 
     def __getattr__(self, name: str) -> Any:
-        value = globals().get(name)
-        if isinstance(value, str) and name.isupper():
-            return self.prefix + value
-        if callable(value) and name.endswith("_key"):
-            builder: Callable[..., str] = value
-            return lambda *args: self.prefix + builder(*args)
+        # Only reached for a name this module does not define (the others are set above).
         raise AttributeError(name)
 
     def __repr__(self) -> str:
