@@ -69,6 +69,20 @@ def _tail(length: int, last: list[Any]) -> StreamTail:
     return StreamTail(length=int(length), last=fields, last_id=entry_id)
 
 
+def _depths(queue_reads: tuple[Any, Any, Any, Any], by_worker: dict[str, int], limited: int) -> dict[str, Any]:
+    """The depths dict from the replies of ``_add_depth_reads`` and the in-flight lists."""
+    pending, dead, delayed, laned = queue_reads
+    return {
+        "pending": int(pending),
+        "inflight": sum(by_worker.values()),
+        "delayed": int(delayed),
+        "limited": limited,
+        "laned": int(laned or 0),
+        "dead_letter": int(dead),
+        "by_worker": by_worker,
+    }
+
+
 @translate_connection_errors
 class RedisReadsMixin:
     """Needs ``self.redis`` (a decoded client created in this process) and ``self.events_maxlen``.
@@ -160,23 +174,20 @@ class RedisReadsMixin:
     def queue_depths(self, worker_ids: Iterable[str] | None = None) -> dict[str, Any]:
         ids = sorted(self.known_workers() if worker_ids is None else worker_ids)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.llen(self.space.QUEUE)
-        pipe.llen(self.space.DEAD_LETTER)
-        pipe.zcard(self.space.DELAYED)
-        pipe.get(self.space.LANE_WAITING)
+        self._add_depth_reads(pipe)
         for worker_id in ids:
             pipe.llen(self.space.worker_inflight_key(worker_id))
         pending, dead, delayed, laned, *inflight = pipe.execute()
         by_worker = {worker_id: int(n) for worker_id, n in zip(ids, inflight, strict=True)}
-        return {
-            "pending": int(pending),
-            "inflight": sum(by_worker.values()),
-            "delayed": int(delayed),
-            "limited": RedisLimits(self.redis, space=self.space).waiting(),
-            "laned": int(laned or 0),
-            "dead_letter": int(dead),
-            "by_worker": by_worker,
-        }
+        limited = RedisLimits(self.redis, space=self.space).waiting()
+        return _depths((pending, dead, delayed, laned), by_worker, limited)
+
+    def _add_depth_reads(self, pipe: Any) -> None:
+        """Queue the reads of the queue, dead-letter, delayed and lane depths, in that order."""
+        pipe.llen(self.space.QUEUE)
+        pipe.llen(self.space.DEAD_LETTER)
+        pipe.zcard(self.space.DELAYED)
+        pipe.get(self.space.LANE_WAITING)
 
     def dead_letters(self, limit: int | None = 100) -> list[dict[str, Any]]:
         stop = -1 if limit is None else max(0, limit - 1)
@@ -198,10 +209,7 @@ class RedisReadsMixin:
             for stream in (self.space.WORK_COMPLETIONS, self.space.WORK_ERRORS):
                 pipe.xlen(stream)
                 pipe.xrevrange(stream, count=1)
-            pipe.llen(self.space.QUEUE)
-            pipe.llen(self.space.DEAD_LETTER)
-            pipe.zcard(self.space.DELAYED)
-            pipe.get(self.space.LANE_WAITING)
+            self._add_depth_reads(pipe)
             for name in limiters:
                 pipe.llen(self.space.slot_waiters_key(name))
             reply = pipe.execute()
@@ -215,18 +223,8 @@ class RedisReadsMixin:
             inflight[worker_id] = int(next(values))
         completions = _tail(next(values), next(values))
         errors = _tail(next(values), next(values))
-        pending, dead, delayed = int(next(values)), int(next(values)), int(next(values))
-        laned = int(next(values) or 0)
-        limited = sum(int(n) for n in values)
-        depths = {
-            "pending": pending,
-            "inflight": sum(inflight.values()),
-            "delayed": delayed,
-            "limited": limited,
-            "laned": laned,
-            "dead_letter": dead,
-            "by_worker": inflight,
-        }
+        queue_reads = (next(values), next(values), next(values), next(values))
+        depths = _depths(queue_reads, inflight, sum(int(n) for n in values))
         counters = {name: int(value or 0) for name, value in zip(keys.COUNTERS, reply[1 : 1 + counted], strict=True)}
         return AuditSnapshot(
             counters=counters, per_worker=per_worker, completions=completions, errors=errors, depths=depths
