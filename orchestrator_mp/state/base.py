@@ -284,7 +284,8 @@ class StateManager(abc.ABC):
         """Move up to ``max_count`` tasks (a fair share: ceil(depth/divisor)) from the
         queue to the worker's in-flight list, in one atomic step, oldest first.
 
-        Returns ``[]`` when the queue is empty (never blocks). Raises Fenced.
+        Returns ``[]`` when the queue is empty (never blocks). Raises Fenced, and
+        ConfigurationError when ``max_count`` is outside 0..MAX_BATCH_SIZE (nothing moves).
         """
 
     @abc.abstractmethod

@@ -16,6 +16,7 @@ from collections import Counter
 from typing import Any, Iterable, Sequence
 
 from .. import keys
+from ..config import MAX_BATCH_SIZE, MAX_STATE_FIELDS
 from ..exceptions import ConfigurationError
 from ..models import BAD_PAYLOAD, POISON, Outcome, partition_key_of
 from .base import StateManager, requeueable_task
@@ -46,10 +47,21 @@ def checked_fields(mapping: dict[str, object]) -> dict[str, str]:
     """The fields of an update, encoded; refuses an empty update and reserved fields (UPDATE_STATE)."""
     if not mapping:
         raise ConfigurationError("update_worker_state needs at least one field")
+    if len(mapping) > MAX_STATE_FIELDS:
+        message = f"update_worker_state sets at most {MAX_STATE_FIELDS} fields at once, got {len(mapping)}"
+        raise ConfigurationError(message)
     reserved = RESERVED_FIELDS.intersection(mapping)
     if reserved:
         raise ConfigurationError(f"fields {sorted(reserved)} are managed by the state manager")
     return {str(field): encode_value(value) for field, value in mapping.items()}
+
+
+def checked_claim_count(max_count: int) -> int:
+    """A claim's size, refused when no batch may be that large (CLAIM refuses it too)."""
+    if isinstance(max_count, bool) or not isinstance(max_count, int) or not 0 <= max_count <= MAX_BATCH_SIZE:
+        message = f"a claim takes 0 to {MAX_BATCH_SIZE:,} tasks (batch_size's bound), got {max_count!r}"
+        raise ConfigurationError(message)
+    return max_count
 
 
 def fair_share(max_count: int, depth: int, divisor: int) -> int:

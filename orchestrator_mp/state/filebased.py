@@ -306,6 +306,8 @@ class FileStateManager(MirroredStateManager):
         return self._transact(lambda txn: plans.plan_promote(self._due(txn, time.time(), limit)))
 
     def claim(self, worker_id: str, epoch: int, max_count: int, divisor: int = 1) -> list[str]:
+        common.checked_claim_count(max_count)
+
         def plan(txn: Transaction) -> Step:
             now = time.time()
             oldest = txn.doc["front"][:max_count]

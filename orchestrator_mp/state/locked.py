@@ -61,6 +61,7 @@ from .locks import (
     FENCED_APPLY,
     WAIT_POLICIES,
     FencedLock,
+    WRITE_ARGS_MAX,
     LockStats,
     Write,
     acquire,
@@ -73,7 +74,6 @@ from .redisreads import RedisReadsMixin, translate_connection_errors
 LOCK_SCOPES = ("partition", "global")
 # A critical section whose lease ran out is retried (nothing was written) this often.
 LEASE_ATTEMPTS = 3
-_SUBMIT_CHUNK = 1000
 _PROMOTE_LIMIT = 1000
 # Idle polling of the queue by wait_claim: there is no BLMOVE under a queue lock.
 _POLL_FIRST_S = 0.0005
@@ -89,6 +89,12 @@ def _xadd(stream: str, maxlen: int, fields: dict[str, object]) -> Write:
     for name, value in fields.items():
         flat.extend((name, value))
     return ("XADD", stream, "MAXLEN", "~", maxlen, "*", *flat)
+
+
+def _chunked(command: str, key: str, values: Sequence[object]) -> list[Write]:
+    """One variadic write as several of at most WRITE_ARGS_MAX values each: FENCED_APPLY
+    refuses a larger one (its Lua cannot unpack ~8,000 values), before writing anything."""
+    return [(command, key, *values[start : start + WRITE_ARGS_MAX]) for start in range(0, len(values), WRITE_ARGS_MAX)]
 
 
 def _tally(counter_keys: Sequence[str], values: Sequence[str | None]) -> Tally:
@@ -170,17 +176,14 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
             plans.UNCLAIM: lambda w, raw: [("LREM", keys.worker_inflight_key(w), -1, raw)],
             plans.LEASE: self._lease_writes,
             plans.MEMBERSHIP: self._membership_writes,
-            plans.ENQUEUE: lambda w, raws: [
-                ("LPUSH", keys.QUEUE, *raws[start : start + _SUBMIT_CHUNK])
-                for start in range(0, len(raws), _SUBMIT_CHUNK)
-            ],
+            plans.ENQUEUE: lambda w, raws: _chunked("LPUSH", keys.QUEUE, raws),
             plans.SUBMITTED: lambda w, batch_id: [
                 ("SET", keys.submit_marker_key(batch_id), 1, "EX", self.submit_marker_ttl_s)
             ],
-            plans.PROMOTE: lambda w, due: [("ZREM", keys.DELAYED, *due), ("LPUSH", keys.QUEUE, *due)],
+            plans.PROMOTE: lambda w, due: [*_chunked("ZREM", keys.DELAYED, due), *_chunked("LPUSH", keys.QUEUE, due)],
             plans.TAKE: lambda w, raws: [
                 ("LTRIM", keys.QUEUE, 0, -(len(raws) + 1)),
-                ("LPUSH", keys.worker_inflight_key(w), *raws),
+                *_chunked("LPUSH", keys.worker_inflight_key(w), raws),
             ],
             plans.DROP_INFLIGHT: lambda w: [("DEL", keys.worker_inflight_key(w))],
             plans.CANCEL: lambda w, raw: [("LREM", keys.QUEUE, 1, raw)],
@@ -373,6 +376,8 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
         )
 
     def claim(self, worker_id: str, epoch: int, max_count: int, divisor: int = 1) -> list[str]:
+        common.checked_claim_count(max_count)
+
         def plan() -> Step:
             now = time.time()
             pipe = self.redis.pipeline(transaction=False)

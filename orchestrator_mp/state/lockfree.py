@@ -233,9 +233,11 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
         return int(self._promote(keys=[self.space.DELAYED, self.space.QUEUE], args=[time.time(), limit]))
 
     def claim(self, worker_id: str, epoch: int, max_count: int, divisor: int = 1) -> list[str]:
+        common.checked_claim_count(max_count)
         return self._do_claim(worker_id, epoch, max_count, divisor, moved=0)
 
     def wait_claim(self, worker_id: str, epoch: int, max_count: int, divisor: int, timeout_s: float) -> list[str]:
+        common.checked_claim_count(max_count)
         claimed = self._do_claim(worker_id, epoch, max_count, divisor, moved=0)
         if claimed:
             return claimed

@@ -38,6 +38,9 @@ from redis.exceptions import LockError
 from .. import keys
 from ..exceptions import LockTimeout
 
+# The most arguments one write of a critical section may carry (larger ones are split).
+WRITE_ARGS_MAX = 1000
+
 # Take a lock and, in the same step, its next fencing token.
 # KEYS: 1 lock, 2 fence counter
 # ARGV: 1 token (identifies the holder, for release), 2 lease in ms
@@ -59,7 +62,11 @@ return 0
 #       command, key index (into KEYS), argument count N, N arguments
 # Returns: 1 when applied, 2 when these tokens' writes were applied already (a resent
 #          call), 0 when a fence moved on (a lease was lost; nothing written)
-FENCED_APPLY = """
+# Every write is checked (its argument count within what Lua can unpack) before the
+# first one lands: Redis keeps a script's earlier writes when a later one fails.
+FENCED_APPLY = f"""
+local WRITE_ARGS_MAX = {WRITE_ARGS_MAX}
+""" + """
 local nf = tonumber(ARGV[1])
 local stamp = table.concat(ARGV, ':', 2, nf + 1)
 if redis.call('GET', KEYS[nf + 1]) == stamp then return 2 end
@@ -67,6 +74,14 @@ for i = 1, nf do
   if redis.call('GET', KEYS[i]) ~= ARGV[i + 1] then return 0 end
 end
 local i = nf + 3
+while i <= #ARGV do
+  local nargs = tonumber(ARGV[i + 2])
+  if not nargs or nargs > WRITE_ARGS_MAX or i + 2 + nargs > #ARGV then
+    return redis.error_reply('ERR a write takes at most ' .. WRITE_ARGS_MAX .. ' arguments, got ' .. tostring(ARGV[i + 2]))
+  end
+  i = i + 3 + nargs
+end
+i = nf + 3
 while i <= #ARGV do
   local nargs = tonumber(ARGV[i + 2])
   redis.call(ARGV[i], KEYS[tonumber(ARGV[i + 1])], unpack(ARGV, i + 3, i + 2 + nargs))

@@ -12,6 +12,20 @@ worker's behalf take the epoch the worker registered with and refuse (returning
 -1) when the hash holds another one: the partition was taken over, the caller is a
 zombie, and its writes must not land.
 """
+from ..config import MAX_BATCH_SIZE, MAX_STATE_FIELDS
+
+# Redis's Lua cannot unpack more than about 8,000 values (its C stack), and a script
+# that fails after its first write keeps that write (no rollback). So every variadic
+# command over a list of unbounded length pushes in chunks of 1,000 (STYLE rule 16),
+# and counts a script cannot handle are refused before anything is written.
+CHUNKED = f"""
+local MAX_BATCH = {MAX_BATCH_SIZE}
+local function chunked(command, key, values)
+  for first = 1, #values, 1000 do
+    redis.call(command, key, unpack(values, first, math.min(first + 999, #values)))
+  end
+end
+"""
 
 # Partition-key lanes: at most one task of a key is ever queued, in flight or waiting
 # for a retry (its lane's owner flag is set); the key's later tasks wait, in order,
@@ -73,7 +87,9 @@ return version
 # ARGV: 1 worker id, 2 expected version or '', 3 epoch or '', 4 events maxlen,
 #       5.. field, value pairs
 # Returns: the new version; 0 when the version was stale; -1 when fenced
-UPDATE_STATE = """
+UPDATE_STATE = f"""
+local MAX_FIELDS = {MAX_STATE_FIELDS}
+""" + """
 if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[3] then
   redis.call('INCR', KEYS[3])
   return -1
@@ -81,6 +97,9 @@ end
 if ARGV[2] ~= '' then
   local current = redis.call('HGET', KEYS[1], 'version') or '0'
   if current ~= ARGV[2] then return 0 end
+end
+if #ARGV < 6 or #ARGV > 4 + 2 * MAX_FIELDS or (#ARGV - 4) % 2 ~= 0 then
+  return redis.error_reply('ERR a state update takes 1..' .. MAX_FIELDS .. ' field, value pairs')
 end
 local pairs_ = {}
 for i = 5, #ARGV do pairs_[#pairs_ + 1] = ARGV[i] end
@@ -110,11 +129,11 @@ return 1
 # KEYS: 1 delayed sorted set, 2 queue
 # ARGV: 1 now, 2 most to move
 # Returns: how many moved
-PROMOTE = """
+PROMOTE = CHUNKED + """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 if #due == 0 then return 0 end
-redis.call('ZREM', KEYS[1], unpack(due))
-redis.call('LPUSH', KEYS[2], unpack(due))
+chunked('ZREM', KEYS[1], due)
+chunked('LPUSH', KEYS[2], due)
 return #due
 """
 
@@ -164,20 +183,27 @@ return n
 # innocent tasks that happened to share its batch.
 # Due delayed tasks are promoted first, so every claiming worker is also the
 # scheduler: no separate scheduler process can fail.
+# Reads first, writes last (issue 13): the candidates are read with LRANGE and only
+# then trimmed off the queue and pushed in chunks, so no failure can leave a popped
+# task in no list (a single unpack of 8,000 values failed after an RPOP and lost them).
 # KEYS: 1 queue, 2 in-flight list, 3 state hash, 4 events:stream, 5 delayed sorted set,
 #       6 total_fenced
 # ARGV: 1 worker id, 2 epoch, 3 max count, 4 divisor, 5 now, 6 events maxlen,
 #       7 tasks already moved by a blocking claim (counted into the state update)
 # Returns: the claimed raw tasks (oldest first), or -1 when fenced
-CLAIM = """
+CLAIM = CHUNKED + """
 if redis.call('HGET', KEYS[3], 'epoch') ~= ARGV[2] then
   redis.call('INCR', KEYS[6])
   return -1
 end
+local max_count = tonumber(ARGV[3])
+if not max_count or max_count < 0 or max_count > MAX_BATCH then
+  return redis.error_reply('ERR claim count must be 0..' .. MAX_BATCH .. ', got ' .. tostring(ARGV[3]))
+end
 local due = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[5], 'LIMIT', 0, 1000)
 if #due > 0 then
-  redis.call('ZREM', KEYS[5], unpack(due))
-  redis.call('LPUSH', KEYS[1], unpack(due))
+  chunked('ZREM', KEYS[5], due)
+  chunked('LPUSH', KEYS[1], due)
 end
 local function suspect(raw)
   local crashes = string.match(raw, '^{"crashes":(%d+),')
@@ -186,24 +212,22 @@ end
 local moved = tonumber(ARGV[7])
 local claimed = {}
 local depth = redis.call('LLEN', KEYS[1])
-local want = math.min(tonumber(ARGV[3]), math.ceil(depth / tonumber(ARGV[4])))
+local want = math.min(max_count, math.ceil(depth / tonumber(ARGV[4])))
 if moved > 0 and suspect(redis.call('LINDEX', KEYS[2], 0) or '') then want = 0 end
 if want > 0 then
-  claimed = redis.call('RPOP', KEYS[1], want)
-  local keep = #claimed
-  for i = 1, #claimed do
-    if suspect(claimed[i]) then
-      keep = (i == 1 and moved == 0) and 1 or i - 1
+  local tail = redis.call('LRANGE', KEYS[1], -want, -1)
+  for i = #tail, 1, -1 do
+    local raw = tail[i]
+    if suspect(raw) then
+      if #claimed == 0 and moved == 0 then claimed[1] = raw end
       break
     end
+    claimed[#claimed + 1] = raw
   end
-  if keep < #claimed then
-    local back = {}
-    for i = #claimed, keep + 1, -1 do back[#back + 1] = claimed[i] end
-    redis.call('RPUSH', KEYS[1], unpack(back))
-    for i = #claimed, keep + 1, -1 do claimed[i] = nil end
+  if #claimed > 0 then
+    redis.call('LTRIM', KEYS[1], 0, -(#claimed + 1))
+    chunked('LPUSH', KEYS[2], claimed)
   end
-  if #claimed > 0 then redis.call('LPUSH', KEYS[2], unpack(claimed)) end
 end
 local total = #claimed + moved
 if total == 0 then return claimed end
@@ -268,8 +292,16 @@ local function still_in_flight(batch)
   end
   return counted
 end
-local done = n_ok > 0 and still_in_flight(cjson.decode(ARGV[9])) or {}
-local failures = n_failed > 0 and still_in_flight(cjson.decode(ARGV[10])) or {}
+-- Decode and check everything before the first write (no rollback after it).
+local done_in = n_ok > 0 and cjson.decode(ARGV[9]) or {}
+local failures_in = n_failed > 0 and cjson.decode(ARGV[10]) or {}
+for _, item in ipairs(failures_in) do
+  if item[7] ~= '' and not tonumber(item[8]) then
+    return redis.error_reply('ERR retry due time is not a number: ' .. tostring(item[8]))
+  end
+end
+local done = still_in_flight(done_in)
+local failures = still_in_flight(failures_in)
 local duplicates = n_ok + n_failed - #done - #failures
 if #done > 0 then
   redis.call('INCRBY', KEYS[3], #done)
@@ -368,6 +400,9 @@ return released
 # Returns: {new epoch, requeued, dead-lettered}, or {-1, 0, 0} when the lease is still alive
 RECLAIM = RELEASE_LANE_FUNCTION + """
 if ARGV[8] == '1' and redis.call('EXISTS', KEYS[12]) == 1 then return {-1, 0, 0} end
+if ARGV[10] ~= '' and not tonumber(ARGV[11]) then
+  return redis.error_reply('ERR retry due time is not a number: ' .. tostring(ARGV[11]))
+end
 local extras = cjson.decode(ARGV[17])
 local function store(raw, value)
   local extra = extras[raw]

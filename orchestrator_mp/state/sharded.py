@@ -43,6 +43,7 @@ from .. import keys
 from ..connection import create_client
 from ..exceptions import BackendUnavailable, ConfigurationError, Fenced
 from ..models import Outcome, new_task_id, partition_key_of
+from . import common
 from .base import AuditSnapshot, ReclaimResult, SettleResult, StateManager, StreamTail
 from .lockfree import RedisLockFreeStateManager
 from .redisreads import translate_connection_errors
@@ -320,6 +321,7 @@ class ShardedStateManager(StateManager):
 
     def claim(self, worker_id: str, epoch: int, max_count: int, divisor: int = 1) -> list[str]:
         """Fills the batch from the shards in turn (FIFO within each shard)."""
+        common.checked_claim_count(max_count)
         claimed: list[str] = []
         for i in self._turns():
             want = max_count - len(claimed)
