@@ -6,12 +6,15 @@ URL, never a client, and call :func:`create_client` after the fork.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import os
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import redis
 import redis.cluster
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import ClusterDownError, TryAgainError
 from redis.retry import Retry
 
 from .exceptions import BackendUnavailable
@@ -22,6 +25,36 @@ PATIENT_RETRY = dict(backoff_base_s=0.01, backoff_cap_s=0.5, attempts=40)
 
 
 PASSWORD_ENV = "ORCHESTRATOR_MP_REDIS_PASSWORD"
+
+# Errors that mean "not reachable right now": a lost connection, or a cluster
+# between a master's death and its replica's promotion (CLUSTERDOWN, TRYAGAIN).
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_C = TypeVar("_C", bound=type)
+
+
+def _translating(method: _F) -> _F:
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except UNAVAILABLE as exc:
+            raise BackendUnavailable(f"Redis unreachable: {exc}") from exc
+
+    return call  # type: ignore[return-value]
+
+
+def translate_connection_errors(cls: _C) -> _C:
+    """Class decorator: every public method of ``cls`` (its own, not inherited ones)
+    raises BackendUnavailable for a lost or unreachable server. With a fail-fast client
+    (``retries=False``) that happens at once; a patient client first resends for ~15 s.
+    Every class that talks to Redis for the runtime wears it (state managers, limits),
+    so callers handle one error whatever the step."""
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(member) and name != "close":
+            setattr(cls, name, _translating(member))
+    return cls
 
 
 def create_client(url: str, *, retries: bool = True, **options: Any) -> redis.Redis:

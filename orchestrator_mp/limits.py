@@ -20,12 +20,13 @@ import re
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 import redis
 
 from . import keys
+from .connection import UNAVAILABLE, translate_connection_errors
 from .exceptions import ConfigurationError, Fenced
 
 _held = threading.local()  # holders of code-level slots, per thread, innermost last
@@ -109,17 +110,23 @@ def concurrency_limit(name: str, limit: int) -> ConcurrencyCap:
 # arrival time advances for it) and sent to the delayed set due at that slot; when it
 # comes back it holds a reservation and runs without asking again. Deferred tasks
 # therefore return evenly spaced, never all at once.
+# Safe to resend after a lost reply (workers do): a task already holding its slot was
+# admitted, and one no longer in the in-flight list was moved by the first call, so
+# neither is acted on twice (a resent park used to queue a second copy; both ran).
 # KEYS: 1 state hash, 2 in-flight list, 3 delayed sorted set, 4 rate key, 5 slots set,
 #       6 slot waiters list, 7 worker slots set, 8 limiters set, 9 total_deferred,
 #       10 total_fenced, 11 rate reservations set
 # ARGV: 1 epoch, 2 raw task, 3 rate interval ms ('' for none), 4 rate tolerance ms,
 #       5 cap limit ('' for none), 6 cap name, 7 slot holder, 8 task id
-# Returns: {1} run now | {0, due ms} deferred by the rate | {2} waiting for a slot | {-1} fenced
+# Returns: {1} run now | {0, due ms} deferred by the rate | {2} waiting for a slot |
+#          {3} not in flight (moved already) | {-1} fenced
 ADMIT = """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
   redis.call('INCR', KEYS[10])
   return {-1}
 end
+if ARGV[5] ~= '' and redis.call('ZSCORE', KEYS[5], ARGV[7]) then return {1} end
+if not redis.call('LPOS', KEYS[2], ARGV[2], 'RANK', -1) then return {3} end
 if ARGV[5] ~= '' and redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[5]) then
   redis.call('LREM', KEYS[2], -1, ARGV[2])
   redis.call('RPUSH', KEYS[6], ARGV[2])
@@ -180,19 +187,43 @@ return '0'
 """
 
 # A code-level slot: take one if the cap has room (stale holders past their hold time go).
-# KEYS: 1 slots set, 2 worker slots set, 3 limiters set
-# ARGV: 1 limit, 2 holder, 3 cap name, 4 oldest allowed acquire time (ms)
-# Returns: 1 taken, 0 full
+# Fenced like every write made for a worker: a zombie resumed after its takeover (which
+# freed its slots) must not take a slot nobody will free. Ages are measured on the
+# server's clock, the one that stamped them.
+# KEYS: 1 slots set, 2 worker slots set, 3 limiters set, 4 the worker's state hash
+# ARGV: 1 limit, 2 holder, 3 cap name, 4 longest hold (ms) before a holder is presumed
+#       abandoned, 5 the worker's epoch ('' for code outside a worker)
+# Returns: 1 taken, 0 full, -1 fenced
 TAKE_SLOT = """
+if ARGV[5] ~= '' and redis.call('HGET', KEYS[4], 'epoch') ~= ARGV[5] then return -1 end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[4]))
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], now, ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3] .. '|' .. ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[3])
 return 1
 """
+
+
+# How long code-level limit waits (``with limiter(...)``, ``with cap``) ride out an
+# unreachable server before raising BackendUnavailable into the task.
+OUTAGE_PATIENCE_S = 60.0
+
+
+def _patiently(call: Callable[[], Any]) -> Any:
+    """``call()``, retried with backoff while the server is unreachable (a restart, a
+    failover), for up to OUTAGE_PATIENCE_S: an outage is a pause, not a task failure."""
+    delay, deadline = 0.02, time.monotonic() + OUTAGE_PATIENCE_S
+    while True:
+        try:
+            return call()
+        except UNAVAILABLE:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(1.0, delay * 2)
 
 
 @attrs.frozen
@@ -204,8 +235,13 @@ class Admission:
     waiting: bool = False  # parked until a slot frees
 
 
+@translate_connection_errors
 class RedisLimits:
     """Limits over one Redis client (created in the process using it).
+
+    A lost server raises BackendUnavailable, as the state managers do; every task step
+    here is safe to resend (workers resend after reconnecting). The code-level waits
+    (``wait_for_rate``, ``hold_slot``) ride out an outage of up to ``OUTAGE_PATIENCE_S``.
 
     Args:
         client: a redis-py client.
@@ -219,6 +255,7 @@ class RedisLimits:
         self.redis = client
         self.space = space
         self.worker_id = worker_id
+        self.epoch: int | None = None  # the worker's, once fenced: code-level slots check it
         self._admit = client.register_script(ADMIT)
         self._release = client.register_script(RELEASE_SLOT)
         self._rate_only = client.register_script(RATE_ONLY)
@@ -259,6 +296,8 @@ class RedisLimits:
             raise Fenced(worker_id, epoch)
         if code == 0:
             return Admission(run=False, due_at=float(reply[1]) / 1000.0)
+        if code == 3:
+            return Admission(run=False)  # a resent call: the first one moved it
         return Admission(run=False, waiting=True) if code == 2 else Admission(run=True)
 
     def release(self, cap: ConcurrencyCap, worker_id: str, task_id: str) -> bool:
@@ -273,6 +312,10 @@ class RedisLimits:
             name, _, holder = record.partition("|")
             freed += self._free(name, holder, worker_id)
         return freed
+
+    def fence(self, epoch: int) -> None:
+        """Take code-level slots only while ``epoch`` owns the worker's partition."""
+        self.epoch = epoch
 
     @staticmethod
     def holder(worker_id: str, task_id: str) -> str:
@@ -293,12 +336,16 @@ class RedisLimits:
 
     # -- any code in a worker ----------------------------------------------------------------------
     def wait_for_rate(self, limit: Limiter) -> float:
-        """Sleep until ``limit`` allows one call, then take it; returns seconds waited."""
+        """Sleep until ``limit`` allows one call, then take it; returns seconds waited
+        (an outage is waited out too, up to OUTAGE_PATIENCE_S, then BackendUnavailable)."""
         waited = 0.0
         while True:
             wait_ms = float(
-                self._rate_only(
-                    keys=[self.space.rate_limit_key(limit.name)], args=[limit.rate.interval_ms, limit.rate.tolerance_ms]
+                _patiently(
+                    lambda: self._rate_only(
+                        keys=[self.space.rate_limit_key(limit.name)],
+                        args=[limit.rate.interval_ms, limit.rate.tolerance_ms],
+                    )
                 )
             )
             if wait_ms <= 0:
@@ -307,16 +354,25 @@ class RedisLimits:
             waited += wait_ms / 1000.0
 
     def hold_slot(self, cap: ConcurrencyCap, poll_s: float = 0.01) -> str:
-        """Block until a slot of ``cap`` is free, take it, return its holder id."""
+        """Block until a slot of ``cap`` is free, take it, return its holder id. Raises
+        Fenced when this worker's partition was taken over meanwhile."""
         owner = self.worker_id or "code"
         holder = f"{owner}|{uuid.uuid4().hex}"
         delay = poll_s
         while True:
-            cutoff = time.time() * 1000.0 - self.slot_hold_s * 1000.0
-            taken = self._take(
-                keys=[self.space.slots_key(cap.name), self.space.worker_slots_key(owner), self.space.LIMITERS],
-                args=[cap.limit, holder, cap.name, cutoff],
+            taken = _patiently(
+                lambda: self._take(
+                    keys=[
+                        self.space.slots_key(cap.name),
+                        self.space.worker_slots_key(owner),
+                        self.space.LIMITERS,
+                        self.space.worker_state_key(owner),
+                    ],
+                    args=[cap.limit, holder, cap.name, self.slot_hold_s * 1000.0, "" if self.epoch is None else self.epoch],
+                )
             )
+            if taken == -1:
+                raise Fenced(owner, self.epoch if self.epoch is not None else -1)
             if taken == 1:
                 return holder
             time.sleep(delay)

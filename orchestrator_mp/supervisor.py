@@ -46,7 +46,13 @@ from .recovery import reclaim_worker, sweep_dead_partitions
 from .retry import failure
 from .server import EmbeddedServer
 from .state import StateManager
-from .worker import EXIT_OK, worker_main
+from .worker import (
+    EXIT_BACKEND_LOST,
+    EXIT_FENCED,
+    EXIT_OK,
+    EXIT_PARENT_GONE,
+    worker_main,
+)
 
 TICK_S = 0.1
 SWEEP_INTERVAL_S = 1.0
@@ -54,6 +60,21 @@ SWEEP_INTERVAL_S = 1.0
 EARLY_DEATH_S = 2.0
 # A worker that exits cleanly (0) waits this long for our own stop before it is replaced.
 CLEAN_EXIT_GRACE_S = 1.0
+
+
+def death_cause(exitcode: int | None) -> tuple[str, bool]:
+    """Why a worker ended, and whether its in-flight tasks are charged a crash.
+
+    Only a real crash (a signal, an unexpected exit) is charged: a worker that gave up
+    on an unreachable server, or found itself fenced, crashed nothing, and charging its
+    batch would dead-letter innocent tasks as poison after a few outages."""
+    if exitcode == EXIT_BACKEND_LOST:
+        return "server_lost", False
+    if exitcode == EXIT_FENCED:
+        return "fenced", False
+    if exitcode == EXIT_PARENT_GONE:
+        return "orphaned", False
+    return "died", True
 
 
 @attrs.define
@@ -101,7 +122,8 @@ class Supervisor:
         self._started_ids: list[str] = []
         self._early_deaths = 0
         self._lease_checks_from = 0.0
-        self._unreclaimed: set[str] = set()  # dead workers whose takeover failed (server down)
+        # dead workers whose takeover failed (server down): worker id -> (reason, crashed)
+        self._unreclaimed: dict[str, tuple[str, bool]] = {}
         self._closing = threading.Event()
         self._lock = threading.Lock()  # guards self.workers between the thread and callers
         self._wakeup_r, self._wakeup_w = os.pipe()
@@ -229,9 +251,9 @@ class Supervisor:
     def _tick(self) -> None:
         if self.server is not None and not self.server.is_alive():
             self._restart_server()
-        for worker_id in sorted(self._unreclaimed):
-            reclaim_worker(self.state, worker_id, self.settings, reason="died")
-            self._unreclaimed.discard(worker_id)
+        for worker_id, (reason, crashed) in sorted(self._unreclaimed.items()):
+            reclaim_worker(self.state, worker_id, self.settings, reason=reason, crashed=crashed)
+            del self._unreclaimed[worker_id]
         if time.monotonic() >= self._lease_checks_from:
             self._check_leases()
         self._check_time_limits()
@@ -332,10 +354,11 @@ class Supervisor:
         self.deaths.append(death)
         logger.warning("{}; reclaiming its partition and starting a replacement", death)
         if not worker.reclaimed:
+            reason, crashed = death_cause(worker.process.exitcode)
             try:
-                reclaim_worker(self.state, worker.worker_id, self.settings, reason="died")
+                reclaim_worker(self.state, worker.worker_id, self.settings, reason=reason, crashed=crashed)
             except Exception as exc:
-                self._unreclaimed.add(worker.worker_id)
+                self._unreclaimed[worker.worker_id] = (reason, crashed)
                 logger.error("could not reclaim {}: {!r} (retried every tick)", worker.worker_id, exc)
         if self._died_before_registering(worker):
             self._early_deaths += 1

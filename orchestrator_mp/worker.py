@@ -146,8 +146,22 @@ class Worker:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def register(self) -> int:
-        self.epoch = self.state.register_worker(self.worker_id, pid=os.getpid(), host=socket.gethostname())
+        """Open this worker's partition. A server that is unreachable right now (a
+        restart, a failover) is waited for like any other outage, up to
+        RECONNECT_TIMEOUT_S: a replacement started mid-outage must not die here."""
+        delay, deadline = 0.02, time.monotonic() + RECONNECT_TIMEOUT_S
+        while True:
+            try:
+                self.epoch = self.state.register_worker(self.worker_id, pid=os.getpid(), host=socket.gethostname())
+                break
+            except BackendUnavailable:
+                if self._should_stop() or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(1.0, delay * 2)
         self._limits = self.state.limits(self.worker_id)
+        if self._limits is not None:
+            self._limits.fence(self.epoch)
         bind(self._limits)
         if self._use_heartbeat:
             self._heartbeat = Heartbeat(self.state, self.worker_id, self.epoch, self.settings.heartbeat_interval_s)
@@ -165,9 +179,9 @@ class Worker:
 
     def run(self) -> int:
         """Serve until asked to stop; returns the process exit code."""
-        self.register()
-        logger.debug("worker started (epoch {})", self.epoch)
         try:
+            self.register()
+            logger.debug("worker started (epoch {})", self.epoch)
             while not self.should_stop():
                 self.run_batch(block=True)
             if self._heartbeat is not None and self._heartbeat.fenced:

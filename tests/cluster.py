@@ -86,6 +86,7 @@ class LocalCluster:
     password: str | None = None
     cluster_enabled: bool = True
     replicas: int = 0
+    persistent: bool = False  # AOF with fsync always, so a node restarted on its data keeps it
     processes: list[subprocess.Popen] = dataclasses.field(default_factory=list)
     ports: list[int] = dataclasses.field(default_factory=list)
     startup_s: float = 0.0
@@ -166,6 +167,7 @@ class LocalCluster:
         password: str | None = None,
         cluster_enabled: bool = True,
         replicas: int = 0,
+        persistent: bool = False,
     ) -> LocalCluster:
         """Start ``masters`` nodes (and ``replicas`` per master) under ``directory`` and
         join them; on any failure every process started so far is stopped before the
@@ -177,7 +179,7 @@ class LocalCluster:
             raise ValueError("a standalone server is one node")
         began = time.monotonic()
         cluster = cls(directory=os.fspath(directory), password=password, cluster_enabled=cluster_enabled,
-                      replicas=replicas)
+                      replicas=replicas, persistent=persistent)
         try:
             for _ in range(masters * (1 + replicas)):
                 cluster._start_node()
@@ -205,6 +207,23 @@ class LocalCluster:
                     process.kill()
                 process.wait()
 
+    def kill(self, port: int) -> None:
+        """SIGKILL the node on ``port`` (a crash: no shutdown, no final save)."""
+        process = self.processes[self.ports.index(port)]
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        process.wait()
+
+    def restart(self, port: int) -> None:
+        """Start the node on ``port`` again, on its data (a persistent node keeps it)."""
+        index = self.ports.index(port)
+        if self.processes[index].poll() is None:
+            raise ClusterStartError(f"node {port} is still running")
+        process = self._spawn(port)
+        self.processes[index] = process
+        if not self._wait_ping(process, port):
+            raise ClusterStartError(f"node {port} would not restart:\n{self._log_tail(port)}")
+
     # -- internals -----------------------------------------------------------
 
     def _node_dir(self, port: int) -> str:
@@ -218,7 +237,8 @@ class LocalCluster:
             "--port", str(port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.persistent else "no",
+            "--appendfsync", "always",
             "--dir", node_dir,
             "--logfile", os.path.join(node_dir, "redis.log"),
             "--daemonize", "no",
@@ -336,9 +356,11 @@ def local_cluster(
 
 
 @contextlib.contextmanager
-def local_server(directory: str | os.PathLike, password: str | None = None) -> Iterator[LocalCluster]:
+def local_server(
+    directory: str | os.PathLike, password: str | None = None, persistent: bool = False
+) -> Iterator[LocalCluster]:
     """One standalone redis-server on loopback (same binary and options, no cluster)."""
-    server = LocalCluster.start(directory, masters=1, password=password, cluster_enabled=False)
+    server = LocalCluster.start(directory, masters=1, password=password, cluster_enabled=False, persistent=persistent)
     try:
         yield server
     finally:

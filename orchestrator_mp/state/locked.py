@@ -51,7 +51,7 @@ from typing import Any, Callable, Iterable, Sequence
 import redis
 
 from .. import keys
-from ..connection import create_client, is_cluster
+from ..connection import create_client, is_cluster, translate_connection_errors
 from ..exceptions import ConfigurationError, LockTimeout
 from ..models import Outcome, dumps, new_task_id
 from . import common, plans
@@ -60,8 +60,8 @@ from .common import MirroredStateManager
 from .locks import (
     FENCED_APPLY,
     WAIT_POLICIES,
-    FencedLock,
     WRITE_ARGS_MAX,
+    FencedLock,
     LockStats,
     Write,
     acquire,
@@ -69,7 +69,7 @@ from .locks import (
     release,
 )
 from .plans import Step, Tally
-from .redisreads import RedisReadsMixin, translate_connection_errors
+from .redisreads import RedisReadsMixin
 
 LOCK_SCOPES = ("partition", "global")
 # A critical section whose lease ran out is retried (nothing was written) this often.

@@ -25,13 +25,13 @@ from typing import Any, Iterable, Sequence
 import redis
 
 from .. import keys
-from ..connection import create_client
+from ..connection import create_client, translate_connection_errors
 from ..exceptions import ConfigurationError, Fenced
 from ..limits import RedisLimits
 from ..models import Outcome, dumps, new_task_id, partition_key_of
 from . import common, scripts
 from .base import ReclaimResult, SettleResult, StateManager, dead_letter_entry
-from .redisreads import RedisReadsMixin, translate_connection_errors
+from .redisreads import RedisReadsMixin
 
 
 class _Lanes:

@@ -13,14 +13,13 @@ redis-py's: see :func:`translate_connection_errors`.
 """
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Iterable, Sequence
 
 import redis
-from redis.exceptions import ClusterDownError, TryAgainError
 
 from .. import keys
-from ..exceptions import BackendUnavailable, StateError
+from ..connection import translate_connection_errors
+from ..exceptions import StateError
 from ..limits import RedisLimits
 from . import scripts
 from .base import (
@@ -30,34 +29,6 @@ from .base import (
     decode_result,
     metric_fields,
 )
-
-# Errors that mean "not reachable right now": a lost connection, or a cluster
-# between a master's death and its replica's promotion (CLUSTERDOWN, TRYAGAIN).
-UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError)
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-_C = TypeVar("_C", bound=type)
-
-
-def _translating(method: _F) -> _F:
-    @functools.wraps(method)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(*args, **kwargs)
-        except UNAVAILABLE as exc:
-            raise BackendUnavailable(f"Redis unreachable: {exc}") from exc
-
-    return call  # type: ignore[return-value]
-
-
-def translate_connection_errors(cls: _C) -> _C:
-    """Class decorator: every public method of ``cls`` (its own, not inherited ones)
-    raises BackendUnavailable for a lost or unreachable server. With a fail-fast client
-    (``retries=False``) that happens at once; a patient client first resends for ~15 s."""
-    for name, member in list(vars(cls).items()):
-        if not name.startswith("_") and callable(member) and name != "close":
-            setattr(cls, name, _translating(member))
-    return cls
 
 
 def _tail(length: int, last: list[Any]) -> StreamTail:

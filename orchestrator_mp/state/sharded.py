@@ -40,13 +40,12 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 import redis
 
 from .. import keys
-from ..connection import create_client
+from ..connection import create_client, translate_connection_errors
 from ..exceptions import BackendUnavailable, ConfigurationError, Fenced
 from ..models import Outcome, new_task_id, partition_key_of
 from . import common
 from .base import AuditSnapshot, ReclaimResult, SettleResult, StateManager, StreamTail
 from .lockfree import RedisLockFreeStateManager
-from .redisreads import translate_connection_errors
 from .shardedlimits import ShardedLimits
 from .shards import layout, shard_of, shard_of_task
 

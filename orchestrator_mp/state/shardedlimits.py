@@ -75,6 +75,11 @@ class ShardedLimits:
     def release_worker_slots(self, worker_id: str) -> int:
         return self.ring(sum(part.release_worker_slots(worker_id) for part in self.parts))
 
+    def fence(self, epoch: int) -> None:
+        """Code-level slots live in shard 0: they check the worker's epoch there."""
+        if self.worker_id is not None:
+            self.parts[0].fence(self.epoch_in(self.worker_id, epoch, 0))
+
     def wait_for_rate(self, limit: Limiter) -> float:
         """Code-level limits are not tied to a task: they live whole in shard 0."""
         return self.parts[0].wait_for_rate(limit)
