@@ -200,7 +200,7 @@ class Outcome:
     wait_ms: float = 0.0
     run_ms: float = 0.0
     retry_raw: str = ""  # failures only: the task to run again, or "" to dead-letter
-    retry_at: float = 0.0  # epoch seconds when retry_raw becomes due
+    retry_in_s: float = 0.0  # when retry_raw becomes due: seconds after the settle, on the server's clock
     error_type: str = ""  # failures only: the exception's class name
     result_json: str = ""  # what the task returned, as JSON ("" when not wanted)
     want_result: bool = False  # the submitter asked for the outcome to be stored

@@ -266,11 +266,11 @@ class ContinuousOrchestrator:
             raise ConfigurationError("give delay_s or at, not both")
         if delay_s is not None and not delay_s >= 0:
             raise ConfigurationError(f"delay_s must be a number >= 0, got {delay_s!r}")
-        due = time.time() + delay_s if delay_s is not None else None
+        due = None
         if at is not None:
             due = at.timestamp() if isinstance(at, datetime.datetime) else float(at)
         ids, _ = self.submit_raw(
-            task, [(tuple(args), dict(kwargs or {}))], results=result, due_at=due,
+            task, [(tuple(args), dict(kwargs or {}))], results=result, due_at=due, delay_s=delay_s,
             max_retries=max_retries, time_limit_s=time_limit_s, partition_key=partition_key,
         )
         return TaskHandle(self.state, ids[0])
@@ -282,6 +282,7 @@ class ContinuousOrchestrator:
         *,
         results: bool = True,
         due_at: float | None = None,
+        delay_s: float | None = None,
         max_retries: int | None = None,
         time_limit_s: float | None = None,
         partition_key: str | None = None,
@@ -312,7 +313,7 @@ class ContinuousOrchestrator:
             )
             raws.append(self._encode(entry))
             ids.append(entry.id)
-        state.submit(raws, due_at=due_at)
+        state.submit(raws, due_at=due_at, delay_s=delay_s)
         return ids, raws
 
     def handle(self, task_id: str) -> TaskHandle:

@@ -25,8 +25,10 @@ def reclaim_worker(
     crashed: bool = True,
     only_if_expired: bool = False,
     cause: Outcome | None = None,
+    deadline_of: str | None = None,
 ) -> ReclaimResult | None:
-    """Take over one partition and log what came back (None: its lease was alive)."""
+    """Take over one partition and log what came back (None: nothing was taken over:
+    its lease was alive, or the ``deadline_of`` task's time limit no longer stands)."""
     result = state.reclaim(
         worker_id,
         max_crashes=settings.max_crashes,
@@ -34,6 +36,7 @@ def reclaim_worker(
         crashed=crashed,
         only_if_expired=only_if_expired,
         cause=cause,
+        deadline_of=deadline_of,
     )
     limits = state.limits()
     if result is not None and limits is not None:

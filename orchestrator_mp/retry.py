@@ -6,7 +6,6 @@ the parent, so a task's fate does not depend on who noticed the failure.
 from __future__ import annotations
 
 import random
-import time
 from typing import Any
 
 from .config import Settings
@@ -60,10 +59,11 @@ def failure(
     run_ms: float = 0.0,
 ) -> Outcome:
     """The Outcome of a failed run, carrying the retry (raw + due time) if one is due."""
-    retry_raw, retry_at = "", 0.0
+    retry_raw, retry_in_s = "", 0.0
     if task is not None and category in RETRYABLE and task.retries < max_retries_for(task, settings):
         retry_raw = task.for_retry().to_json()
-        retry_at = time.time() + backoff_delay(task.retries, settings)
+        # Relative: the step that records the failure adds it to the server's clock.
+        retry_in_s = backoff_delay(task.retries, settings)
     return Outcome(
         raw=raw,
         task_id=task.id if task else "",
@@ -76,6 +76,6 @@ def failure(
         wait_ms=wait_ms,
         run_ms=run_ms,
         retry_raw=retry_raw,
-        retry_at=retry_at,
+        retry_in_s=retry_in_s,
         want_result=bool(task and task.want_result),
     )

@@ -290,7 +290,9 @@ class Supervisor:
         if not live:
             return
         states = self.state.batch_get_worker_states([w.worker_id for w in live])
-        now = time.time()
+        if not any(fields.get("deadline") for fields in states.values()):
+            return
+        now = self.state.clock()  # deadlines are on the state's clock, not ours
         for worker in live:
             fields = states.get(worker.worker_id, {})
             deadline = fields.get("deadline")
@@ -298,10 +300,12 @@ class Supervisor:
                 self._enforce_time_limit(worker, fields.get("current_task", ""))
 
     def _enforce_time_limit(self, worker: WorkerProcess, task_id: str) -> None:
-        """Kill a worker stuck past its task's deadline; settle that task as a timeout."""
-        worker.process.kill()
-        worker.process.join()
-        self.timeouts += 1
+        """Settle a task stuck past its deadline as a timeout, then kill its worker.
+
+        The takeover comes first and is conditional: it happens only if the deadline
+        still stands when it lands (a settle that landed first cleared it, and the task
+        is counted done, never also a timeout). Once taken over the worker is fenced,
+        so nothing it writes afterwards lands; then it is killed."""
         cause = None
         for raw in self.state.inflight(worker.worker_id):
             try:
@@ -312,9 +316,17 @@ class Supervisor:
                 message = f"ran past its time limit; worker {worker.worker_id} (pid {worker.process.pid}) was killed"
                 cause = failure(raw, task, TIMEOUT, message, self.settings, error_type="TimeLimitExceeded")
                 break
-        logger.warning("task {} exceeded its time limit on {}; killed pid {}", task_id, worker.worker_id, worker.process.pid)
-        reclaim_worker(self.state, worker.worker_id, self.settings, reason="timeout", crashed=False, cause=cause)
+        taken = reclaim_worker(
+            self.state, worker.worker_id, self.settings, reason="timeout", crashed=False, cause=cause,
+            deadline_of=task_id,
+        )
+        if taken is None:
+            return  # it finished in time after all: its settle landed first
         worker.reclaimed = True  # the sentinel path starts the replacement
+        worker.process.kill()
+        worker.process.join()
+        self.timeouts += 1
+        logger.warning("task {} exceeded its time limit on {}; killed pid {}", task_id, worker.worker_id, worker.process.pid)
 
     def _kill_lingering_zombies(self) -> None:
         now = time.monotonic()

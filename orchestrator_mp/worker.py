@@ -332,14 +332,9 @@ class Worker:
         task, spec, started, wait_ms = prepared
         limit = time_limit_for(task, self.settings)
         if limit is not None:
-            # Published so the parent, which a stuck task cannot block, can enforce it.
-            self._call(
-                self.state.update_worker_state,
-                self.worker_id,
-                {"current_task": task.id, "deadline": time.time() + limit},
-                None,
-                epoch=self.epoch,
-            )
+            # Published (on the server's clock) so the parent, which a stuck task cannot
+            # block, can enforce it.
+            self._call(self.state.start_task, self.worker_id, self.epoch, task.id, limit)
         try:
             result = spec.func(*task.args, **task.kwargs)
         except Exception as exc:  # the task's own error: record it, keep the worker alive

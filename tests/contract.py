@@ -52,7 +52,7 @@ def ok(raw, result_json=""):
                    result_json=result_json)
 
 
-def failed(raw, category="task_error", retry_raw="", retry_at=0.0):
+def failed(raw, category="task_error", retry_raw="", retry_in_s=0.0):
     task = Task.from_json(raw)
     return Outcome(raw=raw, task_id=task.id, name=task.name, ok=False, category=category, message="boom",
-                   error_type="ValueError", want_result=task.want_result, retry_raw=retry_raw, retry_at=retry_at)
+                   error_type="ValueError", want_result=task.want_result, retry_raw=retry_raw, retry_in_s=retry_in_s)

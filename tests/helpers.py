@@ -230,3 +230,27 @@ def completed_by_process(url: str, cwd: str | os.PathLike) -> dict[str, int]:
         done[prefix] = done.get(prefix, 0) + int(info.get("completed", 0))
     return done
 
+
+
+_forked_clock_skew = {"seconds": 0.0}
+
+
+def _skew_this_process() -> None:
+    seconds = _forked_clock_skew["seconds"]
+    if seconds:
+        real = time.time
+        time.time = lambda: real() + seconds  # type: ignore[assignment]
+
+
+os.register_at_fork(after_in_child=_skew_this_process)
+
+
+@contextlib.contextmanager
+def skewed_clocks_in_forked_children(seconds: float) -> Iterator[None]:
+    """Processes forked while this is active (workers) see ``time.time()`` off by
+    ``seconds``: a host whose clock is wrong. The test process and servers keep theirs."""
+    _forked_clock_skew["seconds"] = seconds
+    try:
+        yield
+    finally:
+        _forked_clock_skew["seconds"] = 0.0

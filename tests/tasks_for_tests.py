@@ -142,3 +142,13 @@ def ordered(path, key, seq, ms):
     finally:
         os.close(fd)
     return seq
+
+
+@task(name="tests.rate_limited_10", rate_limit="10/s")
+def rate_limited_10(i):
+    return i
+
+
+@task(name="tests.limited_sleep", time_limit_s=0.5)
+def limited_sleep(seconds):
+    time.sleep(seconds)

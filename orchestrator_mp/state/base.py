@@ -261,15 +261,36 @@ class StateManager(abc.ABC):
 
     # -- the queue ------------------------------------------------------------------------
     @abc.abstractmethod
-    def submit(self, raw_tasks: Sequence[str], batch_id: str | None = None, due_at: float | None = None) -> int:
+    def submit(
+        self,
+        raw_tasks: Sequence[str],
+        batch_id: str | None = None,
+        due_at: float | None = None,
+        *,
+        delay_s: float | None = None,
+    ) -> int:
         """Append tasks to the queue and add their number to ``total_work_created``.
 
         One atomic step for the whole sequence: the queue and the counter never
         disagree. ``batch_id`` (default: a fresh one) makes the call idempotent for
         an hour: submitting the same batch id again adds nothing, so a call retried
-        after a lost reply never queues twice. With ``due_at`` (epoch seconds) the
-        tasks wait in the delayed set until then. Returns the number submitted.
+        after a lost reply never queues twice. With ``due_at`` (epoch seconds) or
+        ``delay_s`` (seconds from now on the state's clock: the Redis server's, so a
+        submitter with a skewed clock still delays by what it asked) the tasks wait
+        in the delayed set until then. Returns the number submitted. Raises
+        ConfigurationError for both at once or a value that is not a finite number.
         """
+
+    @abc.abstractmethod
+    def clock(self) -> float:
+        """The state's clock in epoch seconds (on Redis: the server's ``TIME``), the one
+        every due time, deadline and lease is measured with (STYLE rule 17)."""
+
+    @abc.abstractmethod
+    def start_task(self, worker_id: str, epoch: int, task_id: str, time_limit_s: float) -> float:
+        """Publish that the worker runs ``task_id`` under a time limit: ``current_task``
+        and ``deadline`` (the state's clock plus the limit), one atomic, versioned step.
+        Returns the deadline. Raises Fenced. A settle clears the deadline."""
 
     @abc.abstractmethod
     def promote_due(self, limit: int = 1000) -> int:
@@ -328,6 +349,7 @@ class StateManager(abc.ABC):
         crashed: bool = True,
         only_if_expired: bool = False,
         cause: Outcome | None = None,
+        deadline_of: str | None = None,
     ) -> ReclaimResult | None:
         """Take over a dead worker's partition in one atomic step.
 
@@ -336,8 +358,12 @@ class StateManager(abc.ABC):
         ``crashed``; dead-lettering those reaching ``max_crashes`` as poison), and
         removes it from ``active_workers``. ``cause`` names one in-flight task that
         is settled as that failure instead (a time limit). With ``only_if_expired``
-        nothing happens, and None is returned, while the lease is alive. Safe to
-        repeat: a second call requeues nothing.
+        nothing happens, and None is returned, while the lease is alive. With
+        ``deadline_of`` (a task id) nothing happens, and None is returned, unless that
+        task is still the worker's current task and its deadline has passed on the
+        state's clock: a time limit is enforced only while it stands, so a task whose
+        settle landed first is never recorded as a timeout. Safe to repeat: a second
+        call requeues nothing.
         """
 
     @abc.abstractmethod

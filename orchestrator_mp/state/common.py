@@ -148,6 +148,27 @@ def retry_pairs(entries: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
     return pairs
 
 
+def due_spec(due_at: float | None, delay_s: float | None) -> str:
+    """SUBMIT's ``when`` argument: '' (now), '+S' (S seconds on the server's clock) or
+    an epoch time. Refuses both at once, and anything that is not a finite number."""
+    if due_at is not None and delay_s is not None:
+        raise ConfigurationError("give due_at or delay_s, not both")
+    for name, value in (("due_at", due_at), ("delay_s", delay_s)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+            raise ConfigurationError(f"{name} must be a finite number of seconds, got {value!r}")
+    if delay_s is not None:
+        return f"+{max(0.0, float(delay_s))!r}"
+    return "" if due_at is None else repr(float(due_at))
+
+
+def due_time(due_at: float | None, delay_s: float | None, now: float) -> float | None:
+    """Where :func:`due_spec` puts tasks, for the states that compute in Python."""
+    due_spec(due_at, delay_s)  # the same refusals
+    if delay_s is not None:
+        return now + max(0.0, float(delay_s))
+    return due_at
+
+
 def ms(value: float) -> str:
     """Milliseconds as SETTLE's callers send them."""
     return f"{value:.3f}"

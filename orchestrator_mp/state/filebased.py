@@ -174,6 +174,17 @@ class FileStateManager(MirroredStateManager):
             leases, now = snap.doc["leases"], time.time()
             return sorted(w for w in snap.doc["active"] if leases.get(w, 0.0) <= now)
 
+    def clock(self) -> float:
+        """The machine's clock: the file state serves one machine."""
+        return time.time()
+
+    def start_task(self, worker_id: str, epoch: int, task_id: str, time_limit_s: float) -> float:
+        return self._transact(
+            lambda txn: plans.plan_start_task(
+                worker_id, self._state(txn, worker_id), epoch, task_id, time.time() + float(time_limit_s)
+            )
+        )
+
     def deregister_worker(self, worker_id: str, epoch: int) -> None:
         self._transact(
             lambda txn: plans.plan_deregister(worker_id, self._state(txn, worker_id), epoch, time.time())
@@ -273,9 +284,17 @@ class FileStateManager(MirroredStateManager):
         return _poll(read, block_s)
 
     # -- the queue ------------------------------------------------------------------------
-    def submit(self, raw_tasks: Sequence[str], batch_id: str | None = None, due_at: float | None = None) -> int:
+    def submit(
+        self,
+        raw_tasks: Sequence[str],
+        batch_id: str | None = None,
+        due_at: float | None = None,
+        *,
+        delay_s: float | None = None,
+    ) -> int:
         """As the contract says. Only a given ``batch_id`` is recorded: a local transaction
         has no lost reply to retry after, so a fresh id could never repeat."""
+        common.due_spec(due_at, delay_s)
         if not raw_tasks:
             return 0
         self.refuse_partition_keys(raw_tasks)
@@ -285,7 +304,8 @@ class FileStateManager(MirroredStateManager):
             for stale in [b for b, expires in batches.items() if expires <= now]:
                 del batches[stale]
             return plans.plan_submit(
-                raw_tasks, seen=batch_id in batches, batch_id=batch_id, due_at=due_at, tally=self._tally(txn)
+                raw_tasks, seen=batch_id in batches, batch_id=batch_id, due_at=common.due_time(due_at, delay_s, now),
+                tally=self._tally(txn),
             )
 
         return self._transact(plan)
@@ -373,13 +393,14 @@ class FileStateManager(MirroredStateManager):
         crashed: bool = True,
         only_if_expired: bool = False,
         cause: Outcome | None = None,
+        deadline_of: str | None = None,
     ) -> ReclaimResult | None:
         def plan(txn: Transaction) -> Step:
             now = time.time()
             return plans.plan_reclaim(
                 worker_id, self._state(txn, worker_id), self._inflight(txn, worker_id), self._tally(txn),
                 lease_alive=txn.doc["leases"].get(worker_id, 0.0) > now, max_crashes=max_crashes, reason=reason,
-                crashed=crashed, only_if_expired=only_if_expired, cause=cause, now=now,
+                crashed=crashed, only_if_expired=only_if_expired, cause=cause, now=now, deadline_of=deadline_of,
             )
 
         return self._transact(plan)

@@ -97,6 +97,11 @@ def _chunked(command: str, key: str, values: Sequence[object]) -> list[Write]:
     return [(command, key, *values[start : start + WRITE_ARGS_MAX]) for start in range(0, len(values), WRITE_ARGS_MAX)]
 
 
+def _seconds(clock: tuple[int, int]) -> float:
+    """A TIME reply as epoch seconds: the server's clock is the one every process shares."""
+    return clock[0] + clock[1] / 1e6
+
+
 def _tally(counter_keys: Sequence[str], values: Sequence[str | None]) -> Tally:
     """Counters read in the critical section (touching any other one is a bug: KeyError)."""
     return Tally(dict(zip(counter_keys, (int(v or 0) for v in values), strict=True)).__getitem__)
@@ -258,36 +263,59 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
     def _read_state(self, worker_id: str) -> dict[str, str]:
         return _decode_state(self.redis.hget(keys.WORKER_STATES, worker_id))
 
+    def _read_state_and_clock(self, worker_id: str) -> tuple[dict[str, str], float]:
+        """The worker's state and the server's clock, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(keys.WORKER_STATES, worker_id)
+        pipe.time()
+        raw_state, clock = pipe.execute()
+        return _decode_state(raw_state), _seconds(clock)
+
     def _read_partition(self, worker_id: str, counter_keys: Sequence[str] = ()) -> tuple[Any, ...]:
-        """State, in-flight list (oldest claim first), lease and counters, in one round trip."""
+        """State, in-flight list (oldest claim first), lease, counters and the server's
+        clock, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(keys.WORKER_STATES, worker_id)
         pipe.lrange(keys.worker_inflight_key(worker_id), 0, -1)
         pipe.exists(keys.worker_lease_key(worker_id))
+        pipe.time()
         if counter_keys:
             pipe.mget(counter_keys)
-        raw_state, inflight, lease, *values = pipe.execute()
+        raw_state, inflight, lease, clock, *values = pipe.execute()
         tally = _tally(counter_keys, values[0] if values else [])
-        return _decode_state(raw_state), list(reversed(inflight)), tally, bool(lease)
+        return _decode_state(raw_state), list(reversed(inflight)), tally, bool(lease), _seconds(clock)
 
     # -- workers --------------------------------------------------------------------------
     def register_worker(self, worker_id: str, *, pid: int, host: str) -> int:
-        return self._transact(
-            [keys.worker_lock_key(worker_id)],
-            lambda: plans.plan_register(worker_id, self._read_state(worker_id), pid=pid, host=host, now=time.time()),
-        )
+        def plan() -> Step:
+            state, now = self._read_state_and_clock(worker_id)
+            return plans.plan_register(worker_id, state, pid=pid, host=host, now=now)
+
+        return self._transact([keys.worker_lock_key(worker_id)], plan)
 
     def heartbeat(self, worker_id: str, epoch: int) -> None:
-        self._transact(
-            [keys.worker_lock_key(worker_id)],
-            lambda: plans.plan_heartbeat(worker_id, self._read_state(worker_id), epoch, time.time()),
-        )
+        def plan() -> Step:
+            state, now = self._read_state_and_clock(worker_id)
+            return plans.plan_heartbeat(worker_id, state, epoch, now)
+
+        self._transact([keys.worker_lock_key(worker_id)], plan)
 
     def deregister_worker(self, worker_id: str, epoch: int) -> None:
-        self._transact(
-            [keys.worker_lock_key(worker_id)],
-            lambda: plans.plan_deregister(worker_id, self._read_state(worker_id), epoch, time.time()),
-        )
+        def plan() -> Step:
+            state, now = self._read_state_and_clock(worker_id)
+            return plans.plan_deregister(worker_id, state, epoch, now)
+
+        self._transact([keys.worker_lock_key(worker_id)], plan)
+
+    def clock(self) -> float:
+        return _seconds(self.redis.time())
+
+    def start_task(self, worker_id: str, epoch: int, task_id: str, time_limit_s: float) -> float:
+        def plan() -> Step:
+            state, now = self._read_state_and_clock(worker_id)
+            return plans.plan_start_task(worker_id, state, epoch, task_id, now + float(time_limit_s))
+
+        return self._transact([keys.worker_lock_key(worker_id)], plan)
 
     def get_worker_state(self, worker_id: str) -> dict[str, str]:
         return self._read_state(worker_id)
@@ -346,9 +374,17 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
             release(lock)
 
     # -- the queue ------------------------------------------------------------------------
-    def submit(self, raw_tasks: Sequence[str], batch_id: str | None = None, due_at: float | None = None) -> int:
+    def submit(
+        self,
+        raw_tasks: Sequence[str],
+        batch_id: str | None = None,
+        due_at: float | None = None,
+        *,
+        delay_s: float | None = None,
+    ) -> int:
         """Under the counters lock only (it also guards the batch markers): LPUSH at the
         far end, or ZADD to the delayed set, never races a claim."""
+        common.due_spec(due_at, delay_s)
         if not raw_tasks:
             return 0
         self.refuse_partition_keys(raw_tasks)
@@ -359,33 +395,45 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
             pipe = self.redis.pipeline(transaction=False)
             pipe.exists(marker)
             pipe.get(keys.TOTAL_WORK_CREATED)
-            seen, created = pipe.execute()
+            pipe.time()
+            seen, created, clock = pipe.execute()
             tally = _tally([keys.TOTAL_WORK_CREATED], [created])
-            return plans.plan_submit(raw_tasks, seen=bool(seen), batch_id=batch_id, due_at=due_at, tally=tally)
+            due = common.due_time(due_at, delay_s, _seconds(clock))
+            return plans.plan_submit(raw_tasks, seen=bool(seen), batch_id=batch_id, due_at=due, tally=tally)
 
         return self._transact([keys.COUNTERS_LOCK], plan)
 
     def promote_due(self, limit: int = 1000) -> int:
         """A lock-free look first (the supervisor calls this ten times a second): the
         queue lock is taken only when something is due."""
-        if not self.redis.zcount(keys.DELAYED, "-inf", time.time()):
+        if not self._due_now():
             return 0
         return self._transact(
             [keys.QUEUE_LOCK],
-            lambda: plans.plan_promote(self.redis.zrangebyscore(keys.DELAYED, "-inf", time.time(), 0, limit)),
+            lambda: plans.plan_promote(self.redis.zrangebyscore(keys.DELAYED, "-inf", self.clock(), 0, limit)),
         )
+
+    def _due_now(self) -> bool:
+        """Whether the soonest delayed task is due on the server's clock (one round trip)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrange(keys.DELAYED, 0, 0, withscores=True)
+        pipe.time()
+        soonest, clock = pipe.execute()
+        return bool(soonest) and soonest[0][1] <= _seconds(clock)
 
     def claim(self, worker_id: str, epoch: int, max_count: int, divisor: int = 1) -> list[str]:
         common.checked_claim_count(max_count)
 
         def plan() -> Step:
-            now = time.time()
             pipe = self.redis.pipeline(transaction=False)
             pipe.hget(keys.WORKER_STATES, worker_id)
-            pipe.zrangebyscore(keys.DELAYED, "-inf", now, 0, _PROMOTE_LIMIT)
+            pipe.zrange(keys.DELAYED, 0, _PROMOTE_LIMIT - 1, withscores=True)
+            pipe.time()
             pipe.llen(keys.QUEUE)
             pipe.lrange(keys.QUEUE, -max(1, max_count), -1)
-            raw_state, due, depth, tail = pipe.execute()
+            raw_state, soonest, clock, depth, tail = pipe.execute()
+            now = _seconds(clock)
+            due = [raw for raw, score in soonest if score <= now]
             return plans.plan_claim(
                 worker_id, epoch, _decode_state(raw_state), depth=int(depth), oldest=list(reversed(tail)),
                 due=due, max_count=max_count, divisor=divisor, now=now,
@@ -403,10 +451,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
             if claimed:
                 return claimed
             while True:
-                pipe = self.redis.pipeline(transaction=False)
-                pipe.llen(keys.QUEUE)
-                pipe.zcount(keys.DELAYED, "-inf", time.time())
-                if any(pipe.execute()):
+                if self.redis.llen(keys.QUEUE) or self._due_now():
                     break
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -419,8 +464,8 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
             return SettleResult(0, 0, 0)
 
         def plan() -> Step:
-            state, inflight, tally, _ = self._read_partition(worker_id, plans.settle_counters(worker_id))
-            return plans.plan_settle(worker_id, epoch, state, inflight, outcomes, tally, time.time())
+            state, inflight, tally, _, now = self._read_partition(worker_id, plans.settle_counters(worker_id))
+            return plans.plan_settle(worker_id, epoch, state, inflight, outcomes, tally, now)
 
         return self._transact([keys.worker_lock_key(worker_id), keys.COUNTERS_LOCK], plan)
 
@@ -439,7 +484,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
             return 0
 
         def plan() -> Step:
-            state, inflight, _, _ = self._read_partition(worker_id)
+            state, inflight, _, _, _ = self._read_partition(worker_id)
             return plans.plan_release(worker_id, epoch, state, inflight, raw_tasks)
 
         return self._transact([keys.worker_lock_key(worker_id), keys.QUEUE_LOCK], plan)
@@ -453,12 +498,13 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
         crashed: bool = True,
         only_if_expired: bool = False,
         cause: Outcome | None = None,
+        deadline_of: str | None = None,
     ) -> ReclaimResult | None:
         def plan() -> Step:
-            state, inflight, tally, lease = self._read_partition(worker_id, plans.reclaim_counters(worker_id))
+            state, inflight, tally, lease, now = self._read_partition(worker_id, plans.reclaim_counters(worker_id))
             return plans.plan_reclaim(
                 worker_id, state, inflight, tally, lease_alive=lease, max_crashes=max_crashes, reason=reason,
-                crashed=crashed, only_if_expired=only_if_expired, cause=cause, now=time.time(),
+                crashed=crashed, only_if_expired=only_if_expired, cause=cause, now=now, deadline_of=deadline_of,
             )
 
         return self._transact([keys.worker_lock_key(worker_id), keys.QUEUE_LOCK, keys.COUNTERS_LOCK], plan)

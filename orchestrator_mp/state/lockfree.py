@@ -99,6 +99,7 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
         self._cancel = self.redis.register_script(scripts.CANCEL)
         self._deregister = self.redis.register_script(scripts.DEREGISTER)
         self._update_state = self.redis.register_script(scripts.UPDATE_STATE)
+        self._start_task = self.redis.register_script(scripts.START_TASK)
         self._claim = self.redis.register_script(scripts.CLAIM)
         self._settle = self.redis.register_script(scripts.SETTLE)
         self._release = self.redis.register_script(scripts.RELEASE)
@@ -118,14 +119,14 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
                 self.space.EVENTS,
                 self.space.worker_lease_key(worker_id),
             ],
-            args=[worker_id, pid, host, time.time(), self.events_maxlen, self.lease_ms],
+            args=[worker_id, pid, host, self.events_maxlen, self.lease_ms],
         )
         return int(epoch)
 
     def heartbeat(self, worker_id: str, epoch: int) -> None:
         result = self._heartbeat(
             keys=[self.space.worker_state_key(worker_id), self.space.worker_lease_key(worker_id), self.space.TOTAL_FENCED],
-            args=[epoch, time.time(), self.lease_ms],
+            args=[epoch, self.lease_ms],
         )
         if result == -1:
             raise Fenced(worker_id, epoch)
@@ -139,7 +140,7 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
                 self.space.EVENTS,
                 self.space.worker_lease_key(worker_id),
             ],
-            args=[worker_id, epoch, time.time(), self.events_maxlen],
+            args=[worker_id, epoch, self.events_maxlen],
         )
         if version == -1:
             raise Fenced(worker_id, epoch)
@@ -197,6 +198,15 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
             raise Fenced(worker_id, epoch if epoch is not None else -1)
         return int(result)
 
+    def start_task(self, worker_id: str, epoch: int, task_id: str, time_limit_s: float) -> float:
+        deadline = self._start_task(
+            keys=[self.space.worker_state_key(worker_id), self.space.EVENTS, self.space.TOTAL_FENCED],
+            args=[worker_id, epoch, task_id, float(time_limit_s), self.events_maxlen],
+        )
+        if deadline == -1:
+            raise Fenced(worker_id, epoch)
+        return float(deadline)
+
     # -- counters, metrics ----------------------------------------------------------------
     def increment_counter(self, name: str, amount: int = 1, *, pipeline: Any = None) -> int:
         target = pipeline if pipeline is not None else self.redis
@@ -204,9 +214,17 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
         return 0 if pipeline is not None else int(result)
 
     # -- the queue ------------------------------------------------------------------------
-    def submit(self, raw_tasks: Sequence[str], batch_id: str | None = None, due_at: float | None = None) -> int:
+    def submit(
+        self,
+        raw_tasks: Sequence[str],
+        batch_id: str | None = None,
+        due_at: float | None = None,
+        *,
+        delay_s: float | None = None,
+    ) -> int:
         if not raw_tasks:
             return 0
+        when = common.due_spec(due_at, delay_s)
         batch_id = batch_id or new_task_id()
         lanes, keyed, plain = _Lanes(self.space), [], []
         for raw in raw_tasks:
@@ -225,12 +243,12 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
                     self.space.LANE_WAITING,
                     *lanes.keys,
                 ],
-                args=[self.submit_marker_ttl_s, "" if due_at is None else repr(float(due_at)), len(keyed) // 2, *keyed, *plain],
+                args=[self.submit_marker_ttl_s, when, len(keyed) // 2, *keyed, *plain],
             )
         )
 
     def promote_due(self, limit: int = 1000) -> int:
-        return int(self._promote(keys=[self.space.DELAYED, self.space.QUEUE], args=[time.time(), limit]))
+        return int(self._promote(keys=[self.space.DELAYED, self.space.QUEUE], args=[limit]))
 
     def claim(self, worker_id: str, epoch: int, max_count: int, divisor: int = 1) -> list[str]:
         common.checked_claim_count(max_count)
@@ -243,9 +261,13 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
             return claimed
         # Wake in time for the next delayed task (a retry, a scheduled or rate-limited
         # task): the next claim promotes it, so delays are kept to the millisecond.
-        soonest = self.redis.zrange(self.space.DELAYED, 0, 0, withscores=True)
+        # Due times are on the server's clock: read it beside the soonest one.
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrange(self.space.DELAYED, 0, 0, withscores=True)
+        pipe.time()
+        soonest, (seconds, micros) = pipe.execute()
         if soonest:
-            timeout_s = min(timeout_s, max(0.001, soonest[0][1] - time.time()))
+            timeout_s = min(timeout_s, max(0.001, soonest[0][1] - (seconds + micros / 1e6)))
         # Block on the queue itself; BLMOVE lands the task straight in our in-flight
         # list, so it is never anywhere else. A worker fenced while blocked may still
         # land one here: the parent's sweep of dead partitions puts it back.
@@ -265,7 +287,7 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
                 self.space.DELAYED,
                 self.space.TOTAL_FENCED,
             ],
-            args=[worker_id, epoch, max_count, max(1, divisor), time.time(), self.events_maxlen, moved],
+            args=[worker_id, epoch, max_count, max(1, divisor), self.events_maxlen, moved],
         )
         if result == -1:
             raise Fenced(worker_id, epoch)
@@ -317,7 +339,7 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
                         outcome.message,
                         dead_letter_entry(outcome, worker_id) if final else "",
                         outcome.retry_raw,
-                        repr(outcome.retry_at),
+                        repr(outcome.retry_in_s),
                         index,
                         stored,
                         lane_slot(outcome, final),
@@ -326,7 +348,6 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
         args: list[object] = [
             worker_id,
             epoch,
-            now,
             self.completions_maxlen,
             self.events_maxlen,
             len(done),
@@ -408,13 +429,14 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
         crashed: bool = True,
         only_if_expired: bool = False,
         cause: Outcome | None = None,
+        deadline_of: str | None = None,
     ) -> ReclaimResult | None:
-        now = time.time()
+        now = time.time()  # only for the records shown to people (dead letter, stored result)
         cause_args: list[object] = ["", "", 0, "", "", "", ""]
         if cause is not None:
             entry = "" if cause.retry_raw else dead_letter_entry(cause, worker_id)
             stored = cause.stored_result(worker_id, now)
-            cause_args = [cause.raw, cause.retry_raw, cause.retry_at, entry, cause.category, cause.message, stored]
+            cause_args = [cause.raw, cause.retry_raw, cause.retry_in_s, entry, cause.category, cause.message, stored]
         # Tasks whose submitters wait for a result get it even when dead-lettered here,
         # and a dead-lettered keyed task releases its lane.
         extra_keys: list[str] = []
@@ -452,7 +474,6 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
             ],
             args=[
                 worker_id,
-                now,
                 max_crashes,
                 self.events_maxlen,
                 self.completions_maxlen,
@@ -462,6 +483,7 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
                 *cause_args,
                 self.result_ttl_ms,
                 dumps(extras) if extras else "{}",
+                deadline_of or "",
             ],
         )
         if epoch == -1:

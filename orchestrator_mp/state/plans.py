@@ -147,6 +147,25 @@ def plan_deregister(worker_id: str, state: dict[str, str], epoch: int, now: floa
     return Step(worker_id, ops, new)
 
 
+def deadline_passed(state: dict[str, str], task_id: str, now: float) -> bool:
+    """RECLAIM's time-limit test: ``task_id`` is still current and its deadline is past."""
+    try:
+        deadline = float(state.get("deadline") or "")
+    except ValueError:
+        return False
+    return state.get("current_task") == task_id and deadline <= now
+
+
+def plan_start_task(worker_id: str, state: dict[str, str], epoch: int, task_id: str, deadline: float) -> Step:
+    """START_TASK: current_task and its deadline published, version bumped, one event."""
+    if not owns(state, epoch):
+        return refused(worker_id, epoch, 1)
+    at = f"{deadline:.6f}"
+    new, version = _bump(state, current_task=task_id, deadline=at)
+    event = {"event": "state", "worker": worker_id, "version": version, "current_task": task_id, "deadline": at}
+    return Step(worker_id, [(STREAM, keys.EVENTS, event)], new, result=float(at))
+
+
 def plan_heartbeat(worker_id: str, state: dict[str, str], epoch: int, now: float) -> Step:
     """HEARTBEAT: renew the lease and last_activity; no version, no event."""
     if not owns(state, epoch):
@@ -228,7 +247,7 @@ def plan_settle(
         retry = bool(outcome.retry_raw)
         ops.append(_error(tally, worker_id, outcome.task_id, outcome.name, outcome.category, outcome.message, retry))
         if retry:
-            ops.append((DELAY, outcome.retry_at, outcome.retry_raw))
+            ops.append((DELAY, now + outcome.retry_in_s, outcome.retry_raw))
             tally.add(keys.TOTAL_RETRIED)
         else:
             ops.append((DEAD_LETTER, dead_letter_entry(outcome, worker_id, now)))
@@ -286,13 +305,17 @@ def plan_reclaim(
     only_if_expired: bool,
     cause: Outcome | None,
     now: float,
+    deadline_of: str | None = None,
 ) -> Step:
     """RECLAIM: epoch + 1, lease dropped, every in-flight task requeued (crash count + 1
     when ``crashed``) or dead-lettered (poison, not a task), ``cause`` settled as its
     failure; results stored for dead-lettered tasks that want them. ``inflight`` is
     oldest claim first; the result is None (nothing done) for a live lease with
-    ``only_if_expired``. The backend empties the in-flight list."""
+    ``only_if_expired``, or for a ``deadline_of`` task whose time limit no longer
+    stands at ``now``. The backend empties the in-flight list."""
     if only_if_expired and lease_alive:
+        return Step(worker_id, result=None)
+    if deadline_of is not None and not deadline_passed(state, deadline_of, now):
         return Step(worker_id, result=None)
     epoch = int(state.get("epoch", 0)) + 1
     new = {**state, "epoch": str(epoch), "status": "dead", "current_task": "", "batch": "0", "deadline": ""}
@@ -305,7 +328,7 @@ def plan_reclaim(
             retry = bool(cause.retry_raw)
             ops.append(_error(tally, worker_id, task_id, name, cause.category, cause.message, retry))
             if retry:
-                ops.append((DELAY, cause.retry_at, cause.retry_raw))
+                ops.append((DELAY, now + cause.retry_in_s, cause.retry_raw))
                 tally.add(keys.TOTAL_RETRIED)
                 continue
             ops.append((DEAD_LETTER, dead_letter_entry(cause, worker_id, now)))

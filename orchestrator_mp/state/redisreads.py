@@ -66,6 +66,10 @@ class RedisReadsMixin:
     events_maxlen: int
     space: keys.KeySpace = keys.PLAIN
 
+    def clock(self) -> float:
+        seconds, micros = self.redis.time()
+        return seconds + micros / 1e6
+
     # -- workers ------------------------------------------------------------------------------
     def active_workers(self) -> set[str]:
         return set(self.redis.smembers(self.space.ACTIVE_WORKERS))

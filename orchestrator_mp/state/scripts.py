@@ -27,6 +27,16 @@ local function chunked(command, key, values)
 end
 """
 
+# One clock (STYLE rule 17): every time a script writes or compares (due times of
+# delayed tasks, deadlines, last activity) is the server's, never a caller's, so hosts
+# and processes with skewed clocks still agree. Seconds since the epoch, as a float.
+SERVER_NOW = """
+local function server_now()
+  local clock = redis.call('TIME')
+  return tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+end
+"""
+
 # Partition-key lanes: at most one task of a key is ever queued, in flight or waiting
 # for a retry (its lane's owner flag is set); the key's later tasks wait, in order,
 # in its lane list. The step that finally settles (or cancels, or dead-letters) the
@@ -47,36 +57,37 @@ end
 # Register a worker as the owner of a new partition, holding its first lease.
 # KEYS: 1 state hash, 2 active_workers, 3 known_workers, 4 stream:worker_events, 5 events:stream,
 #       6 lease key
-# ARGV: 1 worker id, 2 pid, 3 host, 4 now, 5 events maxlen, 6 lease ms
+# ARGV: 1 worker id, 2 pid, 3 host, 4 events maxlen, 5 lease ms
 # Returns: {epoch, version}
-REGISTER = """
+REGISTER = SERVER_NOW + """
+local now = server_now()
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-redis.call('SET', KEYS[6], epoch, 'PX', ARGV[6])
+redis.call('SET', KEYS[6], epoch, 'PX', ARGV[5])
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'status', 'idle', 'current_task', '', 'pid', ARGV[2], 'host', ARGV[3],
-           'started_at', ARGV[4], 'last_activity', ARGV[4])
+           'started_at', now, 'last_activity', now)
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[1])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'event', 'registered', 'worker', ARGV[1],
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'event', 'registered', 'worker', ARGV[1],
            'pid', ARGV[2], 'host', ARGV[3], 'epoch', epoch)
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'event', 'state', 'worker', ARGV[1],
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*', 'event', 'state', 'worker', ARGV[1],
            'status', 'idle', 'version', version)
 return {epoch, version}
 """
 
 # Deregister a worker at a clean shutdown.
 # KEYS: 1 state hash, 2 active_workers, 3 stream:worker_events, 4 events:stream, 5 lease key
-# ARGV: 1 worker id, 2 epoch, 3 now, 4 events maxlen
+# ARGV: 1 worker id, 2 epoch, 3 events maxlen
 # Returns: the new version, or -1 when fenced
-DEREGISTER = """
+DEREGISTER = SERVER_NOW + """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] then return -1 end
 redis.call('DEL', KEYS[5])
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
-redis.call('HSET', KEYS[1], 'status', 'stopped', 'current_task', '', 'last_activity', ARGV[3])
+redis.call('HSET', KEYS[1], 'status', 'stopped', 'current_task', '', 'last_activity', server_now())
 redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'event', 'deregistered', 'worker', ARGV[1],
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'event', 'deregistered', 'worker', ARGV[1],
            'epoch', ARGV[2])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'event', 'state', 'worker', ARGV[1],
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'event', 'state', 'worker', ARGV[1],
            'status', 'stopped', 'version', version)
 return version
 """
@@ -110,27 +121,45 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'event', 'state', 'work
 return version
 """
 
+# Publish the task a worker starts under a time limit, with its deadline on the server's
+# clock (the parent enforces it with RECLAIM, which compares on the same clock).
+# KEYS: 1 state hash, 2 events:stream, 3 total_fenced
+# ARGV: 1 worker id, 2 epoch, 3 task id, 4 time limit in seconds, 5 events maxlen
+# Returns: the deadline (epoch seconds, as a string), or -1 when fenced
+START_TASK = SERVER_NOW + """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] then
+  redis.call('INCR', KEYS[3])
+  return -1
+end
+local deadline = string.format('%.6f', server_now() + tonumber(ARGV[4]))
+redis.call('HSET', KEYS[1], 'current_task', ARGV[3], 'deadline', deadline)
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'event', 'state', 'worker', ARGV[1],
+           'version', version, 'current_task', ARGV[3], 'deadline', deadline)
+return deadline
+"""
+
 # Renew a worker's lease (from its heartbeat thread, which a long task cannot block).
 # Not a state change: no version bump and no event, only last_activity.
 # KEYS: 1 state hash, 2 lease key, 3 total_fenced
-# ARGV: 1 epoch, 2 now, 3 lease ms
+# ARGV: 1 epoch, 2 lease ms
 # Returns: 1, or -1 when fenced
-HEARTBEAT = """
+HEARTBEAT = SERVER_NOW + """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
   redis.call('INCR', KEYS[3])
   return -1
 end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
-redis.call('HSET', KEYS[1], 'last_activity', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[1], 'last_activity', server_now())
 return 1
 """
 
 # Move delayed tasks whose time has come to the back of the queue.
 # KEYS: 1 delayed sorted set, 2 queue
-# ARGV: 1 now, 2 most to move
+# ARGV: 1 most to move
 # Returns: how many moved
-PROMOTE = CHUNKED + """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+PROMOTE = CHUNKED + SERVER_NOW + """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', server_now(), 'LIMIT', 0, ARGV[1])
 if #due == 0 then return 0 end
 chunked('ZREM', KEYS[1], due)
 chunked('LPUSH', KEYS[2], due)
@@ -139,18 +168,30 @@ return #due
 
 # Submit a batch once: a retried call (reply lost to a reconnect) finds the batch
 # marker and adds nothing, so a submission is never applied twice. With a due time
-# the tasks wait in the delayed set until then (claims and the supervisor promote them).
+# the tasks wait in the delayed set until then (claims and the supervisor promote them);
+# a delay is counted from the server's clock, the one claims compare due times with.
 # A task with a partition key whose lane is busy waits in its lane list instead.
 # KEYS: 1 queue, 2 total_work_created, 3 batch marker, 4 delayed sorted set,
 #       5 lane-waiting gauge, 6.. lane (list, owner) pairs
-# ARGV: 1 marker ttl seconds, 2 due time ('' for now), 3 number of keyed tasks K,
-#       then K pairs (raw task, lane number), then the raw tasks without a key
+# ARGV: 1 marker ttl seconds, 2 when: '' (now), '+S' (S seconds from now) or an epoch
+#       time in seconds, 3 number of keyed tasks K, then K pairs (raw task, lane number),
+#       then the raw tasks without a key
 # Returns: how many were submitted (0 for a repeated batch)
-SUBMIT = """
+SUBMIT = SERVER_NOW + """
+local due = nil
+if ARGV[2] ~= '' then
+  if string.sub(ARGV[2], 1, 1) == '+' then
+    local delay = tonumber(string.sub(ARGV[2], 2))
+    if delay then due = server_now() + delay end
+  else
+    due = tonumber(ARGV[2])
+  end
+  if not due then return redis.error_reply('ERR due time must be a number, got ' .. ARGV[2]) end
+end
 if not redis.call('SET', KEYS[3], 1, 'NX', 'EX', ARGV[1]) then return 0 end
 local keyed = tonumber(ARGV[3])
 local function enter(raw)
-  if ARGV[2] == '' then redis.call('LPUSH', KEYS[1], raw) else redis.call('ZADD', KEYS[4], ARGV[2], raw) end
+  if not due then redis.call('LPUSH', KEYS[1], raw) else redis.call('ZADD', KEYS[4], due, raw) end
 end
 for i = 0, keyed - 1 do
   local raw, lane = ARGV[4 + 2 * i], tonumber(ARGV[5 + 2 * i])
@@ -162,12 +203,12 @@ for i = 0, keyed - 1 do
   end
 end
 local first = 4 + 2 * keyed
-if ARGV[2] == '' then
+if not due then
   for start = first, #ARGV, 1000 do
     redis.call('LPUSH', KEYS[1], unpack(ARGV, start, math.min(start + 999, #ARGV)))
   end
 else
-  for i = first, #ARGV do redis.call('ZADD', KEYS[4], ARGV[2], ARGV[i]) end
+  for i = first, #ARGV do redis.call('ZADD', KEYS[4], due, ARGV[i]) end
 end
 local n = keyed + #ARGV - first + 1
 redis.call('INCRBY', KEYS[2], n)
@@ -188,10 +229,10 @@ return n
 # task in no list (a single unpack of 8,000 values failed after an RPOP and lost them).
 # KEYS: 1 queue, 2 in-flight list, 3 state hash, 4 events:stream, 5 delayed sorted set,
 #       6 total_fenced
-# ARGV: 1 worker id, 2 epoch, 3 max count, 4 divisor, 5 now, 6 events maxlen,
-#       7 tasks already moved by a blocking claim (counted into the state update)
+# ARGV: 1 worker id, 2 epoch, 3 max count, 4 divisor, 5 events maxlen,
+#       6 tasks already moved by a blocking claim (counted into the state update)
 # Returns: the claimed raw tasks (oldest first), or -1 when fenced
-CLAIM = CHUNKED + """
+CLAIM = CHUNKED + SERVER_NOW + """
 if redis.call('HGET', KEYS[3], 'epoch') ~= ARGV[2] then
   redis.call('INCR', KEYS[6])
   return -1
@@ -200,7 +241,8 @@ local max_count = tonumber(ARGV[3])
 if not max_count or max_count < 0 or max_count > MAX_BATCH then
   return redis.error_reply('ERR claim count must be 0..' .. MAX_BATCH .. ', got ' .. tostring(ARGV[3]))
 end
-local due = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[5], 'LIMIT', 0, 1000)
+local now = server_now()
+local due = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 1000)
 if #due > 0 then
   chunked('ZREM', KEYS[5], due)
   chunked('LPUSH', KEYS[1], due)
@@ -209,7 +251,7 @@ local function suspect(raw)
   local crashes = string.match(raw, '^{"crashes":(%d+),')
   return crashes ~= nil and crashes ~= '0'
 end
-local moved = tonumber(ARGV[7])
+local moved = tonumber(ARGV[6])
 local claimed = {}
 local depth = redis.call('LLEN', KEYS[1])
 local want = math.min(max_count, math.ceil(depth / tonumber(ARGV[4])))
@@ -235,8 +277,8 @@ local first = claimed[1] or redis.call('LINDEX', KEYS[2], -1) or ''
 local task_id = string.match(first, '"id":"([^"]*)"') or '?'
 local version = redis.call('HINCRBY', KEYS[3], 'version', 1)
 redis.call('HSET', KEYS[3], 'status', 'busy', 'current_task', task_id, 'batch', total,
-           'last_activity', ARGV[5])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'event', 'state', 'worker', ARGV[1],
+           'last_activity', now)
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'event', 'state', 'worker', ARGV[1],
            'status', 'busy', 'current_task', task_id, 'batch', total, 'version', version)
 return claimed
 """
@@ -258,28 +300,30 @@ return claimed
 #       9 total_fenced, 10 work_completions, 11 work_errors, 12 dead-letter list, 13 events:stream,
 #       14 delayed sorted set, 15 total_retried, 16 total_foreign, 17 queue, 18 lane-waiting gauge,
 #       19.. R result keys, then lane (list, owner) pairs
-# ARGV: 1 worker id, 2 epoch, 3 now, 4 completions maxlen, 5 events maxlen,
-#       6 number of completions C, 7 number of failures F, 8 result ttl ms,
-#       9 completions: JSON [[raw, task id, name, wait_ms, run_ms, result number, stored result,
+# ARGV: 1 worker id, 2 epoch, 3 completions maxlen, 4 events maxlen,
+#       5 number of completions C, 6 number of failures F, 7 result ttl ms,
+#       8 completions: JSON [[raw, task id, name, wait_ms, run_ms, result number, stored result,
 #                             lane number], ...]
-#       10 failures: JSON [[raw, task id, name, category, message, dead-letter entry,
-#                           retry raw, retry due time, result number, stored result, lane number], ...]
-#       11 R, the number of result keys
+#       9 failures: JSON [[raw, task id, name, category, message, dead-letter entry,
+#                          retry raw, retry delay (seconds from now, server clock), result number,
+#                          stored result, lane number], ...]
+#       10 R, the number of result keys
 #       (retry raw '' means dead-letter; result or lane number 0 means none)
 # Returns: {completed, failed, duplicates}, or {-1, C + F} when fenced
-SETTLE = RELEASE_LANE_FUNCTION + """
-local n_ok, n_failed = tonumber(ARGV[6]), tonumber(ARGV[7])
+SETTLE = RELEASE_LANE_FUNCTION + SERVER_NOW + """
+local n_ok, n_failed = tonumber(ARGV[5]), tonumber(ARGV[6])
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] then
   redis.call('INCRBY', KEYS[9], n_ok + n_failed)
   return {-1, n_ok + n_failed}
 end
-local lanes_at = 18 + tonumber(ARGV[11])
+local now = server_now()
+local lanes_at = 18 + tonumber(ARGV[10])
 local function store(index, value)
   if index ~= 0 then
     local key = KEYS[18 + index]
     redis.call('DEL', key)
     redis.call('RPUSH', key, value)
-    redis.call('PEXPIRE', key, ARGV[8])
+    redis.call('PEXPIRE', key, ARGV[7])
   end
 end
 local function release(lane)
@@ -293,11 +337,11 @@ local function still_in_flight(batch)
   return counted
 end
 -- Decode and check everything before the first write (no rollback after it).
-local done_in = n_ok > 0 and cjson.decode(ARGV[9]) or {}
-local failures_in = n_failed > 0 and cjson.decode(ARGV[10]) or {}
+local done_in = n_ok > 0 and cjson.decode(ARGV[8]) or {}
+local failures_in = n_failed > 0 and cjson.decode(ARGV[9]) or {}
 for _, item in ipairs(failures_in) do
   if item[7] ~= '' and not tonumber(item[8]) then
-    return redis.error_reply('ERR retry due time is not a number: ' .. tostring(item[8]))
+    return redis.error_reply('ERR retry delay is not a number: ' .. tostring(item[8]))
   end
 end
 local done = still_in_flight(done_in)
@@ -307,7 +351,7 @@ if #done > 0 then
   redis.call('INCRBY', KEYS[3], #done)
   local n = redis.call('INCRBY', KEYS[5], #done) - #done
   for k, item in ipairs(done) do
-    redis.call('XADD', KEYS[10], 'MAXLEN', '~', ARGV[4], '*', 'n', n + k, 'task_id', item[2],
+    redis.call('XADD', KEYS[10], 'MAXLEN', '~', ARGV[3], '*', 'n', n + k, 'task_id', item[2],
                'name', item[3], 'worker', ARGV[1], 'wait_ms', item[4], 'run_ms', item[5])
     store(item[6], item[7])
     release(item[8])
@@ -319,11 +363,11 @@ if #failures > 0 then
   local retried, dead, foreign = 0, 0, 0
   for k, item in ipairs(failures) do
     local retry = item[7] ~= ''
-    redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[4], '*', 'n', n + k, 'task_id', item[2],
+    redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[3], '*', 'n', n + k, 'task_id', item[2],
                'name', item[3], 'worker', ARGV[1], 'category', item[4], 'message', item[5],
                'retry', retry and 1 or 0)
     if retry then
-      redis.call('ZADD', KEYS[14], item[8], item[7])
+      redis.call('ZADD', KEYS[14], now + tonumber(item[8]), item[7])
       retried = retried + 1
     else
       redis.call('LPUSH', KEYS[12], item[6])
@@ -340,8 +384,8 @@ end
 if duplicates > 0 then redis.call('INCRBY', KEYS[8], duplicates) end
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'status', 'idle', 'current_task', '', 'batch', 0, 'deadline', '',
-           'last_activity', ARGV[3])
-redis.call('XADD', KEYS[13], 'MAXLEN', '~', ARGV[5], '*', 'event', 'state', 'worker', ARGV[1],
+           'last_activity', now)
+redis.call('XADD', KEYS[13], 'MAXLEN', '~', ARGV[4], '*', 'event', 'state', 'worker', ARGV[1],
            'status', 'idle', 'completed', #done, 'failed', #failures, 'version', version)
 return {#done, #failures, duplicates}
 """
@@ -390,27 +434,37 @@ return released
 #       6 stream:worker_events, 7 total_requeued, 8 total_dead_lettered, 9 total_errors,
 #       10 worker errors, 11 work_errors, 12 lease key, 13 delayed sorted set, 14 total_retried,
 #       15 total_foreign, 16 lane-waiting gauge, 17.. extra keys (result keys, lane pairs)
-# ARGV: 1 worker id, 2 now, 3 max crashes, 4 events maxlen, 5 completions maxlen, 6 reason,
-#       7 crash increment (0 or 1), 8 only if the lease expired (0 or 1),
-#       9 the causing task's raw or '', 10 its retry raw or '', 11 its retry due time,
-#       12 its dead-letter entry, 13 its category, 14 its message, 15 its stored result,
-#       16 result ttl ms, 17 JSON {raw: [result key number, lane number]} for the in-flight
-#       tasks that want a result or hold a lane (numbers index the extra keys: a result key
-#       is KEYS[16 + n], a lane is KEYS[16 + n] and KEYS[17 + n]; 0 means none)
-# Returns: {new epoch, requeued, dead-lettered}, or {-1, 0, 0} when the lease is still alive
-RECLAIM = RELEASE_LANE_FUNCTION + """
-if ARGV[8] == '1' and redis.call('EXISTS', KEYS[12]) == 1 then return {-1, 0, 0} end
-if ARGV[10] ~= '' and not tonumber(ARGV[11]) then
-  return redis.error_reply('ERR retry due time is not a number: ' .. tostring(ARGV[11]))
+# ARGV: 1 worker id, 2 max crashes, 3 events maxlen, 4 completions maxlen, 5 reason,
+#       6 crash increment (0 or 1), 7 only if the lease expired (0 or 1),
+#       8 the causing task's raw or '', 9 its retry raw or '', 10 its retry delay (seconds
+#       from now, server clock), 11 its dead-letter entry, 12 its category, 13 its message,
+#       14 its stored result, 15 result ttl ms, 16 JSON {raw: [result key number, lane number]}
+#       for the in-flight tasks that want a result or hold a lane (numbers index the extra
+#       keys: a result key is KEYS[16 + n], a lane is KEYS[16 + n] and KEYS[17 + n]; 0 means
+#       none), 17 a task id whose time limit must still stand (its deadline past on the
+#       server's clock, and it still the worker's current task), or ''
+# Returns: {new epoch, requeued, dead-lettered}, or {-1, 0, 0} when nothing was taken over
+#          (the lease is still alive, or the time limit no longer stands)
+RECLAIM = RELEASE_LANE_FUNCTION + SERVER_NOW + """
+local now = server_now()
+if ARGV[7] == '1' and redis.call('EXISTS', KEYS[12]) == 1 then return {-1, 0, 0} end
+if ARGV[17] ~= '' then
+  -- A time limit is enforced only while it still stands: a settle that landed first
+  -- cleared the deadline (the task finished in time) and nothing is taken over.
+  local state = redis.call('HMGET', KEYS[1], 'current_task', 'deadline')
+  if state[1] ~= ARGV[17] or not tonumber(state[2]) or tonumber(state[2]) > now then return {-1, 0, 0} end
 end
-local extras = cjson.decode(ARGV[17])
+if ARGV[9] ~= '' and not tonumber(ARGV[10]) then
+  return redis.error_reply('ERR retry delay is not a number: ' .. tostring(ARGV[10]))
+end
+local extras = cjson.decode(ARGV[16])
 local function store(raw, value)
   local extra = extras[raw]
   if extra and extra[1] ~= 0 then
     local key = KEYS[16 + extra[1]]
     redis.call('DEL', key)
     redis.call('RPUSH', key, value)
-    redis.call('PEXPIRE', key, ARGV[16])
+    redis.call('PEXPIRE', key, ARGV[15])
   end
 end
 local function release(raw)
@@ -421,12 +475,12 @@ local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('DEL', KEYS[12])
 redis.call('HSET', KEYS[1], 'status', 'dead', 'current_task', '', 'batch', 0, 'deadline', '')
 local requeued, dead = 0, 0
-local max_crashes = tonumber(ARGV[3])
-local increment = tonumber(ARGV[7])
+local max_crashes = tonumber(ARGV[2])
+local increment = tonumber(ARGV[6])
 local function record_error(task_id, name, category, message, retry)
   redis.call('INCR', KEYS[10])
   local n = redis.call('INCR', KEYS[9])
-  redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[5], '*', 'n', n, 'task_id', task_id,
+  redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[4], '*', 'n', n, 'task_id', task_id,
              'name', name, 'worker', ARGV[1], 'category', category, 'message', message,
              'retry', retry and 1 or 0)
 end
@@ -435,16 +489,16 @@ while true do
   if not raw then break end
   local task_id = string.match(raw, '"id":"([^"]*)"') or ''
   local name = string.match(raw, '"name":"([^"]*)"') or ''
-  if raw == ARGV[9] then
-    local retry = ARGV[10] ~= ''
-    record_error(task_id, name, ARGV[13], ARGV[14], retry)
+  if raw == ARGV[8] then
+    local retry = ARGV[9] ~= ''
+    record_error(task_id, name, ARGV[12], ARGV[13], retry)
     if retry then
-      redis.call('ZADD', KEYS[13], ARGV[11], ARGV[10])
+      redis.call('ZADD', KEYS[13], now + tonumber(ARGV[10]), ARGV[9])
       redis.call('INCR', KEYS[14])
     else
-      redis.call('LPUSH', KEYS[4], ARGV[12])
+      redis.call('LPUSH', KEYS[4], ARGV[11])
       redis.call('INCR', KEYS[8])
-      store(raw, ARGV[15])
+      store(raw, ARGV[14])
       release(raw)
       dead = dead + 1
     end
@@ -468,11 +522,11 @@ while true do
       record_error(task_id, name, category, message, false)
       redis.call('LPUSH', KEYS[4], cjson.encode({task = raw, task_id = task_id, name = name,
                  category = category, message = message, traceback = '', worker = ARGV[1],
-                 failed_at = tonumber(ARGV[2])}))
+                 failed_at = tonumber(now)}))
       redis.call('INCR', KEYS[8])
       store(raw, cjson.encode({status = 'dead_lettered', category = category,
             error_type = category == 'poison' and 'WorkerCrashed' or 'BadPayload', message = message, traceback = '', worker = ARGV[1],
-            finished_at = tonumber(ARGV[2])}))
+            finished_at = tonumber(now)}))
       release(raw)
       dead = dead + 1
     end
@@ -480,8 +534,8 @@ while true do
 end
 if requeued > 0 then redis.call('INCRBY', KEYS[7], requeued) end
 redis.call('SREM', KEYS[5], ARGV[1])
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[4], '*', 'event', 'reclaimed', 'worker', ARGV[1],
-           'reason', ARGV[6], 'epoch', epoch, 'requeued', requeued, 'dead_lettered', dead)
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[3], '*', 'event', 'reclaimed', 'worker', ARGV[1],
+           'reason', ARGV[5], 'epoch', epoch, 'requeued', requeued, 'dead_lettered', dead)
 return {epoch, requeued, dead}
 """
 

@@ -203,6 +203,11 @@ class ShardedStateManager(StateManager):
             states[worker_id] = home
         return states
 
+    def start_task(self, worker_id: str, epoch: int, task_id: str, time_limit_s: float) -> float:
+        index = shard_of(worker_id, self.count)
+        self._deadlines.add(worker_id)
+        return self.shards[index].start_task(worker_id, self._epoch(worker_id, epoch, index), task_id, time_limit_s)
+
     def update_worker_field(
         self, worker_id: str, field: str, value: object, *, epoch: int | None = None, pipeline: Any = None
     ) -> int:
@@ -291,15 +296,28 @@ class ShardedStateManager(StateManager):
         return ShardedLimits([shard.limits(worker_id) for shard in self.shards], self.ring, self._epoch, worker_id)
 
     # -- the queue -----------------------------------------------------------------------------
-    def submit(self, raw_tasks: Sequence[str], batch_id: str | None = None, due_at: float | None = None) -> int:
+    def submit(
+        self,
+        raw_tasks: Sequence[str],
+        batch_id: str | None = None,
+        due_at: float | None = None,
+        *,
+        delay_s: float | None = None,
+    ) -> int:
+        common.due_spec(due_at, delay_s)  # refused before any shard is written
         batch_id = batch_id or new_task_id()
         groups = self._by_shard(raw_tasks, str)
         queued = sum(
-            self.shards[i].submit(raws, batch_id=f"{batch_id}.{i}", due_at=due_at) for i, raws in sorted(groups.items())
+            self.shards[i].submit(raws, batch_id=f"{batch_id}.{i}", due_at=due_at, delay_s=delay_s)
+            for i, raws in sorted(groups.items())
         )
-        if due_at is None:
+        if due_at is None and delay_s is None:
             self.ring(queued)
         return queued
+
+    def clock(self) -> float:
+        """Shard 0's server clock (each shard's scripts use their own master's)."""
+        return self.shards[0].clock()
 
     def promote_due(self, limit: int = 1000) -> int:
         return self.ring(sum(shard.promote_due(limit) for shard in self.shards))
@@ -349,7 +367,7 @@ class ShardedStateManager(StateManager):
             pipe.zrange(space.DELAYED, 0, 0, withscores=True)
         due = [entries[0][1] for entries in pipe.execute() if entries]
         if due:
-            timeout_s = min(timeout_s, max(0.001, min(due) - time.time()))
+            timeout_s = min(timeout_s, max(0.001, min(due) - self.clock()))
         self.redis.blpop([keys.DOORBELL], timeout=timeout_s)
         return self.claim(worker_id, epoch, max_count, divisor)
 
@@ -404,19 +422,27 @@ class ShardedStateManager(StateManager):
         crashed: bool = True,
         only_if_expired: bool = False,
         cause: Outcome | None = None,
+        deadline_of: str | None = None,
     ) -> ReclaimResult | None:
         cause_shard = shard_of_task(cause.raw, self.count) if cause is not None else -1
-        results = [
-            shard.reclaim(
+        home = shard_of(worker_id, self.count)
+        order = [home, *(i for i in range(self.count) if i != home)]
+        results: list[ReclaimResult | None] = []
+        for i in order:
+            result = self.shards[i].reclaim(
                 worker_id,
                 max_crashes=max_crashes,
                 reason=reason,
                 crashed=crashed,
                 only_if_expired=only_if_expired,
                 cause=cause if i == cause_shard else None,
+                # The deadline lives in the home shard's copy: the takeover goes on only
+                # if it still stands there (that step fences the worker first).
+                deadline_of=deadline_of if i == home else None,
             )
-            for i, shard in enumerate(self.shards)
-        ]
+            if i == home and deadline_of is not None and result is None:
+                return None
+            results.append(result)
         done = [result for result in results if result is not None]
         if not done:
             return None

@@ -98,6 +98,7 @@ def _json_lines_of_worker_0(bg: "Background") -> bool:
     return bool(entries) and all(e["fields"]["worker"].endswith(":0") for e in entries)
 
 
+METRICS_COMMAND = "python -m orchestrator_mp metrics --port 9808"
 LONG_RUNNING = {
     "python -m orchestrator_mp run --workers 4": LongRunning(False, _has("err", "serving the queue")),
     "python -m orchestrator_mp run --workers 2": LongRunning(False, _has("err", "serving the queue")),
@@ -107,7 +108,7 @@ LONG_RUNNING = {
     "python -m orchestrator_mp monitor --stream completions --worker '*:0' --json": LongRunning(
         True, _json_lines_of_worker_0, True
     ),
-    "python -m orchestrator_mp metrics --port 9808": LongRunning(True, _has("err", "serving Prometheus metrics on")),
+    METRICS_COMMAND: LongRunning(True, _has("err", "serving Prometheus metrics on")),
 }
 
 
@@ -238,6 +239,11 @@ def test_every_readme_shell_command_works(tmp_path):
                                  timeout=60, what=f"{command!r} to be ready")
                 else:
                     prepared = _prepare(command, port)
+                    for bg, spec in background:
+                        if spec is LONG_RUNNING[METRICS_COMMAND] and "127.0.0.1:9808" in command:
+                            # A scrape needs the server listening: wait for that, not a moment.
+                            wait_for(lambda bg=bg, spec=spec: spec.ready(bg) or bg.proc.poll() is not None,
+                                     timeout=60, what="the metrics server to listen")
                     try:
                         cwd = ROOT if prepared.startswith(IN_PROJECT) else tmp_path
                         result = subprocess.run(["bash", "-c", prepared], cwd=cwd, env=env, text=True,

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from orchestrator_mp import keys
-from orchestrator_mp.exceptions import BackendUnavailable, Fenced
+from orchestrator_mp.exceptions import BackendUnavailable, ConfigurationError, Fenced
 from orchestrator_mp.models import Task
 from tests.contract import (
     REDIS_IMPLEMENTATIONS,
@@ -117,7 +117,7 @@ def test_failures_with_a_retry_go_to_the_delayed_set(manager):
     epoch = manager.register_worker("w1", pid=1, host="h")
     manager.claim("w1", epoch, 1)
     again = Task.from_json(raw).for_retry().to_json()
-    result = manager.settle("w1", epoch, [failed(raw, retry_raw=again, retry_at=time.time() - 1)])
+    result = manager.settle("w1", epoch, [failed(raw, retry_raw=again, retry_in_s=-1)])
     assert (result.completed, result.failed) == (0, 1)
     counters = manager.get_counters()
     assert counters[keys.TOTAL_RETRIED] == 1 and counters[keys.TOTAL_DEAD_LETTERED] == 0
@@ -171,9 +171,50 @@ def test_settle_clears_a_published_deadline(manager):
     manager.submit([raw_task()])
     epoch = manager.register_worker("w1", pid=1, host="h")
     (raw,) = manager.claim("w1", epoch, 1)
-    manager.update_worker_state("w1", {"deadline": time.time() + 30}, epoch=epoch)
+    deadline = manager.start_task("w1", epoch, Task.from_json(raw).id, 30)
+    assert abs(deadline - (manager.clock() + 30)) < 5
+    assert manager.get_worker_state("w1")["current_task"] == Task.from_json(raw).id
     manager.settle("w1", epoch, [ok(raw)])
     assert manager.get_worker_state("w1")["deadline"] == ""
+
+
+def test_a_time_limit_is_enforced_only_while_it_stands(manager):
+    """reclaim(deadline_of=...) takes over only a task still current and past its deadline
+    on the state's clock; after its settle the deadline is gone and nothing is taken over."""
+    manager.submit([raw_task(), raw_task()])
+    epoch = manager.register_worker("w1", pid=1, host="h")
+    first, second = manager.claim("w1", epoch, 2)
+    first_id, second_id = Task.from_json(first).id, Task.from_json(second).id
+    deadline = manager.start_task("w1", epoch, first_id, 0.05)
+    assert manager.reclaim("w1", max_crashes=3, deadline_of=first_id) is None  # not yet past
+    wait_for(lambda: manager.clock() > deadline, timeout=5, what="the deadline to pass")
+    assert manager.reclaim("w1", max_crashes=3, deadline_of=second_id) is None  # not the current task
+    manager.settle("w1", epoch, [ok(first)])
+    assert manager.reclaim("w1", max_crashes=3, deadline_of=first_id) is None  # settled first: no timeout
+    manager.start_task("w1", epoch, second_id, 0.05)
+    wait_for(lambda: manager.clock() > deadline + 0.06, timeout=5, what="the second deadline to pass")
+    cause = failed(second, category="timeout")
+    taken = manager.reclaim("w1", max_crashes=3, crashed=False, cause=cause, deadline_of=second_id)
+    assert taken is not None and taken.epoch == epoch + 1
+    counters = manager.get_counters()
+    assert counters[keys.TOTAL_WORK_COMPLETED] == 1 and counters[keys.TOTAL_DEAD_LETTERED] == 1
+    with pytest.raises(Fenced):
+        manager.settle("w1", epoch, [ok(second)])
+    assert manager.audit()["ok"]
+
+
+def test_a_delay_counts_from_the_state_clock(manager):
+    """submit(delay_s=) puts tasks due delay_s after the state's clock, and refuses nonsense."""
+    manager.submit([raw_task()], delay_s=3600)
+    assert manager.queue_depths()["delayed"] == 1
+    epoch = manager.register_worker("w1", pid=1, host="h")
+    assert manager.claim("w1", epoch, 1) == []
+    soon = raw_task()
+    manager.submit([soon], delay_s=0.05)
+    assert wait_for(lambda: manager.claim("w1", epoch, 1), timeout=5, what="the delayed task") == [soon]
+    for bad in ({"delay_s": float("nan")}, {"due_at": float("inf")}, {"due_at": 1.0, "delay_s": 1.0}):
+        with pytest.raises(ConfigurationError):
+            manager.submit([raw_task()], **bad)
 
 
 def test_a_bad_payload_is_counted_as_foreign(manager):
@@ -213,7 +254,7 @@ def test_a_retried_cause_waits_in_the_delayed_set(manager):
     epoch = manager.register_worker("w1", pid=1, host="h")
     manager.claim("w1", epoch, 1)
     again = Task.from_json(raw).for_retry().to_json()
-    cause = failed(raw, category="timeout", retry_raw=again, retry_at=time.time() + 60)
+    cause = failed(raw, category="timeout", retry_raw=again, retry_in_s=60)
     result = manager.reclaim("w1", max_crashes=3, crashed=False, cause=cause)
     assert (result.requeued, result.dead_lettered) == (0, 0)
     assert manager.get_counter(keys.TOTAL_RETRIED) == 1 and manager.queue_depths()["delayed"] == 1
