@@ -83,11 +83,18 @@ def sweep_dead_partitions(state: StateManager, settings: Settings, live: Iterabl
     """Requeue tasks found in partitions whose owner is no longer live.
 
     A worker fenced while blocked on an empty queue can still land one task in its
-    old in-flight list (BLMOVE cannot check an epoch); this sweep returns it.
+    old in-flight list (BLMOVE cannot check an epoch) and die before its next claim
+    hands it back; this sweep returns it.
+
+    The sweep reads the registered workers and the in-flight lists at two moments, so
+    a worker on another host that registers between them looks ownerless: each
+    takeover is therefore conditional on the partition's lease having lapsed, checked
+    in the takeover's own atomic step (a live worker is never taken over by a sweep).
     """
     live = set(live) | state.active_workers()
     requeued = 0
     for worker_id, inflight in state.queue_depths()["by_worker"].items():
         if inflight and worker_id not in live:
-            requeued += reclaim_worker(state, worker_id, settings, reason="sweep", crashed=False).requeued  # type: ignore[union-attr]
+            result = reclaim_worker(state, worker_id, settings, reason="sweep", crashed=False, only_if_expired=True)
+            requeued += result.requeued if result is not None else 0
     return requeued

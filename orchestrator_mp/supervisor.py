@@ -200,6 +200,12 @@ class Supervisor:
             if worker.process.exitcode != EXIT_OK and not worker.reclaimed:
                 # Stopped by us, not crashed: requeue without counting a crash.
                 reclaim_worker(self.state, worker.worker_id, self.settings, reason="stopped", crashed=False)
+        try:
+            # Every process has ended: a task a fenced worker's blocking claim landed in
+            # its dead partition goes back now, not at the next start.
+            sweep_dead_partitions(self.state, self.settings, [])
+        except Exception as exc:
+            logger.warning("final sweep of dead partitions failed: {!r} (the next start recovers them)", exc)
         with self._lock:
             self.workers.clear()
         os.close(self._wakeup_r)

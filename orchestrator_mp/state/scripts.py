@@ -231,10 +231,17 @@ return n
 #       6 total_fenced
 # ARGV: 1 worker id, 2 epoch, 3 max count, 4 divisor, 5 events maxlen,
 #       6 tasks already moved by a blocking claim (counted into the state update)
+# A fenced claim that follows a blocking move hands the moved tasks straight back: the
+# partition was taken over (its list emptied) while its owner blocked, so whatever is in
+# the list now landed after the takeover and belongs to no one (issue 13: it waited for
+# the next sweep, or the next start when the takeover happened during a stop).
 # Returns: the claimed raw tasks (oldest first), or -1 when fenced
 CLAIM = CHUNKED + SERVER_NOW + """
 if redis.call('HGET', KEYS[3], 'epoch') ~= ARGV[2] then
   redis.call('INCR', KEYS[6])
+  if tonumber(ARGV[6]) > 0 then
+    while redis.call('LMOVE', KEYS[2], KEYS[1], 'LEFT', 'RIGHT') do end
+  end
   return -1
 end
 local max_count = tonumber(ARGV[3])
