@@ -100,6 +100,8 @@ class Settings:
         heartbeat_interval_s: how often each worker renews its lease.
         zombie_grace_s: how long a local worker declared dead (lease lost) may linger
             before the parent kills it.
+        retire_after_s: how long a finished partition (stopped, or dead and taken over)
+            stays before its counters fold into the retired sums and its keys go.
         result_ttl_s: how long a task's stored result (for handles and futures) is kept.
         async_concurrency: most coroutine tasks one worker runs at once.
         max_payload_bytes: largest encoded task accepted at submission.
@@ -128,6 +130,7 @@ class Settings:
     lease_s: float = attrs.field(default=3.0, validator=_positive_number)
     heartbeat_interval_s: float = attrs.field(default=0.5, validator=_positive_number)
     zombie_grace_s: float = attrs.field(default=30.0, validator=_positive_number)
+    retire_after_s: float = attrs.field(default=300.0, validator=_positive_number)
     result_ttl_s: float = attrs.field(default=86_400.0, validator=_positive_number)
     async_concurrency: int = attrs.field(default=32, validator=_int_at_least(1))
     max_payload_bytes: int = attrs.field(default=1_048_576, validator=_int_at_least(64))

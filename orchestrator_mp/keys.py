@@ -30,6 +30,11 @@ TOTAL_DLQ_PURGED = "total_dlq_purged"  # dead letters discarded by hand
 TOTAL_FOREIGN = "total_foreign"  # queue entries that were never submitted as tasks
 TOTAL_CANCELLED = "total_cancelled"  # queued tasks withdrawn before any worker claimed them
 TOTAL_DEFERRED = "total_deferred"  # tasks put off by a rate limit or a full concurrency cap
+# A finished partition is retired after a while: its counters fold into these sums and
+# its keys go, so a long-lived database does not grow with every worker that ever ran.
+TOTAL_RETIRED = "total_retired"  # partitions retired
+RETIRED_COMPLETED = "retired_completed"  # completions counted by partitions since retired
+RETIRED_ERRORS = "retired_errors"  # errors counted by partitions since retired
 
 COUNTERS = (
     TOTAL_WORK_CREATED,
@@ -45,6 +50,9 @@ COUNTERS = (
     TOTAL_FOREIGN,
     TOTAL_CANCELLED,
     TOTAL_DEFERRED,
+    TOTAL_RETIRED,
+    RETIRED_COMPLETED,
+    RETIRED_ERRORS,
 )
 
 # -- queues -----------------------------------------------------------------------------
@@ -70,6 +78,12 @@ def result_key(task_id: str) -> str:
     A list so waiters can block on it without consuming it (BLMOVE onto itself).
     """
     return f"result:{task_id}"
+
+
+# How long a submitted batch is remembered: a client resends a lost reply within
+# seconds (a patient client ~15 s, a failover ~30 s); an hour left a key per submission
+# in memory for an hour (issue 13: a long-lived database must stay bounded).
+SUBMIT_MARKER_TTL_S = 300
 
 
 def submit_marker_key(batch_id: str) -> str:

@@ -98,3 +98,14 @@ def sweep_dead_partitions(state: StateManager, settings: Settings, live: Iterabl
             result = reclaim_worker(state, worker_id, settings, reason="sweep", crashed=False, only_if_expired=True)
             requeued += result.requeued if result is not None else 0
     return requeued
+
+
+def retire_finished_partitions(state: StateManager, settings: Settings) -> int:
+    """Retire every surely finished partition (see :meth:`StateManager.retire_finished`)
+    once it has been inactive ``settings.retire_after_s``: long enough that no late
+    write of a zombie or blocking move is still on its way, short enough that a database
+    never grows with the workers that ever ran. `status` shows dead workers until then."""
+    retired = state.retire_finished(settings.retire_after_s)
+    if retired:
+        logger.debug("retired {} finished partition(s)", retired)
+    return retired

@@ -42,7 +42,7 @@ from .config import Settings
 from .exceptions import PayloadError, WorkerDied
 from .log import logger
 from .models import TIMEOUT, Task
-from .recovery import reclaim_worker, sweep_dead_partitions
+from .recovery import reclaim_worker, retire_finished_partitions, sweep_dead_partitions
 from .retry import failure
 from .server import EmbeddedServer
 from .state import StateManager
@@ -56,6 +56,7 @@ from .worker import (
 
 TICK_S = 0.1
 SWEEP_INTERVAL_S = 1.0
+RETIRE_INTERVAL_S = 10.0
 # A worker that dies this soon after its start, unregistered, counts towards the crash-loop limit.
 EARLY_DEATH_S = 2.0
 # A worker that exits cleanly (0) waits this long for our own stop before it is replaced.
@@ -230,6 +231,7 @@ class Supervisor:
 
     def _watch(self) -> None:
         next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+        next_retire = time.monotonic() + RETIRE_INTERVAL_S
         failing_since: float | None = None
         while not self._closing.is_set():
             with self._lock:
@@ -245,6 +247,9 @@ class Supervisor:
                 if time.monotonic() >= next_sweep:
                     sweep_dead_partitions(self.state, self.settings, self.live_ids())
                     next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+                if time.monotonic() >= next_retire:
+                    retire_finished_partitions(self.state, self.settings)
+                    next_retire = time.monotonic() + RETIRE_INTERVAL_S
             except Exception as exc:  # keep watching: the next tick tries again
                 if failing_since is None:
                     failing_since = time.monotonic()
@@ -328,10 +333,10 @@ class Supervisor:
         )
         if taken is None:
             return  # it finished in time after all: its settle landed first
+        self.timeouts += 1
         worker.reclaimed = True  # the sentinel path starts the replacement
         worker.process.kill()
         worker.process.join()
-        self.timeouts += 1
         logger.warning("task {} exceeded its time limit on {}; killed pid {}", task_id, worker.worker_id, worker.process.pid)
 
     def _kill_lingering_zombies(self) -> None:

@@ -244,6 +244,16 @@ class StateManager(abc.ABC):
         ``(stream, id, fields)`` in order per stream. ``positions`` is advanced in
         place. ``[]`` on timeout."""
 
+    # -- housekeeping ---------------------------------------------------------------------------
+    def retire_finished(self, grace_s: float) -> int:
+        """Retire partitions that are surely finished (not registered, no lease, nothing in
+        flight, inactive for ``grace_s`` on the state's clock): each one's counters fold
+        into ``retired_completed`` / ``retired_errors``, and its keys and its place in
+        ``known_workers`` go, one atomic step per partition. Returns how many. The audit
+        counts the retired sums, so it holds as before. States that keep no per-partition
+        keys worth retiring (the baseline, the file fallback) retire nothing."""
+        return 0
+
     # -- limits -------------------------------------------------------------------------------
     def limits(self, worker_id: str | None = None) -> RedisLimits | None:
         """Rate limits and concurrency caps on this backend (None: not supported, as on the
@@ -273,7 +283,8 @@ class StateManager(abc.ABC):
 
         One atomic step for the whole sequence: the queue and the counter never
         disagree. ``batch_id`` (default: a fresh one) makes the call idempotent for
-        an hour: submitting the same batch id again adds nothing, so a call retried
+        five minutes (``SUBMIT_MARKER_TTL_S``, far longer than any client resends):
+        submitting the same batch id again adds nothing, so a call retried
         after a lost reply never queues twice. With ``due_at`` (epoch seconds) or
         ``delay_s`` (seconds from now on the state's clock: the Redis server's, so a
         submitter with a skewed clock still delays by what it asked) the tasks wait
@@ -443,8 +454,11 @@ class StateManager(abc.ABC):
             depths["pending"] + depths["inflight"] + depths["delayed"] + depths.get("limited", 0) + depths.get("laned", 0)
         )
         checks = {
-            "completed_equals_worker_sum": completed == sum(w["completed"] for w in per_worker.values()),
-            "errors_equal_worker_sum": failed == sum(w["errors"] for w in per_worker.values()),
+            # Partitions retired since fold their counts into the retired sums.
+            "completed_equals_worker_sum": completed
+            == sum(w["completed"] for w in per_worker.values()) + counters.get(keys.RETIRED_COMPLETED, 0),
+            "errors_equal_worker_sum": failed
+            == sum(w["errors"] for w in per_worker.values()) + counters.get(keys.RETIRED_ERRORS, 0),
             "completed_equals_stream": completed == int(completions.last.get("n", 0)),
             "errors_equal_stream": failed == int(errors.last.get("n", 0)),
             "stream_holds_no_more_than_counter": completions.length <= completed and errors.length <= failed,

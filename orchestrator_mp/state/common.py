@@ -18,6 +18,7 @@ from typing import Any, Iterable, Sequence
 from .. import keys
 from ..config import MAX_BATCH_SIZE, MAX_STATE_FIELDS
 from ..exceptions import ConfigurationError
+from ..keys import SUBMIT_MARKER_TTL_S
 from ..models import BAD_PAYLOAD, POISON, Outcome, partition_key_of
 from .base import StateManager, requeueable_task
 
@@ -188,7 +189,7 @@ class MirroredStateManager(StateManager):
         result_ttl_s: how long a stored task result is kept.
     """
 
-    submit_marker_ttl_s = 3600
+    submit_marker_ttl_s = SUBMIT_MARKER_TTL_S
 
     def __init__(
         self, *, completions_maxlen: int, events_maxlen: int, worker_lease_s: float, result_ttl_s: float

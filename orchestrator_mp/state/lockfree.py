@@ -27,6 +27,7 @@ import redis
 from .. import keys
 from ..connection import create_client, translate_connection_errors
 from ..exceptions import ConfigurationError, Fenced
+from ..keys import SUBMIT_MARKER_TTL_S
 from ..limits import RedisLimits
 from ..models import Outcome, dumps, new_task_id, partition_key_of
 from . import common, scripts
@@ -66,7 +67,7 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
     """
 
     kind = "lockfree"
-    submit_marker_ttl_s = 3600
+    submit_marker_ttl_s = SUBMIT_MARKER_TTL_S
 
     def __init__(
         self,
@@ -104,6 +105,7 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
         self._settle = self.redis.register_script(scripts.SETTLE)
         self._release = self.redis.register_script(scripts.RELEASE)
         self._reclaim = self.redis.register_script(scripts.RECLAIM)
+        self._retire = self.redis.register_script(scripts.RETIRE)
 
     def close(self) -> None:
         self.redis.close()
@@ -489,6 +491,29 @@ class RedisLockFreeStateManager(RedisReadsMixin, StateManager):
         if epoch == -1:
             return None
         return ReclaimResult(int(epoch), int(requeued), int(dead))
+
+    def retire_finished(self, grace_s: float) -> int:
+        retired = 0
+        for worker_id in sorted(self.known_workers() - self.active_workers()):
+            retired += int(
+                self._retire(
+                    keys=[
+                        self.space.worker_state_key(worker_id),
+                        self.space.worker_inflight_key(worker_id),
+                        self.space.worker_completed_key(worker_id),
+                        self.space.worker_errors_key(worker_id),
+                        self.space.worker_lease_key(worker_id),
+                        self.space.ACTIVE_WORKERS,
+                        self.space.KNOWN_WORKERS,
+                        self.space.RETIRED_COMPLETED,
+                        self.space.RETIRED_ERRORS,
+                        self.space.TOTAL_RETIRED,
+                        self.space.worker_slots_key(worker_id),
+                    ],
+                    args=[worker_id, float(grace_s)],
+                )
+            )
+        return retired
 
     def limits(self, worker_id: str | None = None) -> RedisLimits:
         return RedisLimits(self.redis, worker_id, space=self.space)

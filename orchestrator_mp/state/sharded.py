@@ -292,6 +292,10 @@ class ShardedStateManager(StateManager):
             time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
 
     # -- limits --------------------------------------------------------------------------------
+    def retire_finished(self, grace_s: float) -> int:
+        """Each shard retires its own copies (a partition lives in every shard)."""
+        return sum(shard.retire_finished(grace_s) for shard in self.shards)
+
     def limits(self, worker_id: str | None = None) -> "ShardedLimits":
         return ShardedLimits([shard.limits(worker_id) for shard in self.shards], self.ring, self._epoch, worker_id)
 

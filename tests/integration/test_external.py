@@ -88,9 +88,12 @@ def test_a_lost_host_is_reclaimed_within_its_lease(external_redis, tmp_path):
     try:
         while "serving the queue" not in serving.stderr.readline():
             pass
-        run_cli("enqueue", "demo", "--redis-url", url, "--args", "[0, 50]", "--count", "200", cwd=tmp_path, check=True)
-        wait_for(lambda: completed_by_process(url, tmp_path).get(f"{socket.gethostname()}:{doomed.pid}", 0) > 5,
-                 timeout=30, what="the doomed host to work")
+        run_cli("enqueue", "demo", "--redis-url", url, "--args", "[0, 300]", "--count", "60", cwd=tmp_path, check=True)
+        prefix = f"{socket.gethostname()}:{doomed.pid}:"
+        with open_state(Settings(redis_url=url, log_level="WARNING")) as state:
+            # Killed while it holds tasks (300 ms each), so the takeover has work to return.
+            wait_for(lambda: any(n for w, n in state.queue_depths()["by_worker"].items() if w.startswith(prefix)),
+                     timeout=30, what="the doomed host to hold tasks")
         host = [psutil.Process(doomed.pid), *psutil.Process(doomed.pid).children(recursive=True)]
         for process in host:
             process.send_signal(signal.SIGKILL)  # the whole "host" at once: nobody stops cleanly
@@ -98,7 +101,6 @@ def test_a_lost_host_is_reclaimed_within_its_lease(external_redis, tmp_path):
         wait_gone(host)
         doomed.wait()
         status_of = lambda: run_cli_json("status", "--redis-url", url, cwd=tmp_path)  # noqa: E731
-        prefix = f"{socket.gethostname()}:{doomed.pid}:"
         wait_for(lambda: all(not w.startswith(prefix) for w in status_of()["active_workers"]),
                  timeout=15, what="the lease to lapse")
         # When the takeover happened, from its event's id (the server's clock, this machine's):
@@ -108,7 +110,7 @@ def test_a_lost_host_is_reclaimed_within_its_lease(external_redis, tmp_path):
                          for entry_id, fields in state.read_stream(keys.WORKER_EVENTS, count=10_000)
                          if fields.get("event") == "reclaimed" and fields["worker"].startswith(prefix)]
         reclaimed_after = min(takeovers) - killed_at
-        wait_for(lambda: status_of()["counters"]["total_work_completed"] == 200, timeout=60, what="all tasks")
+        wait_for(lambda: status_of()["counters"]["total_work_completed"] == 60, timeout=60, what="all tasks")
         status = status_of()
     finally:
         for proc in (serving, doomed):

@@ -15,7 +15,7 @@ from orchestrator_mp import ContinuousOrchestrator, EmbeddedServer, keys
 from orchestrator_mp.exceptions import PayloadError, ServerError
 from orchestrator_mp.retry import backoff_delay
 from tests import tasks_for_tests  # noqa: F401  (registers the test tasks before workers fork)
-from tests.helpers import CLI, run_cli, run_cli_json, settings_for
+from tests.helpers import CLI, run_cli, run_cli_json, settings_for, wait_for
 
 
 def _errors(orch):
@@ -69,11 +69,11 @@ def test_time_limit_kills_the_worker_and_dead_letters_as_timeout(db_path, shards
         assert orch.wait(timeout=30)
         (entry,) = orch.state.dead_letters()
         counters = orch.counters()
-        timeouts = orch.supervisor.timeouts
-        workers = len(orch.worker_ids())
+        # The takeover settles the task before the kill; the replacement follows the death.
+        wait_for(lambda: orch.supervisor.timeouts == 1 and len(orch.worker_ids()) == 3, timeout=30,
+                 what="the killed worker's replacement")
     assert entry["category"] == "timeout" and "time limit" in entry["message"]
     assert counters["total_work_completed"] == 20
-    assert timeouts == 1 and workers == 3
 
 
 @pytest.mark.parametrize("shards", [None, 3], ids=["plain", "sharded"])

@@ -191,8 +191,8 @@ def test_a_time_limit_is_enforced_only_while_it_stands(manager):
     assert manager.reclaim("w1", max_crashes=3, deadline_of=second_id) is None  # not the current task
     manager.settle("w1", epoch, [ok(first)])
     assert manager.reclaim("w1", max_crashes=3, deadline_of=first_id) is None  # settled first: no timeout
-    manager.start_task("w1", epoch, second_id, 0.05)
-    wait_for(lambda: manager.clock() > deadline + 0.06, timeout=5, what="the second deadline to pass")
+    second_deadline = manager.start_task("w1", epoch, second_id, 0.05)
+    wait_for(lambda: manager.clock() > second_deadline, timeout=5, what="the second deadline to pass")
     cause = failed(second, category="timeout")
     taken = manager.reclaim("w1", max_crashes=3, crashed=False, cause=cause, deadline_of=second_id)
     assert taken is not None and taken.epoch == epoch + 1

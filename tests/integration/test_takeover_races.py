@@ -7,12 +7,12 @@ import threading
 
 import pytest
 
-from orchestrator_mp import ContinuousOrchestrator
+from orchestrator_mp import ContinuousOrchestrator, keys
 from orchestrator_mp.exceptions import Fenced
 from orchestrator_mp.limits import concurrency_limit
 from orchestrator_mp.recovery import sweep_dead_partitions
 from tests import tasks_for_tests  # noqa: F401  (registers the test tasks before workers fork)
-from tests.contract import raw_task
+from tests.contract import failed, ok, raw_task
 from tests.helpers import settings_for, wait_for
 
 
@@ -116,3 +116,32 @@ def test_a_time_limit_check_that_lost_the_race_to_the_settle_kills_nothing(db_pa
         counters = orch.counters()
         assert orch.submit("tests.add", 1, 2).result(timeout=30) == 3
     assert counters["total_work_completed"] == 1 and counters["total_errors"] == 0
+
+
+def test_finished_partitions_are_retired_and_the_audit_still_holds(manager):
+    """A partition that stopped or died long enough ago folds its counters into the retired
+    sums and leaves known_workers; a live one, or one still holding work, stays."""
+    manager.submit([raw_task() for _ in range(6)])
+    done = manager.register_worker("done", pid=1, host="h")
+    manager.settle("done", done, [ok(raw) for raw in manager.claim("done", done, 3)])
+    manager.deregister_worker("done", done)
+    dead = manager.register_worker("dead", pid=2, host="h")
+    manager.settle("dead", dead, [failed(raw) for raw in manager.claim("dead", dead, 1)])
+    manager.claim("dead", dead, 1)
+    manager.reclaim("dead", max_crashes=3, crashed=False)  # its in-flight task went back
+    live = manager.register_worker("live", pid=3, host="h")
+    holding = manager.claim("live", live, 1)
+    assert manager.retire_finished(grace_s=3600) == 0  # all too recent
+    retired = manager.retire_finished(grace_s=0)
+    if manager.kind != "lockfree":
+        assert retired == 0  # the baseline and the file state keep their partitions
+        return
+    assert retired >= 2
+    assert manager.known_workers() == {"live"}
+    counters = manager.get_counters()
+    assert counters[keys.RETIRED_COMPLETED] == 3 and counters[keys.RETIRED_ERRORS] == 1
+    assert manager.get_worker_state("done") == {}
+    with pytest.raises(Fenced):
+        manager.heartbeat("done", done)  # a zombie of a retired partition is fenced
+    manager.settle("live", live, [ok(raw) for raw in holding])
+    assert manager.audit()["ok"], manager.audit()
