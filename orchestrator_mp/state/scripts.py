@@ -112,6 +112,10 @@ return version
 
 # Renew a worker's lease (from its heartbeat thread, which a long task cannot block).
 # Not a state change: no version bump and no event, only last_activity.
+# A full server (maxmemory, noeviction) must not cost a live worker its lease (issue 13):
+# Redis refuses a script only at its first write, and only if that command may grow
+# memory (SET, HSET: yes; PEXPIRE, DEL, LREM, LTRIM: no). PEXPIRE comes first, so the
+# renewal, which grows nothing, goes through while the server is full.
 # KEYS: 1 state hash, 2 lease key, 3 total_fenced
 # ARGV: 1 epoch, 2 now, 3 lease ms
 # Returns: 1, or -1 when fenced
@@ -120,7 +124,9 @@ if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
   redis.call('INCR', KEYS[3])
   return -1
 end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+if redis.call('PEXPIRE', KEYS[2], ARGV[3]) == 0 then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+end
 redis.call('HSET', KEYS[1], 'last_activity', ARGV[2])
 return 1
 """
@@ -417,8 +423,10 @@ local function release(raw)
   local extra = extras[raw]
   if extra and extra[2] ~= 0 then release_lane(KEYS[16 + extra[2]], KEYS[17 + extra[2]], KEYS[3], KEYS[16]) end
 end
-local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+-- The lease goes first: a write that grows nothing, so a full server (maxmemory) lets
+-- the takeover through (see HEARTBEAT); it moves tasks, it adds little.
 redis.call('DEL', KEYS[12])
+local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HSET', KEYS[1], 'status', 'dead', 'current_task', '', 'batch', 0, 'deadline', '')
 local requeued, dead = 0, 0
 local max_crashes = tonumber(ARGV[3])
@@ -554,4 +562,25 @@ for first = 0, count - 1, 1000 do
   end
 end
 return {'unknown'}
+"""
+
+# Read many keys in one atomic step: the audit's snapshot on a full server, which
+# refuses every MULTI (even one of reads) but serves a script that only reads.
+# KEYS: the keys to read
+# ARGV: the read of each key, in order: GET, LLEN, ZCARD, XLEN, SMEMBERS, or XLAST (a
+#       stream's newest entry, as XREVRANGE + - COUNT 1)
+# Returns: one reply per key (false, that is nil, for a missing string)
+SNAPSHOT = """
+local reads = {GET = true, LLEN = true, ZCARD = true, XLEN = true, SMEMBERS = true}
+local replies = {}
+for i = 1, #KEYS do
+  if ARGV[i] == 'XLAST' then
+    replies[i] = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
+  elseif reads[ARGV[i]] then
+    replies[i] = redis.call(ARGV[i], KEYS[i])
+  else
+    return redis.error_reply('ERR SNAPSHOT cannot read with ' .. tostring(ARGV[i]))
+  end
+end
+return replies
 """
