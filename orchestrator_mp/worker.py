@@ -81,7 +81,7 @@ FIRST_CLAIM = 16
 # How long a worker keeps trying to reach a vanished server before giving up.
 RECONNECT_TIMEOUT_S = 60.0
 # Backoff while a full server (maxmemory) refuses a step: from the first to the last.
-FULL_BACKOFF_S = (0.05, 1.0)
+FULL_BACKOFF_S = (0.05, 0.5)
 
 T = TypeVar("T")
 

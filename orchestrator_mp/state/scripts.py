@@ -11,6 +11,18 @@ Fencing: each worker's state hash holds an ``epoch``. Scripts that write on a
 worker's behalf take the epoch the worker registered with and refuse (returning
 -1) when the hash holds another one: the partition was taken over, the caller is a
 zombie, and its writes must not land.
+
+A full server (maxmemory, policy noeviction; issue 13): Redis refuses a script at its
+first write if that command may grow memory (SET, HSET, HINCRBY, INCR, LPUSH, XADD,
+ZADD...), so nothing of a refused script has landed; a script whose first write cannot
+(LTRIM, LREM, ZREM, PEXPIRE, DEL) runs to its end. So at maxmemory SUBMIT, REGISTER and
+UPDATE_STATE are refused whole (and any fenced call, whose first write is its INCR of
+total_fenced), while CLAIM, SETTLE, RELEASE, CANCEL, PROMOTE, DEREGISTER, DLQ_RETRY,
+DLQ_PURGE, HEARTBEAT and RECLAIM go through: they move, refresh or remove what exists
+(the last two are ordered so). One CLAIM is refused: the one completing a blocking move
+that finds nothing more to take (its first write is the state hash); the worker then
+hands the moved task back before its next claim. BLMOVE itself may grow memory and is
+refused. Checked step by step in tests/faults/test_memory.py.
 """
 from ..config import MAX_BATCH_SIZE, MAX_STATE_FIELDS
 

@@ -66,8 +66,12 @@ def test_an_evicting_server_is_refused_in_one_line_unless_allowed(external, db_p
     admin = _admin(external.url)
     admin.config_set("maxmemory-policy", policy)
     settings = settings_for(db_path, redis_url=external.url, workers=1)
-    with pytest.raises(ConfigurationError) as refused:
-        ContinuousOrchestrator(settings=settings).start()
+    orch = ContinuousOrchestrator(settings=settings)
+    try:
+        with pytest.raises(ConfigurationError) as refused:
+            orch.start()
+    finally:
+        orch.close()
     message = str(refused.value)
     assert "\n" not in message
     assert f"maxmemory-policy {policy}" in message
@@ -128,11 +132,18 @@ def test_every_master_of_a_cluster_is_checked(tmp_path, db_path):
         client = cluster.node_client(bad)
         client.config_set("maxmemory-policy", "allkeys-random")
         client.close()
-        policies = eviction_policies(create_client(cluster.url))
+        client = create_client(cluster.url)
+        try:
+            policies = eviction_policies(client)
+        finally:
+            client.close()
         assert sorted(policies.values()) == ["allkeys-random", "noeviction", "noeviction"]
-        settings = settings_for(db_path, redis_url=cluster.url, workers=1)
-        with pytest.raises(ConfigurationError, match=rf"127\.0\.0\.1:{bad} allkeys-random"):
-            ContinuousOrchestrator(settings=settings).start()
+        orch = ContinuousOrchestrator(settings=settings_for(db_path, redis_url=cluster.url, workers=1))
+        try:
+            with pytest.raises(ConfigurationError, match=rf"127\.0\.0\.1:{bad} allkeys-random"):
+                orch.start()
+        finally:
+            orch.close()
 
 
 # -- out of memory, step by step ------------------------------------------------------------------
@@ -249,6 +260,7 @@ def test_a_run_on_a_full_server_stalls_without_deaths_and_resumes_when_memory_fr
         wait_for(lambda: orch.counters()[keys.TOTAL_WORK_COMPLETED] > completed_at_full + stalled,
                  timeout=30, what="the workers to resume")
         resumed_s = time.monotonic() - freed_at
+        stall_s = time.monotonic() - full_at
         submit(total - submitted)
         assert orch.wait(timeout=120), "the run did not drain after memory was freed"
         counters = orch.counters()
@@ -261,7 +273,7 @@ def test_a_run_on_a_full_server_stalls_without_deaths_and_resumes_when_memory_fr
         admin.close()
     print(f"\nfull server: {submitted} of {total} tasks queued when submit was first refused "
           f"({refused} refusals in {held_s:.0f} s held full, {stalled} completed meanwhile); "
-          f"resumed {resumed_s * 1000:.0f} ms after maxmemory 0; deaths {len(deaths)}, takeovers {len(reclaims)}, "
+          f"resumed {resumed_s * 1000:.0f} ms after maxmemory 0 (stalled {stall_s:.1f} s); deaths {len(deaths)}, takeovers {len(reclaims)}, "
           f"lease expiries {expiries}, fenced {counters['total_fenced']}, completed "
           f"{counters['total_work_completed']}/{total}\n  {refusal}")
     assert refusal.used_bytes and refusal.max_bytes and "Redis is full" in str(refusal)
