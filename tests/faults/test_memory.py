@@ -17,7 +17,12 @@ import pytest
 import redis
 from loguru import logger
 
-from orchestrator_mp import BackendFull, ConfigurationError, ContinuousOrchestrator, keys
+from orchestrator_mp import (
+    BackendFull,
+    ConfigurationError,
+    ContinuousOrchestrator,
+    keys,
+)
 from orchestrator_mp.connection import create_client, eviction_policies
 from orchestrator_mp.models import Task
 from orchestrator_mp.state import create_state_manager
