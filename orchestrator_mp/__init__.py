@@ -12,6 +12,7 @@ from . import keys
 from .config import Settings
 from .demo import DEMO_TASK, demo
 from .exceptions import (
+    BackendFull,
     BackendUnavailable,
     ConfigurationError,
     DatabaseInUse,
@@ -75,6 +76,7 @@ __all__ = [
     "StateError",
     "VersionConflict",
     "Fenced",
+    "BackendFull",
     "BackendUnavailable",
     "LockTimeout",
     "ServerError",

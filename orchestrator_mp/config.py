@@ -59,6 +59,12 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[Any, attrs.Attribute, Any], N
     return check
 
 
+def _boolean(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, bool):
+        message = f"{attribute.name} must be True or False, got {value!r}"
+        raise ConfigurationError(message)
+
+
 def _optional_positive_number(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is not None:
         _positive_number(instance, attribute, value)
@@ -79,6 +85,9 @@ class Settings:
     Attributes:
         db_path: the embedded server's database file (AOF beside it as ``PATH.aof``).
         redis_url: an external server instead of the embedded one (None: embedded).
+        allow_eviction: accept a server whose ``maxmemory-policy`` is not ``noeviction``
+            (refused by default: evicted keys lose queued tasks, leases and results).
+            Unsafe; warned loudly at start.
         workers: worker processes to fork.
         state: which state manager implementation to use: ``lockfree`` (atomic Redis
             operations), ``locked`` (the lock-based baseline) or ``file`` (legacy
@@ -116,6 +125,7 @@ class Settings:
 
     db_path: str = attrs.field(default=DEFAULT_DB, converter=os.fspath)
     redis_url: str | None = None
+    allow_eviction: bool = attrs.field(default=False, validator=_boolean)
     workers: int = attrs.field(factory=default_workers, validator=_int_at_least(1))
     state: str = attrs.field(default="lockfree", validator=_one_of(STATE_KINDS))
     batch_size: int = attrs.field(default=256, validator=_int_between(1, MAX_BATCH_SIZE))

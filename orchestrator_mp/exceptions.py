@@ -89,6 +89,21 @@ class BackendUnavailable(StateError):
     """The state backend (Redis server, file directory) cannot be reached."""
 
 
+class BackendFull(StateError):
+    """Redis refused a write because it reached ``maxmemory`` (an OOM reply, noeviction).
+
+    Nothing of the refused step was written (Redis refuses a script at its first write
+    that may grow memory, before anything lands), so it is safe to send again once
+    memory is freed. Workers wait and retry; submitters get it as back-pressure.
+    ``used_bytes`` and ``max_bytes`` are the server's figures when they could be read.
+    """
+
+    def __init__(self, message: str, used_bytes: int | None = None, max_bytes: int | None = None) -> None:
+        self.used_bytes = used_bytes
+        self.max_bytes = max_bytes
+        super().__init__(message)
+
+
 class LockTimeout(StateError):
     """The lock-based baseline gave up waiting for a lock (or kept losing its lease)."""
 

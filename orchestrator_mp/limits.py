@@ -26,7 +26,7 @@ import attrs
 import redis
 
 from . import keys
-from .connection import UNAVAILABLE, translate_connection_errors
+from .connection import UNAVAILABLE, is_out_of_memory, translate_connection_errors
 from .exceptions import ConfigurationError, Fenced
 
 _held = threading.local()  # holders of code-level slots, per thread, innermost last
@@ -214,13 +214,14 @@ OUTAGE_PATIENCE_S = 60.0
 
 def _patiently(call: Callable[[], Any]) -> Any:
     """``call()``, retried with backoff while the server is unreachable (a restart, a
-    failover), for up to OUTAGE_PATIENCE_S: an outage is a pause, not a task failure."""
+    failover) or full (maxmemory), for up to OUTAGE_PATIENCE_S: an outage is a pause,
+    not a task failure."""
     delay, deadline = 0.02, time.monotonic() + OUTAGE_PATIENCE_S
     while True:
         try:
             return call()
-        except UNAVAILABLE:
-            if time.monotonic() > deadline:
+        except redis.RedisError as exc:
+            if not (isinstance(exc, UNAVAILABLE) or is_out_of_memory(exc)) or time.monotonic() > deadline:
                 raise
             time.sleep(delay)
             delay = min(1.0, delay * 2)

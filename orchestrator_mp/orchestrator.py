@@ -24,9 +24,18 @@ import socket
 import time
 from typing import Any, Callable, Iterable, Iterator
 
+import redis
+
 from . import keys
 from .config import Settings
-from .connection import check_reachable, create_client
+from .connection import (
+    check_eviction_policy,
+    check_reachable,
+    create_client,
+    is_out_of_memory,
+    out_of_memory,
+    redact,
+)
 from .exceptions import (
     ConfigurationError,
     PayloadError,
@@ -77,8 +86,10 @@ class ContinuousOrchestrator:
         strict_names: refuse to submit names not registered in this process.
         **overrides: any other :class:`Settings` field.
 
-    Raises:
-        ConfigurationError: invalid settings.
+    Raises (from :meth:`start`):
+        ConfigurationError: invalid settings, or a server whose ``maxmemory-policy`` is
+            not ``noeviction`` (unless ``allow_eviction``).
+        BackendFull: a new database on a server that is already full.
         DatabaseInUse / ServerError: the embedded server cannot start on ``db``
             (a binary that cannot run at all falls back to the file-based state).
     """
@@ -161,6 +172,7 @@ class ContinuousOrchestrator:
                 else:
                     self.url = self.server.url
         if state_kind(self.settings.state).needs_server:
+            _check_memory_policy(self.url, self.settings.allow_eviction)
             _record_kind(self.url, self.settings.state)
         else:
             self.db_lock = DatabaseLock(self.settings.db_path).acquire()
@@ -218,6 +230,8 @@ class ContinuousOrchestrator:
         Raises:
             UnknownTaskError: the name is not registered here (with ``strict_names``).
             PayloadError: the arguments are not JSON-serialisable, or too large.
+            BackendFull: Redis is at ``maxmemory``; nothing was queued (back-pressure:
+                submit again once workers or an operator freed memory).
         """
         return self.submit_many(task, [(args, kwargs)])[0]
 
@@ -233,6 +247,8 @@ class ContinuousOrchestrator:
         Each call is ``(args, kwargs)`` or just a sequence of positional arguments.
         ``results=False`` skips storing outcomes (handles then only report status),
         for bulk work whose callers read counters rather than return values.
+        Raises what :meth:`submit` raises. On BackendFull none of the calls was queued
+        (on a Redis Cluster: none of those whose shard's master is full).
         """
         ids, _raws = self.submit_raw(task, calls, results=results)
         return [TaskHandle(self.state, task_id) for task_id in ids]
@@ -433,11 +449,38 @@ def live_url(settings: Settings) -> str | None:
 READ_ONLY_ROLES = ("status", "monitor", "redis-cli")
 
 
-def _record_kind(url: str, kind: str) -> None:
-    """Note in the database which state kind writes it, for ``status`` and ``enqueue``."""
+def _check_memory_policy(url: str, allow: bool, *, reader: bool = False) -> None:
+    """Refuse a server that may evict keys (ConfigurationError); with ``allow``, or for
+    a ``reader`` (which loses nothing), say loudly what can be lost instead."""
     client = create_client(url)
     try:
-        client.set(keys.STATE_KIND, kind)
+        problem = check_eviction_policy(client, redact(url), allow=allow or reader)
+    finally:
+        client.close()
+    if problem and reader:
+        logger.warning("{}; what is shown may already be incomplete", problem)
+    elif problem:
+        logger.warning(
+            "UNSAFE, allowed by allow_eviction: {}. Redis may delete queued or in-flight tasks, leases "
+            "(live workers are then taken over and their tasks run twice), worker state (fencing "
+            "reopened) and stored results (their handles wait forever)",
+            problem,
+        )
+
+
+def _record_kind(url: str, kind: str) -> None:
+    """Note in the database which state kind writes it, for ``status`` and ``enqueue``.
+
+    A full server (maxmemory) refuses the write: a restart on it still works when the
+    note is already there, else BackendFull says how full it is."""
+    client = create_client(url)
+    try:
+        if client.get(keys.STATE_KIND) != kind:
+            client.set(keys.STATE_KIND, kind)
+    except redis.ResponseError as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise out_of_memory(client) from None
     finally:
         client.close()
 
@@ -479,10 +522,13 @@ def open_state(settings: Settings, role: str = "command") -> Iterator[StateManag
     Raises:
         ServerError: a read-only ``role`` (:data:`READ_ONLY_ROLES`) on a database
             that does not exist, or the temporary server cannot start.
+        ConfigurationError: ``redis_url`` names a server that may evict keys (unless
+            ``allow_eviction``; read-only roles only warn).
     """
     if settings.redis_url:
         url = settings.redis_url
         check_reachable(url)
+        _check_memory_policy(url, settings.allow_eviction, reader=role in READ_ONLY_ROLES)
         with _managed(settings.evolve(state=_recorded_kind(url, settings.state)), url) as state:
             yield state
         return

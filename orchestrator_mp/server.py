@@ -404,6 +404,9 @@ class EmbeddedServer:
             f"logfile {_quote(self.log_path)}",
             "loglevel notice",
             "databases 1",
+            # Never evict (issue 13): a full server refuses writes (back-pressure) instead
+            # of deleting queued tasks, leases or results. Written on every (re)start.
+            "maxmemory-policy noeviction",
         ]
         return "\n".join(lines) + "\n"
 

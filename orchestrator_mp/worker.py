@@ -15,6 +15,12 @@ step it was making (settle, release), and before its next claim hands back to th
 queue anything in its in-flight list it does not know about (a claim whose reply
 was lost, or a settle the server lost in a crash): nothing stays stranded.
 
+A full server (BackendFull: Redis at maxmemory refused a write, and wrote nothing of
+that step) is waited out the same way, without a deadline: the step is sent again
+with backoff until memory is freed. The lease stays ours meanwhile (a heartbeat only
+refreshes existing keys, which Redis allows at maxmemory; see HEARTBEAT), so a
+waiting worker is never taken over, and nothing is charged a crash.
+
 Signals (handlers only set flags; the loop acts on them):
     SIGINT   ignored: a terminal's Ctrl-C is the parent's to handle.
     SIGTERM  warm stop: finish the running task, hand unstarted claims back,
@@ -35,7 +41,13 @@ import traceback
 from typing import Any, Callable, TypeVar
 
 from .config import Settings
-from .exceptions import BackendUnavailable, Fenced, PayloadError, UnknownTaskError
+from .exceptions import (
+    BackendFull,
+    BackendUnavailable,
+    Fenced,
+    PayloadError,
+    UnknownTaskError,
+)
 from .limits import RedisLimits, bind
 from .log import bind_worker, logger
 from .models import (
@@ -68,6 +80,8 @@ TARGET_BATCH_S = 0.05
 FIRST_CLAIM = 16
 # How long a worker keeps trying to reach a vanished server before giving up.
 RECONNECT_TIMEOUT_S = 60.0
+# Backoff while a full server (maxmemory) refuses a step: from the first to the last.
+FULL_BACKOFF_S = (0.05, 0.5)
 
 T = TypeVar("T")
 
@@ -103,8 +117,8 @@ class Heartbeat:
                 logger.error("heartbeat refused: partition taken over (lease lapsed); stopping")
                 self.fenced = True
                 return
-            except BackendUnavailable:
-                continue  # the main loop reconnects; keep beating once the server is back
+            except (BackendUnavailable, BackendFull):
+                continue  # the main loop reconnects or waits; keep beating meanwhile
             except Exception as exc:  # never let the thread die silently
                 logger.warning("heartbeat failed: {!r}", exc)
 
@@ -148,8 +162,10 @@ class Worker:
     def register(self) -> int:
         """Open this worker's partition. A server that is unreachable right now (a
         restart, a failover) is waited for like any other outage, up to
-        RECONNECT_TIMEOUT_S: a replacement started mid-outage must not die here."""
+        RECONNECT_TIMEOUT_S, and a full one (maxmemory) until it has room: a
+        replacement started mid-outage must not die here."""
         delay, deadline = 0.02, time.monotonic() + RECONNECT_TIMEOUT_S
+        full_since, attempt = 0.0, 0
         while True:
             try:
                 self.epoch = self.state.register_worker(self.worker_id, pid=os.getpid(), host=socket.gethostname())
@@ -159,6 +175,12 @@ class Worker:
                     raise
                 time.sleep(delay)
                 delay = min(1.0, delay * 2)
+            except BackendFull as exc:
+                full_since = full_since or time.monotonic()
+                self._wait_while_full(exc, attempt)
+                attempt += 1
+        if attempt:
+            logger.warning("registered after waiting {:.1f} s for the full server", time.monotonic() - full_since)
         self._limits = self.state.limits(self.worker_id)
         if self._limits is not None:
             self._limits.fence(self.epoch)
@@ -192,6 +214,11 @@ class Worker:
             return EXIT_FENCED
         except BackendUnavailable as exc:
             logger.error("giving up: {}", exc)
+            return EXIT_BACKEND_LOST
+        except BackendFull as exc:
+            # Asked to stop while the server was full: leave what we hold to the parent,
+            # which requeues it without a crash charge (nothing here crashed).
+            logger.error("stopping while the server is full: {}", exc)
             return EXIT_BACKEND_LOST
         finally:
             if self._heartbeat is not None:
@@ -425,13 +452,39 @@ class Worker:
 
     # -- lost connections -------------------------------------------------------------------
     def _call(self, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run one state operation, reconnecting (and resyncing later) if the server went away."""
+        """Run one state operation, reconnecting (and resyncing later) if the server went
+        away, and sending it again once there is room if the server was full."""
+        full_since, attempt = 0.0, 0
         while True:
             try:
-                return operation(*args, **kwargs)
+                result = operation(*args, **kwargs)
             except BackendUnavailable as exc:
                 logger.warning("lost the server ({}); reconnecting", exc)
                 self._reconnect()
+                continue
+            except BackendFull as exc:
+                full_since = full_since or time.monotonic()
+                self._wait_while_full(exc, attempt)
+                attempt += 1
+                continue
+            if attempt:
+                logger.warning("the server has room again; resumed after {:.1f} s", time.monotonic() - full_since)
+            return result
+
+    def _wait_while_full(self, exc: BackendFull, attempt: int) -> None:
+        """Backoff step ``attempt`` while a full server refuses a write (nothing of it
+        landed). No deadline: the server is up, and a worker leaving would only be
+        replaced into the same wait. A step spanning shards may have landed in some of
+        them, so the next claim first hands back anything in flight we do not know about.
+
+        Raises: ``exc`` when this worker is asked to stop meanwhile."""
+        if self._should_stop():
+            raise exc
+        if attempt == 0:
+            logger.warning("{}; waiting", exc)
+        self._needs_resync = True
+        first, last = FULL_BACKOFF_S
+        time.sleep(min(last, first * 2 ** min(attempt, 10)))
 
     def _reconnect(self) -> None:
         delay, deadline = 0.02, time.monotonic() + RECONNECT_TIMEOUT_S

@@ -97,10 +97,21 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", metavar="URL", help="use this Redis server instead of the embedded one")
     parser.add_argument("--log-level", metavar="LEVEL", help="TRACE..CRITICAL (env ORCHESTRATOR_MP_LOG_LEVEL)")
     parser.add_argument("--log-json", metavar="FILE", help="also write JSON-lines logs to FILE")
+    parser.add_argument(
+        "--allow-eviction",
+        action="store_true",
+        help="UNSAFE: accept a --redis-url server whose maxmemory-policy is not noeviction "
+        "(evicted keys lose queued tasks, leases and results)",
+    )
 
 
 def settings_from(args: argparse.Namespace, **fields: Any) -> Settings:
-    values: dict[str, Any] = {"db_path": args.db, "redis_url": args.redis_url, "log_json": args.log_json}
+    values: dict[str, Any] = {
+        "db_path": args.db,
+        "redis_url": args.redis_url,
+        "log_json": args.log_json,
+        "allow_eviction": args.allow_eviction,
+    }
     if args.log_level:
         values["log_level"] = args.log_level
     values.update({k: v for k, v in fields.items() if v is not None})

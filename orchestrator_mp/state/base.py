@@ -2,7 +2,11 @@
 
 Each method's docstring is its contract: what is atomic, what an empty result
 looks like, what it raises. Every implementation (lock-free Redis, the lock-based
-baseline, the file fallback) is run against the same contract test suite.
+baseline, the file fallback) is run against the same contract test suite. Any call
+may also raise BackendUnavailable (the backend cannot be reached) and, on Redis,
+BackendFull (the server is at ``maxmemory`` and refused a write of the step; nothing
+of it was written, or of a step over several shards nothing in the refusing one, so
+it may be sent again once memory is freed).
 
 Vocabulary:
     partition: one worker's slice of the state (state hash, in-flight list,

@@ -5,7 +5,7 @@ The registration sets, leases, counters, streams, queues, dead letters and store
 results have the same keys and types in the lock-free and the lock-based layouts;
 only worker states differ. Both managers take these reads from here; none of them
 needs a lock (each is one command, a pipeline of independent reads, one read-only
-script, or one MULTI/EXEC snapshot). Every write of either manager lands in one
+script, or one MULTI/EXEC snapshot, a read-only script on a full server). Every write of either manager lands in one
 atomic server call, so a MULTI snapshot is exact for both.
 
 Lost connections surface as :class:`BackendUnavailable` (the contract's error), not
@@ -13,12 +13,13 @@ redis-py's: see :func:`translate_connection_errors`.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Iterable, Sequence
 
 import redis
 
 from .. import keys
-from ..connection import translate_connection_errors
+from ..connection import is_out_of_memory, translate_connection_errors
 from ..exceptions import StateError
 from ..limits import RedisLimits
 from . import scripts
@@ -29,6 +30,52 @@ from .base import (
     decode_result,
     metric_fields,
 )
+
+# How often a result is polled for while a full server refuses blocking waits.
+RESULT_POLL_S = 0.05
+
+
+class _Snapshot:
+    """The reads of one atomic snapshot, run as one MULTI/EXEC. A full server (maxmemory)
+    refuses every MULTI, even of reads, but serves a script that only reads: then they
+    run as SNAPSHOT, just as atomic (the replies of a stream's newest entry and of a set
+    come unparsed, as lists; readers of them accept both)."""
+
+    def __init__(self) -> None:
+        self.reads: list[tuple[str, str]] = []
+
+    def get(self, key: str) -> None:
+        self.reads.append(("GET", key))
+
+    def llen(self, key: str) -> None:
+        self.reads.append(("LLEN", key))
+
+    def zcard(self, key: str) -> None:
+        self.reads.append(("ZCARD", key))
+
+    def xlen(self, key: str) -> None:
+        self.reads.append(("XLEN", key))
+
+    def smembers(self, key: str) -> None:
+        self.reads.append(("SMEMBERS", key))
+
+    def xlast(self, key: str) -> None:
+        self.reads.append(("XLAST", key))
+
+    def execute(self, client: Any) -> list[Any]:
+        pipe = client.pipeline(transaction=True)
+        for read, key in self.reads:
+            if read == "XLAST":
+                pipe.xrevrange(key, count=1)
+            else:
+                getattr(pipe, read.lower())(key)
+        try:
+            return pipe.execute()
+        except redis.ResponseError as exc:
+            if not is_out_of_memory(exc):
+                raise
+        snapshot = client.register_script(scripts.SNAPSHOT)
+        return snapshot(keys=[key for _, key in self.reads], args=[read for read, _ in self.reads])
 
 
 def _tail(length: int, last: list[Any]) -> StreamTail:
@@ -169,25 +216,26 @@ class RedisReadsMixin:
         return [decode_dead_letter(raw) for raw in self.redis.lrange(self.space.DEAD_LETTER, 0, stop)]
 
     def audit_snapshot(self) -> AuditSnapshot:
-        """One MULTI/EXEC: a consistent snapshot even while workers settle batches."""
+        """One MULTI/EXEC (one read-only script on a full server): a consistent snapshot
+        even while workers settle batches."""
         while True:
             known = sorted(self.known_workers())
             limiters = sorted(self.redis.smembers(self.space.LIMITERS))
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.smembers(self.space.KNOWN_WORKERS)
+            snapshot = _Snapshot()
+            snapshot.smembers(self.space.KNOWN_WORKERS)
             for name in keys.COUNTERS:  # GETs, not MGET: cluster pipelines refuse MGET
-                pipe.get(self.space.counter_key(name))
+                snapshot.get(self.space.counter_key(name))
             for worker_id in known:
-                pipe.get(self.space.worker_completed_key(worker_id))
-                pipe.get(self.space.worker_errors_key(worker_id))
-                pipe.llen(self.space.worker_inflight_key(worker_id))
+                snapshot.get(self.space.worker_completed_key(worker_id))
+                snapshot.get(self.space.worker_errors_key(worker_id))
+                snapshot.llen(self.space.worker_inflight_key(worker_id))
             for stream in (self.space.WORK_COMPLETIONS, self.space.WORK_ERRORS):
-                pipe.xlen(stream)
-                pipe.xrevrange(stream, count=1)
-            self._add_depth_reads(pipe)
+                snapshot.xlen(stream)
+                snapshot.xlast(stream)
+            self._add_depth_reads(snapshot)
             for name in limiters:
-                pipe.llen(self.space.slot_waiters_key(name))
-            reply = pipe.execute()
+                snapshot.llen(self.space.slot_waiters_key(name))
+            reply = snapshot.execute(self.redis)
             if set(reply[0]) == set(known):
                 break  # no worker registered between the two reads
         counted = len(keys.COUNTERS)
@@ -218,8 +266,24 @@ class RedisReadsMixin:
         if stored is None:
             # BLMOVE of a list onto itself: a blocking read that leaves the result
             # for every other waiter. 0 means wait forever.
-            stored = self.redis.blmove(key, key, 0 if timeout_s is None else max(timeout_s, 0.001), "LEFT", "LEFT")
+            try:
+                stored = self.redis.blmove(key, key, 0 if timeout_s is None else max(timeout_s, 0.001), "LEFT", "LEFT")
+            except redis.ResponseError as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                stored = self._poll_result(key, timeout_s)
         return decode_result(stored)
+
+    def _poll_result(self, key: str, timeout_s: float | None) -> str | None:
+        """A full server (maxmemory) refuses BLMOVE, which may write: poll instead, every
+        RESULT_POLL_S, until the result is there or ``timeout_s`` (None: forever) ends."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            stored = self.redis.lindex(key, 0)
+            if stored is not None or (deadline is not None and time.monotonic() >= deadline):
+                return stored
+            pause = RESULT_POLL_S if deadline is None else min(RESULT_POLL_S, max(0.0, deadline - time.monotonic()))
+            time.sleep(pause)
 
     def task_status(self, task_id: str) -> tuple[str, dict[str, Any] | None]:
         inflight_keys = [self.space.worker_inflight_key(w) for w in sorted(self.known_workers())]

@@ -11,6 +11,18 @@ Fencing: each worker's state hash holds an ``epoch``. Scripts that write on a
 worker's behalf take the epoch the worker registered with and refuse (returning
 -1) when the hash holds another one: the partition was taken over, the caller is a
 zombie, and its writes must not land.
+
+A full server (maxmemory, policy noeviction; issue 13): Redis refuses a script at its
+first write if that command may grow memory (SET, HSET, HINCRBY, INCR, LPUSH, XADD,
+ZADD...), so nothing of a refused script has landed; a script whose first write cannot
+(LTRIM, LREM, ZREM, PEXPIRE, DEL) runs to its end. So at maxmemory SUBMIT, REGISTER and
+UPDATE_STATE are refused whole (and any fenced call, whose first write is its INCR of
+total_fenced), while CLAIM, SETTLE, RELEASE, CANCEL, PROMOTE, DEREGISTER, DLQ_RETRY,
+DLQ_PURGE, HEARTBEAT and RECLAIM go through: they move, refresh or remove what exists
+(the last two are ordered so). One CLAIM is refused: the one completing a blocking move
+that finds nothing more to take (its first write is the state hash); the worker then
+hands the moved task back before its next claim. BLMOVE itself may grow memory and is
+refused. Checked step by step in tests/faults/test_memory.py.
 """
 from ..config import MAX_BATCH_SIZE, MAX_STATE_FIELDS
 
@@ -141,6 +153,10 @@ return deadline
 
 # Renew a worker's lease (from its heartbeat thread, which a long task cannot block).
 # Not a state change: no version bump and no event, only last_activity.
+# A full server (maxmemory, noeviction) must not cost a live worker its lease (issue 13):
+# Redis refuses a script only at its first write, and only if that command may grow
+# memory (SET, HSET: yes; PEXPIRE, DEL, LREM, LTRIM: no). PEXPIRE comes first, so the
+# renewal, which grows nothing, goes through while the server is full.
 # KEYS: 1 state hash, 2 lease key, 3 total_fenced
 # ARGV: 1 epoch, 2 lease ms
 # Returns: 1, or -1 when fenced
@@ -149,7 +165,9 @@ if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
   redis.call('INCR', KEYS[3])
   return -1
 end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+if redis.call('PEXPIRE', KEYS[2], ARGV[2]) == 0 then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+end
 redis.call('HSET', KEYS[1], 'last_activity', server_now())
 return 1
 """
@@ -478,8 +496,10 @@ local function release(raw)
   local extra = extras[raw]
   if extra and extra[2] ~= 0 then release_lane(KEYS[16 + extra[2]], KEYS[17 + extra[2]], KEYS[3], KEYS[16]) end
 end
-local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+-- The lease goes first: a write that grows nothing, so a full server (maxmemory) lets
+-- the takeover through (see HEARTBEAT); it moves tasks, it adds little.
 redis.call('DEL', KEYS[12])
+local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HSET', KEYS[1], 'status', 'dead', 'current_task', '', 'batch', 0, 'deadline', '')
 local requeued, dead = 0, 0
 local max_crashes = tonumber(ARGV[2])
@@ -641,4 +661,25 @@ redis.call('INCR', KEYS[10])
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[11])
 redis.call('SREM', KEYS[7], ARGV[1])
 return 1
+"""
+
+# Read many keys in one atomic step: the audit's snapshot on a full server, which
+# refuses every MULTI (even one of reads) but serves a script that only reads.
+# KEYS: the keys to read
+# ARGV: the read of each key, in order: GET, LLEN, ZCARD, XLEN, SMEMBERS, or XLAST (a
+#       stream's newest entry, as XREVRANGE + - COUNT 1)
+# Returns: one reply per key (false, that is nil, for a missing string)
+SNAPSHOT = """
+local reads = {GET = true, LLEN = true, ZCARD = true, XLEN = true, SMEMBERS = true}
+local replies = {}
+for i = 1, #KEYS do
+  if ARGV[i] == 'XLAST' then
+    replies[i] = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
+  elseif reads[ARGV[i]] then
+    replies[i] = redis.call(ARGV[i], KEYS[i])
+  else
+    return redis.error_reply('ERR SNAPSHOT cannot read with ' .. tostring(ARGV[i]))
+  end
+end
+return replies
 """

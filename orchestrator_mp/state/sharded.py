@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 import redis
 
 from .. import keys
-from ..connection import create_client, translate_connection_errors
+from ..connection import create_client, is_out_of_memory, translate_connection_errors
 from ..exceptions import BackendUnavailable, ConfigurationError, Fenced
 from ..models import Outcome, new_task_id, partition_key_of
 from . import common
@@ -327,12 +327,21 @@ class ShardedStateManager(StateManager):
         return self.ring(sum(shard.promote_due(limit) for shard in self.shards))
 
     def ring(self, tasks: int) -> int:
-        """Wake up to ``tasks`` idle workers (one token each, the list capped); returns ``tasks``."""
+        """Wake up to ``tasks`` idle workers (one token each, the list capped); returns ``tasks``.
+
+        A wake-up only: the step that made the tasks claimable has landed. A full master
+        (maxmemory) refuses the push; then idle workers find the tasks at their next poll
+        (``block_timeout_s``), and the step is not reported as failed (a resent submit
+        or settle would count twice)."""
         if tasks > 0:
             pipe = self.redis.pipeline(transaction=False)
             pipe.lpush(keys.DOORBELL, *["1"] * min(tasks, keys.DOORBELL_CAP))
             pipe.ltrim(keys.DOORBELL, 0, keys.DOORBELL_CAP - 1)
-            pipe.execute()
+            try:
+                pipe.execute()
+            except redis.ResponseError as exc:
+                if not is_out_of_memory(exc):
+                    raise
         return tasks
 
     def _turns(self) -> list[int]:
