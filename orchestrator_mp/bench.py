@@ -141,8 +141,7 @@ def update_cycle(state: StateManager, worker_id: str, epoch: int, n: int) -> Non
     Batched into one MULTI/EXEC when the manager takes a ``pipeline`` it can defer
     (the lock-free one); the others do each call at once, under their locks.
     """
-    client = getattr(state, "redis", None)
-    pipe = client.pipeline(transaction=True) if client is not None else None
+    pipe = state.pipeline()
     state.update_worker_field(worker_id, "current_task", n, epoch=epoch, pipeline=pipe)
     state.increment_counter(BENCH_COUNTER, pipeline=pipe)
     if pipe is not None:
@@ -163,8 +162,7 @@ def _contention_child(
         while time.monotonic() < stop_at:
             update_cycle(state, worker_id, epoch, cycles)
             cycles += 1
-        stats = getattr(state, "stats", None)
-        results.put({"cycles": cycles, "lock": stats.as_dict() if stats is not None else None, "error": None})
+        results.put({"cycles": cycles, "lock": state.lock_stats(), "error": None})
     except Exception as exc:  # reported to the parent, which marks the run inconsistent
         results.put({"cycles": cycles, "lock": None, "error": f"{type(exc).__name__}: {exc}"})
     finally:

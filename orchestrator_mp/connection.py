@@ -41,6 +41,10 @@ SAFE_POLICY = "noeviction"
 # matched, never the wording of the message.
 _SCRIPT_OOM = re.compile(r"Error running script .*: -OOM ")
 
+# What a watcher (status --watch, monitor, metrics) sees when the run it watches goes
+# away: a raw client's lost connection, or a state manager's translation of it.
+GONE = (*UNAVAILABLE, BackendUnavailable)
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 _C = TypeVar("_C", bound=type)
 

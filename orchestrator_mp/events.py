@@ -107,10 +107,7 @@ def client_of(state: Any) -> Client:
     Raises:
         ConfigurationError: the state manager keeps no Redis streams.
     """
-    client = getattr(state, "redis", None)
-    if not _is_client(client):
-        raise ConfigurationError(f"the {getattr(state, 'kind', '?')} state manager keeps no Redis streams to read")
-    return client
+    return state.stream_views()[0][0]
 
 
 def views_of(state: Any) -> list[ShardView]:
@@ -119,9 +116,7 @@ def views_of(state: Any) -> list[ShardView]:
     Raises:
         ConfigurationError: the state manager keeps no Redis streams (the file state).
     """
-    client = client_of(state)
-    spaces = getattr(state, "spaces", None) or [getattr(state, "space", keys.PLAIN)]
-    return [ShardView(client, space) for space in spaces]
+    return [ShardView(client, space) for client, space in state.stream_views()]
 
 
 def as_views(source: Source | ShardView) -> list[ShardView]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-import redis
 from prometheus_client import start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -38,6 +37,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import CollectorRegistry
 
 from . import keys
+from .connection import GONE
 from .events import (
     LATENCY_METRICS,
     ShardView,
@@ -207,7 +207,7 @@ class OrchestratorCollector:
                 try:
                     families = self._read(state)
                     up = 1
-                except (redis.ConnectionError, redis.TimeoutError):
+                except GONE:
                     self.on_error()
             yield GaugeMetricFamily(f"{PREFIX}_up", "1 when the orchestrator's Redis answered this scrape.", value=up)
             yield from families

@@ -1,8 +1,7 @@
 """Data classes and their JSON form; no I/O.
 
-A task travels through Redis as compact JSON whose first member is always
-``"crashes"``: the recovery script bumps that number with a string match instead of
-decoding and re-encoding the task (cjson would turn ``[]`` into ``{}``).
+A task travels through Redis as compact JSON, laid out as :mod:`.wire` says (its one
+owner: ``"crashes"`` first, which the recovery script bumps with a string match).
 Nothing read back is ever unpickled: :meth:`Task.from_json` accepts only the
 documented shape and raises PayloadError for anything else.
 """
@@ -16,6 +15,7 @@ from typing import Any
 import attrs
 
 from .exceptions import PayloadError
+from .wire import dumps, partition_key_of, shard_key_of  # noqa: F401  (the wire owns them; re-exported)
 
 # Error categories recorded in ``work_errors`` and the dead-letter queue.
 TASK_ERROR = "task_error"  # the task function raised
@@ -29,35 +29,8 @@ ERROR_CATEGORIES = (TASK_ERROR, UNKNOWN_TASK, BAD_PAYLOAD, BAD_RESULT, POISON, T
 OWN_FAILURES = frozenset({TASK_ERROR, BAD_RESULT, TIMEOUT})
 
 
-def _string_field(raw: str, field: str) -> str | None:
-    """A string field of a raw task, decoding only entries that may have it."""
-    if f'"{field}":' not in raw:
-        return None
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return None
-    value = body.get(field) if isinstance(body, dict) else None
-    return value if isinstance(value, str) else None
-
-
-def partition_key_of(raw: str) -> str | None:
-    """The partition key of a raw task (tasks sharing one run in order)."""
-    return _string_field(raw, "key")
-
-
-def shard_key_of(raw: str) -> str | None:
-    """The shard key of a raw task (tasks sharing one live in one shard)."""
-    return _string_field(raw, "shard")
-
-
 def new_task_id() -> str:
     return uuid.uuid4().hex
-
-
-def dumps(value: Any) -> str:
-    """Compact, strict JSON (no NaN), the only encoding used on the wire."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
 _REQUIRED = {"id": str, "name": str, "args": list, "kwargs": dict, "ts": (int, float), "crashes": int}

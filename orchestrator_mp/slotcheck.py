@@ -20,8 +20,7 @@ from typing import Any, Iterable
 import redis
 from redis.crc import key_slot
 
-from . import limits
-from .state import scripts
+from .state import steps
 
 # Commands this project sends with more than one key, and where their keys are.
 _ALL_ARGS = {"MGET", "DEL", "EXISTS", "UNLINK", "TOUCH", "WATCH", "SINTER", "SUNION"}
@@ -29,12 +28,7 @@ _TWO_KEYS = {"BLMOVE", "LMOVE", "RPOPLPUSH", "BRPOPLPUSH", "SMOVE", "RENAME"}
 
 
 def _script_names() -> dict[str, str]:
-    names = {}
-    for module in (scripts, limits):
-        for name, value in vars(module).items():
-            if name.isupper() and isinstance(value, str) and "redis.call" in value:
-                names[hashlib.sha1(value.encode()).hexdigest()] = name
-    return names
+    return {hashlib.sha1(text.encode()).hexdigest(): name for name, text in steps.scripts().items()}
 
 
 def keys_of(args: tuple[Any, ...]) -> tuple[str, list[Any]]:

@@ -48,7 +48,7 @@ from .exceptions import (
     PayloadError,
     UnknownTaskError,
 )
-from .limits import RedisLimits, bind
+from .limits import bind
 from .log import bind_worker, logger
 from .models import (
     BAD_PAYLOAD,
@@ -63,7 +63,7 @@ from .models import (
 from .registry import TaskSpec, get_spec, get_task
 from .retry import failure, time_limit_for
 from .server import die_with_parent
-from .state import StateManager, create_state_manager
+from .state import StateManager, TaskLimits, create_state_manager
 
 EXIT_OK = 0
 EXIT_FENCED = 3
@@ -153,7 +153,7 @@ class Worker:
         self.failed = 0
         self._needs_resync = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._limits: RedisLimits | None = None
+        self._limits: TaskLimits | None = None
         self._coroutine_names: dict[str, bool] = {}  # registry is fixed once forked
         self._run_ms_average: float | None = None  # moving average of batch wall time per task
         self._coroutine_batch = False  # the last batch held coroutine tasks

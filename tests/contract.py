@@ -4,7 +4,7 @@ how it builds one, and tasks and outcomes to feed it (the ``manager`` fixture is
 from __future__ import annotations
 
 from orchestrator_mp.models import Outcome, Task
-from orchestrator_mp.state import ShardedStateManager, create_state_manager
+from orchestrator_mp.state import create_state_manager
 
 # Every registered kind, plus the baseline's global-lock variant.
 # "sharded": the lock-free state split over 3 hash-tagged shards (the Redis Cluster
@@ -26,7 +26,7 @@ def build_manager(variant, settings, url, **options):
 def fifo(manager):
     """Whether the manager keeps one queue in submission order. A sharded one keeps
     order per shard (and per partition key), not across shards."""
-    return not isinstance(manager, ShardedStateManager)
+    return manager.shard_count == 1
 
 
 def claim_all(manager, worker_id, epoch, max_count=16):

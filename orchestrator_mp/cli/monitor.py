@@ -16,9 +16,8 @@ import sys
 import time
 from typing import Any, Iterable, TextIO
 
-import redis
-
 from .. import keys
+from ..connection import GONE
 from ..events import (
     MONITOR_STREAMS,
     StreamFollower,
@@ -136,7 +135,7 @@ def _follow(attachment: Attachment, streams: list[str], since: str, printer: "Pr
             else:
                 follower.client = views[0].client  # a new owner: a new client, the same shards
             entries = follower.poll()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except GONE as exc:
             # Also while an orchestrator shuts down: its lock file still names the
             # socket for a moment after the server is gone. Say it once.
             attachment.reset()

@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import __version__, keys
 from ..config import STATE_KINDS, default_workers
-from ..connection import is_cluster, redact
+from ..connection import redact
 from ..demo import DEMO_TASK, register_limited_demo
 from ..log import configure as configure_logging
 from ..orchestrator import ContinuousOrchestrator
@@ -101,8 +101,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             db = shlex.quote(settings.db_path)
             say(f"from another terminal: python -m orchestrator_mp status --watch --db {db}  (or: monitor, metrics)")
         if orch.server is None and orch.url is not None and not args.json:
-            shards = len(getattr(orch.state, "spaces", ())) or 1
-            kind = "a Redis Cluster" if is_cluster(getattr(orch.state, "redis", None)) else "one Redis server"
+            shards = orch.state.shard_count
+            kind = "a Redis Cluster" if orch.state.on_cluster else "one Redis server"
             layout = f", data in {shards} shards" if shards > 1 else ""
             say(f"orchestrator_mp {__version__}: {kind} at {redact(orch.url)}{layout}")
             say("other hosts join with: python -m orchestrator_mp worker --redis-url URL  (and: status, monitor)")

@@ -16,13 +16,13 @@ import sys
 import time
 from typing import Any
 
-import redis
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from ..connection import GONE
 from ..events import recent_latency, throughput, views_of
 from ..exceptions import ConfigurationError
 from ..log import configure as configure_logging
@@ -140,7 +140,7 @@ def _attached_report(attachment: Attachment) -> dict[str, Any] | None:
         return None
     try:
         return status_report(state)
-    except (redis.ConnectionError, redis.TimeoutError):
+    except GONE:
         attachment.reset()
         return None
 

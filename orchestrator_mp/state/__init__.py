@@ -11,11 +11,17 @@ import attrs
 
 from ..config import Settings
 from ..exceptions import ConfigurationError
-from .base import ReclaimResult, SettleResult, StateManager, StreamTail
+from .base import (
+    Capability,
+    ReclaimResult,
+    SettleResult,
+    StateManager,
+    StreamTail,
+    TaskLimits,
+)
 from .filebased import FileStateManager, state_dir_for
 from .locked import RedisEnabledStateManager
-from .lockfree import RedisLockFreeStateManager
-from .sharded import ShardedStateManager, open_lockfree
+from .lockfree import RedisLockFreeStateManager, open_lockfree
 
 
 @attrs.frozen
@@ -125,8 +131,9 @@ __all__ = [
     "ReclaimResult",
     "StreamTail",
     "StateKind",
+    "Capability",
+    "TaskLimits",
     "RedisLockFreeStateManager",
-    "ShardedStateManager",
     "RedisEnabledStateManager",
     "FileStateManager",
     "create_state_manager",

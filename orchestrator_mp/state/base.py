@@ -19,15 +19,16 @@ Vocabulary:
 from __future__ import annotations
 
 import abc
+import enum
 import json
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Protocol, Sequence
 
 import attrs
 
 from .. import keys
-from ..exceptions import PayloadError
-from ..limits import RedisLimits
+from ..exceptions import ConfigurationError, PayloadError
+from ..limits import ConcurrencyCap, Limiter
 from ..models import BAD_PAYLOAD, Outcome, Task, dumps
 
 
@@ -124,10 +125,80 @@ class AuditSnapshot:
     depths: dict[str, Any]
 
 
+class Capability(enum.Enum):
+    """What a state can do beyond the core contract; each state declares its set
+    (``StateManager.capabilities``), and callers ask with :meth:`StateManager.supports`
+    instead of finding out deep inside a call."""
+
+    LIMITS = "limits"  # rate limits and concurrency caps: limits() returns them
+    PARTITION_KEYS = "partition_keys"  # per-key order: keyed tasks are accepted
+    RETIREMENT = "retirement"  # retire_finished() retires finished partitions
+    REDIS_STREAMS = "redis_streams"  # stream_views(): streams other processes read with XREAD
+    DEFERRED_WRITES = "deferred_writes"  # a pipeline= argument defers writes into the caller's MULTI
+
+
+class TaskLimits(Protocol):
+    """Rate limits and concurrency caps as a state enforces them (the lock-free state's
+    :class:`~.redislimits.RedisLimits`): a worker admits each limited task, frees its
+    slot, and binds the rest for ``with limiter(...)`` / ``with cap`` in task code."""
+
+    def fence(self, epoch: int) -> None: ...
+
+    def admit(
+        self, worker_id: str, epoch: int, raw: str, task_id: str, rate: Limiter | None, cap: ConcurrencyCap | None
+    ) -> Any: ...
+
+    def release(self, cap: ConcurrencyCap, worker_id: str, task_id: str) -> bool: ...
+
+    def release_worker_slots(self, worker_id: str) -> int: ...
+
+    def wait_for_rate(self, limit: Limiter) -> float: ...
+
+    def hold_slot(self, cap: ConcurrencyCap, poll_s: float = 0.01) -> str: ...
+
+    def free_slot(self, cap: ConcurrencyCap, holder: str) -> None: ...
+
+    def waiting(self) -> int: ...
+
+
 class StateManager(abc.ABC):
-    """Shared state for one orchestrator: workers, counters, streams and the queue."""
+    """Shared state for one orchestrator: workers, counters, streams and the queue.
+
+    Every method is atomic as its docstring says. A lost or unreachable server raises
+    :class:`~orchestrator_mp.exceptions.BackendUnavailable` from any method, a full one
+    :class:`~orchestrator_mp.exceptions.BackendFull` from any that writes; a write on a
+    worker's behalf whose partition was taken over raises
+    :class:`~orchestrator_mp.exceptions.Fenced` and changes nothing (but ``total_fenced``).
+    Optional capabilities are declared in :attr:`capabilities`.
+    """
 
     kind: str = "abstract"
+    capabilities: frozenset[Capability] = frozenset()
+    shard_count: int = 1  # how many shards the data is split over (a Redis Cluster)
+    on_cluster: bool = False  # whether the data lives on a Redis Cluster
+
+    def supports(self, capability: Capability) -> bool:
+        """Whether this state has ``capability`` (see :class:`Capability`)."""
+        return capability in self.capabilities
+
+    def stream_views(self) -> list[tuple[Any, keys.KeySpace]]:
+        """``(client, key space)`` per shard, for readers of the streams that follow them
+        from other processes (``monitor``, ``metrics``). Needs REDIS_STREAMS.
+
+        Raises:
+            ConfigurationError: this state keeps no Redis streams (the file state).
+        """
+        message = f"the {self.kind} state manager keeps no Redis streams to read"
+        raise ConfigurationError(message)
+
+    def lock_stats(self) -> dict[str, Any] | None:
+        """What acquiring locks cost (the lock-based baseline); None for lock-free states."""
+        return None
+
+    def pipeline(self) -> Any:
+        """A transaction pipeline to pass as ``pipeline=`` (DEFERRED_WRITES); its writes
+        land atomically when the caller executes it. None where writes cannot be deferred."""
+        return None
 
     # -- lifecycle ------------------------------------------------------------------------
     @abc.abstractmethod
@@ -259,7 +330,7 @@ class StateManager(abc.ABC):
         return 0
 
     # -- limits -------------------------------------------------------------------------------
-    def limits(self, worker_id: str | None = None) -> RedisLimits | None:
+    def limits(self, worker_id: str | None = None) -> TaskLimits | None:
         """Rate limits and concurrency caps on this backend (None: not supported, as on the
         lock-based and file states; a worker then fails limited tasks with a clear message)."""
         return None
@@ -443,40 +514,46 @@ class StateManager(abc.ABC):
         )
 
     def audit(self) -> dict[str, Any]:
-        """Check that counters agree with each other and with the streams.
+        """Check that counters agree with each other and with the streams (see
+        :func:`audit_report`), on :meth:`audit_snapshot`."""
+        return audit_report(self.audit_snapshot())
 
-        Holds after any run, including crashed ones; streams carry each entry's
-        running total ``n``, so trimming (MAXLEN) never hides a mismatch.
-        """
-        snapshot = self.audit_snapshot()
-        counters, per_worker, depths = snapshot.counters, snapshot.per_worker, snapshot.depths
-        completions, errors = snapshot.completions, snapshot.errors
-        completed = counters[keys.TOTAL_WORK_COMPLETED]
-        failed = counters[keys.TOTAL_ERRORS]
-        dead = counters[keys.TOTAL_DEAD_LETTERED]
-        waiting = (
-            depths["pending"] + depths["inflight"] + depths["delayed"] + depths.get("limited", 0) + depths.get("laned", 0)
-        )
-        checks = {
-            # Partitions retired since fold their counts into the retired sums.
-            "completed_equals_worker_sum": completed
-            == sum(w["completed"] for w in per_worker.values()) + counters.get(keys.RETIRED_COMPLETED, 0),
-            "errors_equal_worker_sum": failed
-            == sum(w["errors"] for w in per_worker.values()) + counters.get(keys.RETIRED_ERRORS, 0),
-            "completed_equals_stream": completed == int(completions.last.get("n", 0)),
-            "errors_equal_stream": failed == int(errors.last.get("n", 0)),
-            "stream_holds_no_more_than_counter": completions.length <= completed and errors.length <= failed,
-            # Every task ever queued (submitted, or found in the queue without being
-            # submitted: foreign) is completed, dead-lettered, cancelled, or still waiting.
-            "created_equals_settled_plus_waiting": counters[keys.TOTAL_WORK_CREATED] + counters[keys.TOTAL_FOREIGN]
-            == completed + dead + counters[keys.TOTAL_CANCELLED] + waiting,
-            "dead_letter_depth_matches": depths["dead_letter"]
-            == dead - counters[keys.TOTAL_DLQ_RETRIED] - counters[keys.TOTAL_DLQ_PURGED],
-        }
-        return {
-            "ok": all(checks.values()),
-            "checks": checks,
-            "counters": counters,
-            "stream_lengths": {keys.WORK_COMPLETIONS: completions.length, keys.WORK_ERRORS: errors.length},
-            "queues": depths,
-        }
+
+def audit_report(snapshot: AuditSnapshot) -> dict[str, Any]:
+    """Check that counters agree with each other and with the streams, in one snapshot.
+
+    Holds after any run, including crashed ones; streams carry each entry's running
+    total ``n``, so trimming (MAXLEN) never hides a mismatch. Returns ``{"ok", "checks",
+    "counters", "stream_lengths", "queues"}``.
+    """
+    counters, per_worker, depths = snapshot.counters, snapshot.per_worker, snapshot.depths
+    completions, errors = snapshot.completions, snapshot.errors
+    completed = counters[keys.TOTAL_WORK_COMPLETED]
+    failed = counters[keys.TOTAL_ERRORS]
+    dead = counters[keys.TOTAL_DEAD_LETTERED]
+    waiting = (
+        depths["pending"] + depths["inflight"] + depths["delayed"] + depths.get("limited", 0) + depths.get("laned", 0)
+    )
+    checks = {
+        # Partitions retired since fold their counts into the retired sums.
+        "completed_equals_worker_sum": completed
+        == sum(w["completed"] for w in per_worker.values()) + counters.get(keys.RETIRED_COMPLETED, 0),
+        "errors_equal_worker_sum": failed
+        == sum(w["errors"] for w in per_worker.values()) + counters.get(keys.RETIRED_ERRORS, 0),
+        "completed_equals_stream": completed == int(completions.last.get("n", 0)),
+        "errors_equal_stream": failed == int(errors.last.get("n", 0)),
+        "stream_holds_no_more_than_counter": completions.length <= completed and errors.length <= failed,
+        # Every task ever queued (submitted, or found in the queue without being
+        # submitted: foreign) is completed, dead-lettered, cancelled, or still waiting.
+        "created_equals_settled_plus_waiting": counters[keys.TOTAL_WORK_CREATED] + counters[keys.TOTAL_FOREIGN]
+        == completed + dead + counters[keys.TOTAL_CANCELLED] + waiting,
+        "dead_letter_depth_matches": depths["dead_letter"]
+        == dead - counters[keys.TOTAL_DLQ_RETRIED] - counters[keys.TOTAL_DLQ_PURGED],
+    }
+    return {
+        "ok": all(checks.values()),
+        "checks": checks,
+        "counters": counters,
+        "stream_lengths": {keys.WORK_COMPLETIONS: completions.length, keys.WORK_ERRORS: errors.length},
+        "queues": depths,
+    }

@@ -3,7 +3,7 @@ server can run. Correct across processes, and deliberately simple; it is the slo
 
 ::
 
-    every write   flock(EX) ─ read state.json ─ plan (state/plans.py) ─ apply: change
+    every write   flock(EX) ─ read state.json ─ plan (a step's Python twin, state/steps/) ─ apply: change
                   the document, append to logs + fsync ─ state.json.tmp + fsync ─
                   rename ─ fsync dir ─ unlock
     every read    flock(SH) ─ read state.json (+ the committed part of a log)
@@ -30,7 +30,6 @@ from typing import Any, Callable, Iterable, Sequence
 
 from .. import keys
 from ..models import Outcome
-from . import common, plans
 from .base import (
     AuditSnapshot,
     ReclaimResult,
@@ -40,10 +39,11 @@ from .base import (
     decode_result,
     metric_fields,
 )
-from .common import MirroredStateManager
 from .fileops import DEAD_LETTER_LOG, INITIAL, QUEUE_LOG, RESULTS_LOG, FileApplier
 from .filestore import FileStore, Reader, Transaction
-from .plans import Step, Tally
+from .mirrored import MirroredStateManager
+from .steps import claim, deadletters, ops, reclaim, release, settle, submit, workers
+from .steps.ops import Step, Tally
 
 _POLL_FIRST_S = 0.001
 _POLL_CAP_S = 0.02
@@ -162,12 +162,12 @@ class FileStateManager(MirroredStateManager):
     # -- workers --------------------------------------------------------------------------
     def register_worker(self, worker_id: str, *, pid: int, host: str) -> int:
         return self._transact(
-            lambda txn: plans.plan_register(worker_id, self._state(txn, worker_id), pid=pid, host=host,
+            lambda txn: workers.plan_register(worker_id, self._state(txn, worker_id), pid=pid, host=host,
                                              now=time.time())
         )
 
     def heartbeat(self, worker_id: str, epoch: int) -> None:
-        self._transact(lambda txn: plans.plan_heartbeat(worker_id, self._state(txn, worker_id), epoch, time.time()))
+        self._transact(lambda txn: workers.plan_heartbeat(worker_id, self._state(txn, worker_id), epoch, time.time()))
 
     def expired_workers(self) -> list[str]:
         with self.store.read() as snap:
@@ -180,14 +180,14 @@ class FileStateManager(MirroredStateManager):
 
     def start_task(self, worker_id: str, epoch: int, task_id: str, time_limit_s: float) -> float:
         return self._transact(
-            lambda txn: plans.plan_start_task(
+            lambda txn: workers.plan_start_task(
                 worker_id, self._state(txn, worker_id), epoch, task_id, time.time() + float(time_limit_s)
             )
         )
 
     def deregister_worker(self, worker_id: str, epoch: int) -> None:
         self._transact(
-            lambda txn: plans.plan_deregister(worker_id, self._state(txn, worker_id), epoch, time.time())
+            lambda txn: workers.plan_deregister(worker_id, self._state(txn, worker_id), epoch, time.time())
         )
 
     def active_workers(self) -> set[str]:
@@ -210,13 +210,13 @@ class FileStateManager(MirroredStateManager):
         self, worker_id: str, fields: dict[str, str], expected_version: int | None, epoch: int | None
     ) -> int:
         return self._transact(
-            lambda txn: plans.plan_update(worker_id, self._state(txn, worker_id), fields, expected_version, epoch)
+            lambda txn: workers.plan_update(worker_id, self._state(txn, worker_id), fields, expected_version, epoch)
         )
 
     # -- counters, streams ----------------------------------------------------------------
     def increment_counter(self, name: str, amount: int = 1, *, pipeline: Any = None) -> int:
         """As the contract says; ``pipeline`` is accepted and ignored (written at once)."""
-        value = self._transact(lambda txn: plans.plan_increment(keys.counter_key(name), amount, self._tally(txn)))
+        value = self._transact(lambda txn: ops.plan_increment(keys.counter_key(name), amount, self._tally(txn)))
         return 0 if pipeline is not None else value
 
     def get_counter(self, name: str) -> int:
@@ -294,7 +294,7 @@ class FileStateManager(MirroredStateManager):
     ) -> int:
         """As the contract says. Only a given ``batch_id`` is recorded: a local transaction
         has no lost reply to retry after, so a fresh id could never repeat."""
-        common.due_spec(due_at, delay_s)
+        submit.due_spec(due_at, delay_s)
         if not raw_tasks:
             return 0
         self.refuse_partition_keys(raw_tasks)
@@ -303,8 +303,8 @@ class FileStateManager(MirroredStateManager):
             batches, now = txn.doc["batches"], time.time()
             for stale in [b for b, expires in batches.items() if expires <= now]:
                 del batches[stale]
-            return plans.plan_submit(
-                raw_tasks, seen=batch_id in batches, batch_id=batch_id, due_at=common.due_time(due_at, delay_s, now),
+            return submit.plan_submit(
+                raw_tasks, seen=batch_id in batches, batch_id=batch_id, due_at=submit.due_time(due_at, delay_s, now),
                 tally=self._tally(txn),
             )
 
@@ -323,16 +323,16 @@ class FileStateManager(MirroredStateManager):
         with self.store.read() as snap:
             if not self._due(snap, time.time(), 1):
                 return 0  # a shared-lock look first: the supervisor asks ten times a second
-        return self._transact(lambda txn: plans.plan_promote(self._due(txn, time.time(), limit)))
+        return self._transact(lambda txn: submit.plan_promote(self._due(txn, time.time(), limit)))
 
     def claim(self, worker_id: str, epoch: int, max_count: int, divisor: int = 1) -> list[str]:
-        common.checked_claim_count(max_count)
+        claim.checked_claim_count(max_count)
 
         def plan(txn: Transaction) -> Step:
             now = time.time()
             oldest = txn.doc["front"][:max_count]
             oldest += txn.read_oldest(QUEUE_LOG, max_count - len(oldest))[0]
-            return plans.plan_claim(
+            return claim.plan_claim(
                 worker_id, epoch, self._state(txn, worker_id), depth=self._depth(txn), oldest=oldest,
                 due=self._due(txn, now, _PROMOTE_LIMIT), max_count=max_count, divisor=divisor, now=now,
             )
@@ -358,7 +358,7 @@ class FileStateManager(MirroredStateManager):
         if not outcomes:
             return SettleResult(0, 0, 0)
         return self._transact(
-            lambda txn: plans.plan_settle(
+            lambda txn: settle.plan_settle(
                 worker_id, epoch, self._state(txn, worker_id), self._inflight(txn, worker_id), outcomes,
                 self._tally(txn), time.time(),
             )
@@ -367,7 +367,7 @@ class FileStateManager(MirroredStateManager):
     def cancel_queued(self, raw_task: str) -> bool:
         def plan(txn: Transaction) -> Step:
             queued = raw_task in txn.doc["front"] or raw_task in txn.values(QUEUE_LOG)
-            return plans.plan_cancel(raw_task, queued, self._tally(txn))
+            return submit.plan_cancel(raw_task, queued, self._tally(txn))
 
         return self._transact(plan)
 
@@ -375,7 +375,7 @@ class FileStateManager(MirroredStateManager):
         if not raw_tasks:
             return 0
         return self._transact(
-            lambda txn: plans.plan_release(
+            lambda txn: release.plan_release(
                 worker_id, epoch, self._state(txn, worker_id), self._inflight(txn, worker_id), raw_tasks
             )
         )
@@ -397,7 +397,7 @@ class FileStateManager(MirroredStateManager):
     ) -> ReclaimResult | None:
         def plan(txn: Transaction) -> Step:
             now = time.time()
-            return plans.plan_reclaim(
+            return reclaim.plan_reclaim(
                 worker_id, self._state(txn, worker_id), self._inflight(txn, worker_id), self._tally(txn),
                 lease_alive=txn.doc["leases"].get(worker_id, 0.0) > now, max_crashes=max_crashes, reason=reason,
                 crashed=crashed, only_if_expired=only_if_expired, cause=cause, now=now, deadline_of=deadline_of,
@@ -440,11 +440,11 @@ class FileStateManager(MirroredStateManager):
         return [decode_dead_letter(raw) for raw in reversed(raws)]
 
     def retry_dead_letters(self, entries: Sequence[dict[str, Any]]) -> int:
-        pairs = common.retry_pairs(entries)
+        pairs = deadletters.retry_pairs(entries)
         if not pairs:
             return 0
         return self._transact(
-            lambda txn: plans.plan_dlq_retry(txn.values(DEAD_LETTER_LOG), pairs, self._tally(txn))
+            lambda txn: deadletters.plan_dlq_retry(txn.values(DEAD_LETTER_LOG), pairs, self._tally(txn))
         )
 
     def purge_dead_letters(self, entries: Sequence[dict[str, Any]] | None = None) -> int:
@@ -452,7 +452,7 @@ class FileStateManager(MirroredStateManager):
         if raws is not None and not raws:
             return 0
         return self._transact(
-            lambda txn: plans.plan_dlq_purge(txn.values(DEAD_LETTER_LOG), raws, self._tally(txn))
+            lambda txn: deadletters.plan_dlq_purge(txn.values(DEAD_LETTER_LOG), raws, self._tally(txn))
         )
 
     # -- results ----------------------------------------------------------------------------

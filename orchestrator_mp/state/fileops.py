@@ -1,4 +1,4 @@
-"""How a planned step (:mod:`.plans`) changes the file state: the layout of
+"""How a planned step (a step's Python twin, :mod:`.steps`) changes the file state: the layout of
 ``state.json`` and its logs, and one applier per operation.
 
 ``state.json`` (:data:`INITIAL`) holds what the Redis layouts keep in hashes, sets,
@@ -18,9 +18,9 @@ from collections import Counter
 from typing import Any, Callable
 
 from .. import keys
-from . import common, plans
 from .filestore import Transaction
-from .plans import Step
+from .steps import ops
+from .steps.ops import Step
 
 QUEUE_LOG = "queue"
 DEAD_LETTER_LOG = "dead_letter"
@@ -79,26 +79,26 @@ class FileApplier:
         self.result_ttl_s = result_ttl_s
         self.submit_marker_ttl_s = submit_marker_ttl_s
         self._appliers: dict[str, Callable[..., None]] = {
-            plans.STREAM: lambda txn, w, stream, fields: self.xadd(txn, stream, fields),
-            plans.DEAD_LETTER: lambda txn, w, entry: txn.append(DEAD_LETTER_LOG, [entry]),
-            plans.DELAY: lambda txn, w, due, raw: bisect.insort(txn.doc["delayed"], [float(due), raw]),
-            plans.RESULT: lambda txn, w, task_id, stored: txn.append(
+            ops.STREAM: lambda txn, w, stream, fields: self.xadd(txn, stream, fields),
+            ops.DEAD_LETTER: lambda txn, w, entry: txn.append(DEAD_LETTER_LOG, [entry]),
+            ops.DELAY: lambda txn, w, due, raw: bisect.insort(txn.doc["delayed"], [float(due), raw]),
+            ops.RESULT: lambda txn, w, task_id, stored: txn.append(
                 RESULTS_LOG, [[task_id, time.time() + self.result_ttl_s, stored]]
             ),
-            plans.REQUEUE: lambda txn, w, raw: txn.doc["front"].insert(0, raw),
-            plans.UNCLAIM: lambda txn, w, raw: txn.doc["inflight"][w].remove(raw),
-            plans.LEASE: self._lease,
-            plans.MEMBERSHIP: self._membership,
-            plans.ENQUEUE: lambda txn, w, raws: txn.append(QUEUE_LOG, list(raws)),
-            plans.SUBMITTED: lambda txn, w, batch_id: txn.doc["batches"].__setitem__(
+            ops.REQUEUE: lambda txn, w, raw: txn.doc["front"].insert(0, raw),
+            ops.UNCLAIM: lambda txn, w, raw: txn.doc["inflight"][w].remove(raw),
+            ops.LEASE: self._lease,
+            ops.MEMBERSHIP: self._membership,
+            ops.ENQUEUE: lambda txn, w, raws: txn.append(QUEUE_LOG, list(raws)),
+            ops.SUBMITTED: lambda txn, w, batch_id: txn.doc["batches"].__setitem__(
                 batch_id, time.time() + self.submit_marker_ttl_s
             ),
-            plans.PROMOTE: self._promote,
-            plans.TAKE: self._take,
-            plans.DROP_INFLIGHT: lambda txn, w: txn.doc["inflight"].pop(w, None),
-            plans.CANCEL: self._cancel,
-            plans.UNLETTER: lambda txn, w, entry: _remove_last(txn.editable(DEAD_LETTER_LOG), entry),
-            plans.UNLETTER_ALL: lambda txn, w: txn.editable(DEAD_LETTER_LOG).clear(),
+            ops.PROMOTE_DUE: self._promote,
+            ops.TAKE: self._take,
+            ops.DROP_INFLIGHT: lambda txn, w: txn.doc["inflight"].pop(w, None),
+            ops.WITHDRAW: self._cancel,
+            ops.UNLETTER: lambda txn, w, entry: _remove_last(txn.editable(DEAD_LETTER_LOG), entry),
+            ops.UNLETTER_ALL: lambda txn, w: txn.editable(DEAD_LETTER_LOG).clear(),
         }
 
     def apply(self, txn: Transaction, step: Step) -> None:
@@ -111,11 +111,11 @@ class FileApplier:
         counters.update(step.changed_counters)
         if step.fenced:
             counters[keys.TOTAL_FENCED] = counters.get(keys.TOTAL_FENCED, 0) + step.fenced
-        if any(op[0] == plans.RESULT for op in step.ops):
+        if any(op[0] == ops.RESULT for op in step.ops):
             self._prune_results(txn)
 
     def xadd(self, txn: Transaction, stream: str, fields: dict[str, object]) -> None:
-        entry = {name: common.encode_value(value) for name, value in fields.items()}
+        entry = {name: ops.encode_value(value) for name, value in fields.items()}
         txn.trim(stream, self.maxlen(stream))
         txn.append(stream, [[txn.next_id(stream), entry]])
 

@@ -21,7 +21,7 @@ have written it, not as a straw man:
   (:mod:`.redisreads`), and so is the MULTI/EXEC audit snapshot: every critical
   section lands in one atomic call, so a snapshot never sees half of one.
 * What each step decides (counting once, retries, poison, fencing, stored results)
-  is computed by :mod:`.plans`, the Python mirror of the Lua scripts.
+  is computed by each step's Python twin (:mod:`.steps`), beside its Lua script.
 * ``acquire_lock(name)`` is a real lock here: the old design held it around calls
   to rate-limited external services. Rate limits and concurrency caps of tasks are
   not supported (``limits()`` is None): such tasks fail with a clear message.
@@ -54,9 +54,7 @@ from .. import keys
 from ..connection import create_client, is_cluster, translate_connection_errors
 from ..exceptions import ConfigurationError, LockTimeout
 from ..models import Outcome, dumps, new_task_id
-from . import common, plans
-from .base import ReclaimResult, SettleResult
-from .common import MirroredStateManager
+from .base import Capability, ReclaimResult, SettleResult
 from .locks import (
     FENCED_APPLY,
     WAIT_POLICIES,
@@ -68,8 +66,11 @@ from .locks import (
     fenced_args,
     release,
 )
-from .plans import Step, Tally
+from .mirrored import MirroredStateManager
 from .redisreads import RedisReadsMixin
+from .steps import claim, deadletters, ops, reclaim, settle, submit, workers
+from .steps import release as release_step
+from .steps.ops import Step, Tally
 
 LOCK_SCOPES = ("partition", "global")
 # A critical section whose lease ran out is retried (nothing was written) this often.
@@ -173,28 +174,33 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
         self._apply = self.redis.register_script(FENCED_APPLY)
         self._external: dict[str, FencedLock] = {}
         self._writers: dict[str, Callable[..., list[Write]]] = {
-            plans.STREAM: lambda w, stream, fields: [_xadd(stream, self.maxlen(stream), fields)],
-            plans.DEAD_LETTER: lambda w, entry: [("LPUSH", keys.DEAD_LETTER, entry)],
-            plans.DELAY: lambda w, due, raw: [("ZADD", keys.DELAYED, due, raw)],
-            plans.RESULT: self._result_writes,
-            plans.REQUEUE: lambda w, raw: [("RPUSH", keys.QUEUE, raw)],
-            plans.UNCLAIM: lambda w, raw: [("LREM", keys.worker_inflight_key(w), -1, raw)],
-            plans.LEASE: self._lease_writes,
-            plans.MEMBERSHIP: self._membership_writes,
-            plans.ENQUEUE: lambda w, raws: _chunked("LPUSH", keys.QUEUE, raws),
-            plans.SUBMITTED: lambda w, batch_id: [
+            ops.STREAM: lambda w, stream, fields: [_xadd(stream, self.maxlen(stream), fields)],
+            ops.DEAD_LETTER: lambda w, entry: [("LPUSH", keys.DEAD_LETTER, entry)],
+            ops.DELAY: lambda w, due, raw: [("ZADD", keys.DELAYED, due, raw)],
+            ops.RESULT: self._result_writes,
+            ops.REQUEUE: lambda w, raw: [("RPUSH", keys.QUEUE, raw)],
+            ops.UNCLAIM: lambda w, raw: [("LREM", keys.worker_inflight_key(w), -1, raw)],
+            ops.LEASE: self._lease_writes,
+            ops.MEMBERSHIP: self._membership_writes,
+            ops.ENQUEUE: lambda w, raws: _chunked("LPUSH", keys.QUEUE, raws),
+            ops.SUBMITTED: lambda w, batch_id: [
                 ("SET", keys.submit_marker_key(batch_id), 1, "EX", self.submit_marker_ttl_s)
             ],
-            plans.PROMOTE: lambda w, due: [*_chunked("ZREM", keys.DELAYED, due), *_chunked("LPUSH", keys.QUEUE, due)],
-            plans.TAKE: lambda w, raws: [
+            ops.PROMOTE_DUE: lambda w, due: [*_chunked("ZREM", keys.DELAYED, due), *_chunked("LPUSH", keys.QUEUE, due)],
+            ops.TAKE: lambda w, raws: [
                 ("LTRIM", keys.QUEUE, 0, -(len(raws) + 1)),
                 *_chunked("LPUSH", keys.worker_inflight_key(w), raws),
             ],
-            plans.DROP_INFLIGHT: lambda w: [("DEL", keys.worker_inflight_key(w))],
-            plans.CANCEL: lambda w, raw: [("LREM", keys.QUEUE, 1, raw)],
-            plans.UNLETTER: lambda w, entry: [("LREM", keys.DEAD_LETTER, 1, entry)],
-            plans.UNLETTER_ALL: lambda w: [("DEL", keys.DEAD_LETTER)],
+            ops.DROP_INFLIGHT: lambda w: [("DEL", keys.worker_inflight_key(w))],
+            ops.WITHDRAW: lambda w, raw: [("LREM", keys.QUEUE, 1, raw)],
+            ops.UNLETTER: lambda w, entry: [("LREM", keys.DEAD_LETTER, 1, entry)],
+            ops.UNLETTER_ALL: lambda w: [("DEL", keys.DEAD_LETTER)],
         }
+
+    capabilities = frozenset({Capability.REDIS_STREAMS})
+
+    def lock_stats(self) -> dict[str, Any]:
+        return self.stats.as_dict()
 
     def close(self) -> None:
         for lock in self._external.values():
@@ -289,21 +295,21 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
     def register_worker(self, worker_id: str, *, pid: int, host: str) -> int:
         def plan() -> Step:
             state, now = self._read_state_and_clock(worker_id)
-            return plans.plan_register(worker_id, state, pid=pid, host=host, now=now)
+            return workers.plan_register(worker_id, state, pid=pid, host=host, now=now)
 
         return self._transact([keys.worker_lock_key(worker_id)], plan)
 
     def heartbeat(self, worker_id: str, epoch: int) -> None:
         def plan() -> Step:
             state, now = self._read_state_and_clock(worker_id)
-            return plans.plan_heartbeat(worker_id, state, epoch, now)
+            return workers.plan_heartbeat(worker_id, state, epoch, now)
 
         self._transact([keys.worker_lock_key(worker_id)], plan)
 
     def deregister_worker(self, worker_id: str, epoch: int) -> None:
         def plan() -> Step:
             state, now = self._read_state_and_clock(worker_id)
-            return plans.plan_deregister(worker_id, state, epoch, now)
+            return workers.plan_deregister(worker_id, state, epoch, now)
 
         self._transact([keys.worker_lock_key(worker_id)], plan)
 
@@ -313,7 +319,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
     def start_task(self, worker_id: str, epoch: int, task_id: str, time_limit_s: float) -> float:
         def plan() -> Step:
             state, now = self._read_state_and_clock(worker_id)
-            return plans.plan_start_task(worker_id, state, epoch, task_id, now + float(time_limit_s))
+            return workers.plan_start_task(worker_id, state, epoch, task_id, now + float(time_limit_s))
 
         return self._transact([keys.worker_lock_key(worker_id)], plan)
 
@@ -332,7 +338,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
     ) -> int:
         return self._transact(
             [keys.worker_lock_key(worker_id)],
-            lambda: plans.plan_update(worker_id, self._read_state(worker_id), fields, expected_version, epoch),
+            lambda: workers.plan_update(worker_id, self._read_state(worker_id), fields, expected_version, epoch),
         )
 
     # -- counters -------------------------------------------------------------------------
@@ -342,7 +348,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
 
         value = self._transact(
             [keys.COUNTERS_LOCK],
-            lambda: plans.plan_increment(key, amount, Tally(lambda _key: int(self.redis.get(key) or 0))),
+            lambda: ops.plan_increment(key, amount, Tally(lambda _key: int(self.redis.get(key) or 0))),
         )
         return 0 if pipeline is not None else value
 
@@ -384,7 +390,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
     ) -> int:
         """Under the counters lock only (it also guards the batch markers): LPUSH at the
         far end, or ZADD to the delayed set, never races a claim."""
-        common.due_spec(due_at, delay_s)
+        submit.due_spec(due_at, delay_s)
         if not raw_tasks:
             return 0
         self.refuse_partition_keys(raw_tasks)
@@ -398,8 +404,8 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
             pipe.time()
             seen, created, clock = pipe.execute()
             tally = _tally([keys.TOTAL_WORK_CREATED], [created])
-            due = common.due_time(due_at, delay_s, _seconds(clock))
-            return plans.plan_submit(raw_tasks, seen=bool(seen), batch_id=batch_id, due_at=due, tally=tally)
+            due = submit.due_time(due_at, delay_s, _seconds(clock))
+            return submit.plan_submit(raw_tasks, seen=bool(seen), batch_id=batch_id, due_at=due, tally=tally)
 
         return self._transact([keys.COUNTERS_LOCK], plan)
 
@@ -410,7 +416,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
             return 0
         return self._transact(
             [keys.QUEUE_LOCK],
-            lambda: plans.plan_promote(self.redis.zrangebyscore(keys.DELAYED, "-inf", self.clock(), 0, limit)),
+            lambda: submit.plan_promote(self.redis.zrangebyscore(keys.DELAYED, "-inf", self.clock(), 0, limit)),
         )
 
     def _due_now(self) -> bool:
@@ -422,7 +428,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
         return bool(soonest) and soonest[0][1] <= _seconds(clock)
 
     def claim(self, worker_id: str, epoch: int, max_count: int, divisor: int = 1) -> list[str]:
-        common.checked_claim_count(max_count)
+        claim.checked_claim_count(max_count)
 
         def plan() -> Step:
             pipe = self.redis.pipeline(transaction=False)
@@ -434,7 +440,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
             raw_state, soonest, clock, depth, tail = pipe.execute()
             now = _seconds(clock)
             due = [raw for raw, score in soonest if score <= now]
-            return plans.plan_claim(
+            return claim.plan_claim(
                 worker_id, epoch, _decode_state(raw_state), depth=int(depth), oldest=list(reversed(tail)),
                 due=due, max_count=max_count, divisor=divisor, now=now,
             )
@@ -464,8 +470,8 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
             return SettleResult(0, 0, 0)
 
         def plan() -> Step:
-            state, inflight, tally, _, now = self._read_partition(worker_id, plans.settle_counters(worker_id))
-            return plans.plan_settle(worker_id, epoch, state, inflight, outcomes, tally, now)
+            state, inflight, tally, _, now = self._read_partition(worker_id, settle.settle_counters(worker_id))
+            return settle.plan_settle(worker_id, epoch, state, inflight, outcomes, tally, now)
 
         return self._transact([keys.worker_lock_key(worker_id), keys.COUNTERS_LOCK], plan)
 
@@ -475,7 +481,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
             pipe.lpos(keys.QUEUE, raw_task)
             pipe.get(keys.TOTAL_CANCELLED)
             position, cancelled = pipe.execute()
-            return plans.plan_cancel(raw_task, position is not None, _tally([keys.TOTAL_CANCELLED], [cancelled]))
+            return submit.plan_cancel(raw_task, position is not None, _tally([keys.TOTAL_CANCELLED], [cancelled]))
 
         return self._transact([keys.QUEUE_LOCK, keys.COUNTERS_LOCK], plan)
 
@@ -485,7 +491,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
 
         def plan() -> Step:
             state, inflight, _, _, _ = self._read_partition(worker_id)
-            return plans.plan_release(worker_id, epoch, state, inflight, raw_tasks)
+            return release_step.plan_release(worker_id, epoch, state, inflight, raw_tasks)
 
         return self._transact([keys.worker_lock_key(worker_id), keys.QUEUE_LOCK], plan)
 
@@ -501,8 +507,8 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
         deadline_of: str | None = None,
     ) -> ReclaimResult | None:
         def plan() -> Step:
-            state, inflight, tally, lease, now = self._read_partition(worker_id, plans.reclaim_counters(worker_id))
-            return plans.plan_reclaim(
+            state, inflight, tally, lease, now = self._read_partition(worker_id, reclaim.reclaim_counters(worker_id))
+            return reclaim.plan_reclaim(
                 worker_id, state, inflight, tally, lease_alive=lease, max_crashes=max_crashes, reason=reason,
                 crashed=crashed, only_if_expired=only_if_expired, cause=cause, now=now, deadline_of=deadline_of,
             )
@@ -521,12 +527,12 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
         return self._transact([keys.COUNTERS_LOCK], plan)
 
     def retry_dead_letters(self, entries: Sequence[dict[str, Any]]) -> int:
-        pairs = common.retry_pairs(entries)
+        pairs = deadletters.retry_pairs(entries)
         if not pairs:
             return 0
         return self._dead_letter_step(
             [keys.TOTAL_WORK_CREATED, keys.TOTAL_DLQ_RETRIED],
-            lambda stored, tally: plans.plan_dlq_retry(stored, pairs, tally),
+            lambda stored, tally: deadletters.plan_dlq_retry(stored, pairs, tally),
         )
 
     def purge_dead_letters(self, entries: Sequence[dict[str, Any]] | None = None) -> int:
@@ -534,5 +540,5 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
         if raws is not None and not raws:
             return 0
         return self._dead_letter_step(
-            [keys.TOTAL_DLQ_PURGED], lambda stored, tally: plans.plan_dlq_purge(stored, raws, tally)
+            [keys.TOTAL_DLQ_PURGED], lambda stored, tally: deadletters.plan_dlq_purge(stored, raws, tally)
         )

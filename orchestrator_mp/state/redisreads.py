@@ -18,11 +18,9 @@ from typing import Any, Iterable, Sequence
 
 import redis
 
-from .. import keys
+from .. import keys, wire
 from ..connection import is_out_of_memory, translate_connection_errors
 from ..exceptions import StateError
-from ..limits import RedisLimits
-from . import scripts
 from .base import (
     AuditSnapshot,
     StreamTail,
@@ -30,6 +28,8 @@ from .base import (
     decode_result,
     metric_fields,
 )
+from .redislimits import RedisLimits
+from .steps import reads as read_steps
 
 # How often a result is polled for while a full server refuses blocking waits.
 RESULT_POLL_S = 0.05
@@ -74,7 +74,7 @@ class _Snapshot:
         except redis.ResponseError as exc:
             if not is_out_of_memory(exc):
                 raise
-        snapshot = client.register_script(scripts.SNAPSHOT)
+        snapshot = client.register_script(read_steps.SNAPSHOT)
         return snapshot(keys=[key for _, key in self.reads], args=[read for read, _ in self.reads])
 
 
@@ -112,6 +112,9 @@ class RedisReadsMixin:
     redis: redis.Redis
     events_maxlen: int
     space: keys.KeySpace = keys.PLAIN
+
+    def stream_views(self) -> list[tuple[Any, keys.KeySpace]]:
+        return [(self.redis, self.space)]
 
     def clock(self) -> float:
         seconds, micros = self.redis.time()
@@ -287,9 +290,9 @@ class RedisReadsMixin:
 
     def task_status(self, task_id: str) -> tuple[str, dict[str, Any] | None]:
         inflight_keys = [self.space.worker_inflight_key(w) for w in sorted(self.known_workers())]
-        reply = self.redis.register_script(scripts.TASK_STATUS)(
+        reply = self.redis.register_script(read_steps.TASK_STATUS)(
             keys=[self.space.result_key(task_id), self.space.QUEUE, self.space.DELAYED, *inflight_keys],
-            args=[f'"id":"{task_id}"'],
+            args=[wire.id_needle(task_id)],
         )
         if reply[0] == "result":
             stored = decode_result(reply[1])

@@ -12,8 +12,7 @@ from typing import Any
 from .. import keys
 from ..connection import is_cluster
 from ..exceptions import ConfigurationError
-from ..models import partition_key_of, shard_key_of
-from . import common
+from ..wire import partition_key_of, shard_key_of, task_id_of
 
 
 def shard_of(text: str, count: int) -> int:
@@ -32,7 +31,7 @@ def shard_of_task(raw: str, count: int) -> int:
     partition_key = partition_key_of(raw)
     if partition_key is not None:
         return shard_of("key:" + partition_key, count)
-    return shard_of(common.task_id_of(raw) or raw, count)
+    return shard_of(task_id_of(raw) or raw, count)
 
 
 def layout(client: Any, requested: int | None) -> int | None:

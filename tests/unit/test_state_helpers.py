@@ -1,4 +1,4 @@
-"""The Python mirrors of the Lua scripts, the kind registry, and the bench report maths (no Redis)."""
+"""The Python twins of the steps' scripts, the kind registry, and the bench report maths (no Redis)."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,8 @@ from orchestrator_mp import bench
 from orchestrator_mp.config import STATE_KINDS
 from orchestrator_mp.exceptions import ConfigurationError
 from orchestrator_mp.models import Outcome
-from orchestrator_mp.state import common, state_kind
+from orchestrator_mp.state import state_kind
+from orchestrator_mp.state.steps import claim, ops, reclaim, settle
 
 
 def test_every_configured_kind_is_registered_and_nothing_else():
@@ -29,23 +30,23 @@ def test_every_configured_kind_is_registered_and_nothing_else():
 )
 def test_requeue_or_poison_mirrors_the_reclaim_script(raw, max_crashes, expected):
     """Crash counts are raised by string edit, as RECLAIM.lua does; poison and garbage are dead-lettered."""
-    assert common.requeue_or_poison(raw, max_crashes) == expected
+    assert reclaim.requeue_or_poison(raw, max_crashes) == expected
 
 
 def test_fair_share_and_settle_split_mirror_the_scripts():
     """CLAIM's fair share, and SETTLE's once-only counting with duplicates."""
-    assert common.fair_share(16, 4, 4) == 1 and common.fair_share(16, 100, 2) == 16 and common.fair_share(3, 0, 1) == 0
+    assert claim.fair_share(16, 4, 4) == 1 and claim.fair_share(16, 100, 2) == 16 and claim.fair_share(3, 0, 1) == 0
     ok = Outcome(raw="a", task_id="1", name="n", ok=True)
     bad = Outcome(raw="b", task_id="2", name="n", ok=False)
-    done, failed, duplicates = common.split_settled(["a", "b"], [ok, ok, bad])
+    done, failed, duplicates = settle.split_settled(["a", "b"], [ok, ok, bad])
     assert (done, failed, duplicates) == ([ok], [bad], 1)
 
 
 def test_encode_value_matches_redis_py():
     """Values are stored as redis-py would send them."""
-    assert [common.encode_value(v) for v in ("x", 3, 1.5, b"y")] == ["x", "3", "1.5", "y"]
+    assert [ops.encode_value(v) for v in ("x", 3, 1.5, b"y")] == ["x", "3", "1.5", "y"]
     with pytest.raises(ConfigurationError):
-        common.encode_value(None)
+        ops.encode_value(None)
 
 
 def _report(lockfree_8, locked_8, consistent=True):
