@@ -15,6 +15,8 @@ appear in one of them):
   `--collect-only` on the README's fast-part pytest line (the suite cannot run
   itself; collecting proves the marker expression selects tests).
 * IN_PROJECT: commands about the checkout itself (pytest) run in the project directory.
+* A docs page's shell block identical to one of the README's (the quick start on the
+  docs' home page) is not run twice: the README's run covers it.
 * LONG_RUNNING: commands that run until Ctrl-C. Each is started, checked for what it
   should show, and stopped by PID with SIGINT (expecting exit 0). Watchers (which
   never hold the database) start before their block's other commands, as a user opens
@@ -253,17 +255,25 @@ def test_every_exception_is_still_in_a_document():
     assert not (set(NOT_RUN) | set(LONG_RUNNING)) - commands, (set(NOT_RUN) | set(LONG_RUNNING)) - commands
 
 
-def _documents_with(blocks: Callable[[str], list]) -> list:
-    return [pytest.param(doc, id=str(doc.relative_to(ROOT))) for doc in DOCUMENTS if blocks(doc.read_text())]
+def _shell_blocks_to_run(document: pathlib.Path) -> list[list[str]]:
+    """The document's shell blocks, less those copied verbatim from the README (they ran there)."""
+    blocks = shell_commands(document.read_text())
+    if document == README:
+        return blocks
+    return [block for block in blocks if block not in shell_commands(README.read_text())]
+
+
+def _documents_with(blocks: Callable[[pathlib.Path], list]) -> list:
+    return [pytest.param(doc, id=str(doc.relative_to(ROOT))) for doc in DOCUMENTS if blocks(doc)]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("document", _documents_with(shell_commands))
+@pytest.mark.parametrize("document", _documents_with(_shell_blocks_to_run))
 def test_every_shell_command_works(document, tmp_path):
     """Each ```sh command of a document runs (or, for the listed exceptions, is checked) in the document's order."""
     env = _environment()
     port = free_port()
-    blocks = shell_commands(document.read_text())
+    blocks = _shell_blocks_to_run(document)
     if any("curl " in command for block in blocks for command in block):
         assert shutil.which("curl"), f"{document.name}'s metrics example uses curl"
     ran = []
@@ -343,7 +353,7 @@ def _check_background(background: list[tuple[Background, LongRunning]], cwd: pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("document", _documents_with(python_blocks))
+@pytest.mark.parametrize("document", _documents_with(lambda doc: python_blocks(doc.read_text())))
 def test_every_python_example_runs(document, tmp_path):
     """Each ```python block of a document runs, in order, in one directory, and exits 0."""
     for index, code in enumerate(python_blocks(document.read_text())):
