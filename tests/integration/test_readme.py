@@ -1,16 +1,22 @@
-"""Every shell command and Python example in the README, run as a user would.
+"""Every shell command and Python example in the README and in docs/, run as a user would.
 
-Shell blocks (```sh) run block by block, command by command, in README order, in one
-fresh directory, through bash, with `python` being this interpreter. What differs
-from the README, and why, is listed here and nowhere else:
+The documents are the README and every page of the MkDocs site (docs/content/*.md).
+Each document runs in its own fresh directory, as a reader would try one page. Shell
+blocks (```sh) run block by block, command by command, in the document's order,
+through bash, with `python` being this interpreter; Python blocks (```python) run in
+order, in a directory of their own. What differs from the documents, and why, is
+listed here and nowhere else (one list for all documents; every entry must still
+appear in one of them):
 
 * NOT_RUN: commands this suite cannot run from inside itself; each gets a check instead.
 * SKIPPED_PREFIXES: an installation step this environment has already done; the rest
   of the line runs.
-* SUBSTITUTIONS: a shorter demo where the README's is long, a free port, and
-  `--collect-only` on the Development section's pytest line (the suite cannot run
+* SUBSTITUTIONS: a shorter demo where a document's is long, a free port, and
+  `--collect-only` on the README's fast-part pytest line (the suite cannot run
   itself; collecting proves the marker expression selects tests).
 * IN_PROJECT: commands about the checkout itself (pytest) run in the project directory.
+* A docs page's shell block identical to one of the README's (the quick start on the
+  docs' home page) is not run twice: the README's run covers it.
 * LONG_RUNNING: commands that run until Ctrl-C. Each is started, checked for what it
   should show, and stopped by PID with SIGINT (expecting exit 0). Watchers (which
   never hold the database) start before their block's other commands, as a user opens
@@ -41,7 +47,11 @@ from tests.helpers import LineReader, run_cli, run_cli_json, wait_for
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+DOCUMENTS = (README, *sorted((DOCS / "content").glob("*.md")))
+README_MAX_BYTES = 15_000  # the front door stays a few screens (issue 14 §7); the reference is docs/
 FINITE_TIMEOUT_S = 180
+DOCS_BUILD = "python -m mkdocs build --strict -f docs/mkdocs.yml --site-dir /tmp/orchestrator_mp-site"
 
 NOT_RUN = {
     "pip install -e '.[test]' && pytest": "the suite cannot run itself; .ci/run runs exactly this line",
@@ -68,6 +78,8 @@ NOT_RUN = {
     "pip install -e '.[peers]'": "the peer packages are an optional extra CI does not install; setup.cfg must define it",
     "python -m benchmarks.peers": "the full run takes about 20 minutes; `--list` runs here, and "
     "tests/integration/test_peers_runner.py runs it on a small workload",
+    "pip install -e '.[docs]'": "the docs extra is not a test dependency; .ci/run installs it; setup.cfg must define it",
+    DOCS_BUILD: ".ci/run runs the same strict build; docs/mkdocs.yml must list every page",
 }
 SKIPPED_PREFIXES = ("pip install -e . && ",)
 SUBSTITUTIONS = (
@@ -132,7 +144,7 @@ def free_port() -> int:
 
 
 class Background:
-    """A long-running README command, ended by PID."""
+    """A long-running documented command, ended by PID."""
 
     def __init__(self, command: str, cwd: pathlib.Path, env: dict[str, str]) -> None:
         self.command = command
@@ -197,6 +209,19 @@ def _check_not_run(command: str) -> None:
         assert extra, "setup.cfg must define the peers extra"
         for package in ("celery[redis]", "rq", "dramatiq[redis]", "huey"):
             assert package in extra.group(1), package
+    elif command == "pip install -e '.[docs]'":
+        extra = re.search(r"^docs =\n((?:[ \t]+\S.*\n)+)", (ROOT / "setup.cfg").read_text(), re.M)
+        assert extra, "setup.cfg must define the docs extra"
+        for package in ("mkdocs>=", "mkdocs-material>="):
+            assert package in extra.group(1), package
+        ci = (ROOT / ".ci" / "run").read_text()
+        assert re.search(r"^python -m pip install .*-e '\.\[docs\]'$", ci, re.M), ".ci/run must install the docs extra"
+    elif command == DOCS_BUILD:
+        assert "mkdocs build --strict -f docs/mkdocs.yml" in (ROOT / ".ci" / "run").read_text()
+        config = (DOCS / "mkdocs.yml").read_text()
+        assert re.search(r"^strict: true$", config, re.M) and re.search(r"^  omitted_files: warn$", config, re.M)
+        pages = {page.name for page in (DOCS / "content").glob("*.md")}
+        assert set(re.findall(r"^ +- (?:[^:\n]+: )?(\S+\.md)$", config, re.M)) == pages, "nav must list every page"
     elif command == "python -m benchmarks.peers":
         listed = subprocess.run([sys.executable, "-m", "benchmarks.peers", "--list"], cwd=ROOT,
                                 capture_output=True, text=True, timeout=120)
@@ -212,14 +237,45 @@ def test_readme_keeps_its_first_two_lines():
     ]
 
 
+def test_readme_is_a_front_door():
+    """The README stays under 15 KB and its relative links lead to files that exist (docs/ pages mostly)."""
+    text = README.read_text()
+    assert len(text.encode()) < README_MAX_BYTES, "move reference material into docs/content/"
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    assert any(link.startswith("docs/content/") for link in links), links
+    for link in links:
+        if not re.match(r"[a-z]+://", link):
+            assert (ROOT / link).exists(), f"README links to {link}, which does not exist"
+
+
+def test_every_exception_is_still_in_a_document():
+    """Each NOT_RUN and LONG_RUNNING entry names a command some document still shows (no stale exceptions)."""
+    commands = {c for doc in DOCUMENTS for block in shell_commands(doc.read_text()) for c in block}
+    assert len(commands) >= 30 and sum(len(python_blocks(doc.read_text())) for doc in DOCUMENTS) >= 6
+    assert not (set(NOT_RUN) | set(LONG_RUNNING)) - commands, (set(NOT_RUN) | set(LONG_RUNNING)) - commands
+
+
+def _shell_blocks_to_run(document: pathlib.Path) -> list[list[str]]:
+    """The document's shell blocks, less those copied verbatim from the README (they ran there)."""
+    blocks = shell_commands(document.read_text())
+    if document == README:
+        return blocks
+    return [block for block in blocks if block not in shell_commands(README.read_text())]
+
+
+def _documents_with(blocks: Callable[[pathlib.Path], list]) -> list:
+    return [pytest.param(doc, id=str(doc.relative_to(ROOT))) for doc in DOCUMENTS if blocks(doc)]
+
+
 @pytest.mark.slow
-def test_every_readme_shell_command_works(tmp_path):
-    """Each ```sh command of the README runs (or, for the listed exceptions, is checked) in README order."""
-    assert shutil.which("curl"), "the README's metrics example uses curl"
+@pytest.mark.parametrize("document", _documents_with(_shell_blocks_to_run))
+def test_every_shell_command_works(document, tmp_path):
+    """Each ```sh command of a document runs (or, for the listed exceptions, is checked) in the document's order."""
     env = _environment()
     port = free_port()
-    blocks = shell_commands(README.read_text())
-    assert sum(len(b) for b in blocks) >= 20, blocks
+    blocks = _shell_blocks_to_run(document)
+    if any("curl " in command for block in blocks for command in block):
+        assert shutil.which("curl"), f"{document.name}'s metrics example uses curl"
     ran = []
     for block in blocks:
         background: list[tuple[Background, LongRunning]] = []
@@ -250,7 +306,7 @@ def test_every_readme_shell_command_works(tmp_path):
                                                 capture_output=True, timeout=FINITE_TIMEOUT_S)
                     except subprocess.TimeoutExpired:
                         raise AssertionError(f"{command!r} ran over {FINITE_TIMEOUT_S}s: is it long-running?") from None
-                    assert result.returncode == 0, f"{prepared}\n{result.stdout}\n{result.stderr}"
+                    assert result.returncode == 0, f"{document.name}: {prepared}\n{result.stdout}\n{result.stderr}"
                     _check_output(command, result.stdout)
                 ran.append(command)
             _check_background(background, tmp_path, env)
@@ -262,7 +318,7 @@ def test_every_readme_shell_command_works(tmp_path):
 
 
 def _check_output(command: str, stdout: str) -> None:
-    """What a finite command printed, where the README shows or promises it."""
+    """What a finite command printed, where its document shows or promises it."""
     if command.startswith("curl "):
         assert "orchestrator_mp_up 1.0" in stdout and "orchestrator_mp_work_completed_total " in stdout, stdout
     elif "--json" in command and "run" in command:
@@ -297,13 +353,12 @@ def _check_background(background: list[tuple[Background, LongRunning]], cwd: pat
 
 
 @pytest.mark.slow
-def test_every_readme_python_example_runs(tmp_path):
-    """Each ```python block of the README runs, in order, in one directory, and exits 0."""
-    examples = python_blocks(README.read_text())
-    assert len(examples) >= 3
-    for index, code in enumerate(examples):
+@pytest.mark.parametrize("document", _documents_with(lambda doc: python_blocks(doc.read_text())))
+def test_every_python_example_runs(document, tmp_path):
+    """Each ```python block of a document runs, in order, in one directory, and exits 0."""
+    for index, code in enumerate(python_blocks(document.read_text())):
         script = tmp_path / f"example_{index}.py"
         script.write_text(code)
         result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=_environment(), text=True,
                                 capture_output=True, timeout=FINITE_TIMEOUT_S)
-        assert result.returncode == 0, f"example {index}:\n{code}\n{result.stdout}\n{result.stderr}"
+        assert result.returncode == 0, f"{document.name}, example {index}:\n{code}\n{result.stdout}\n{result.stderr}"
