@@ -45,7 +45,7 @@ from .exceptions import (
     UnknownTaskError,
 )
 from .handles import TaskHandle
-from .log import configure_if_untouched, logger
+from .log import logger
 from .models import Task
 from .recovery import recover_stale_partitions
 from .registry import is_registered, name_of, shard_key_for
@@ -131,7 +131,6 @@ class ContinuousOrchestrator:
         """Start the server (unless external), recover leftovers, fork the workers."""
         if self._started:
             return self
-        configure_if_untouched(self.settings.log_level, self.settings.log_json)
         try:
             self._start_backend()
             self.state = create_state_manager(self.settings, self.url)
