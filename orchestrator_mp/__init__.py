@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 from . import keys
 from .config import Settings
+from .database import open_state
 from .demo import DEMO_TASK, demo
 from .exceptions import (
     BackendFull,
@@ -34,7 +35,7 @@ from .exceptions import (
 from .executor import OrchestratorExecutor
 from .handles import TaskHandle
 from .models import Outcome, Task
-from .orchestrator import ContinuousOrchestrator, open_state
+from .orchestrator import ContinuousOrchestrator
 from .registry import get_task, register_task, registered_names, task
 from .server import EmbeddedServer
 from .state import (

@@ -35,7 +35,8 @@ from .connection import create_client
 from .demo import register_demo
 from .exceptions import ConfigurationError
 from .orchestrator import ContinuousOrchestrator
-from .server import EmbeddedServer, die_with_parent
+from .proc import die_with_parent
+from .server import EmbeddedServer
 from .state import StateManager, create_state_manager, state_kind
 
 BENCH_COUNTER = "bench_updates"

@@ -19,6 +19,7 @@ from typing import Any, Iterable, TextIO
 import redis
 
 from .. import keys
+from ..database import Attachment, open_state
 from ..events import (
     MONITOR_STREAMS,
     StreamFollower,
@@ -29,7 +30,6 @@ from ..events import (
 )
 from ..log import configure as configure_logging
 from ..models import StreamEntry
-from ..orchestrator import Attachment, open_state
 from .common import (
     EXIT_OK,
     Signals,

@@ -23,10 +23,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from ..database import Attachment, open_state
 from ..events import recent_latency, throughput, views_of
 from ..exceptions import ConfigurationError
 from ..log import configure as configure_logging
-from ..orchestrator import Attachment, open_state
 from ..state import StateManager
 from .common import (
     EXIT_OK,

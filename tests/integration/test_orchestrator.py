@@ -11,6 +11,7 @@ import redis
 from orchestrator_mp import ContinuousOrchestrator, keys
 from orchestrator_mp import server as server_module
 from orchestrator_mp.config import STATE_KINDS
+from orchestrator_mp.database import open_state
 from orchestrator_mp.exceptions import (
     DatabaseInUse,
     PayloadError,
@@ -19,7 +20,6 @@ from orchestrator_mp.exceptions import (
     SupervisorClosed,
     UnknownTaskError,
 )
-from orchestrator_mp.orchestrator import open_state
 from orchestrator_mp.state import RedisLockFreeStateManager, state_dir_for
 from tests import tasks_for_tests  # noqa: F401  (registers the test tasks before workers fork)
 from tests.helpers import library_logs, settings_for, sigkill_worker, wait_for
