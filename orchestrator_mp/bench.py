@@ -129,6 +129,11 @@ def command_calls(url: str | None) -> int:
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
+    """The sample at index ``int(q * n)`` of the sorted samples, ``q`` in 0-1 (lock waits).
+
+    Not ``figures.percentile`` (nearest rank, ``q`` in 0-100), which ``status`` uses:
+    the two differ by one rank on some sizes; merging them changes reported figures.
+    """
     if not samples:
         return 0.0
     ordered = sorted(samples)

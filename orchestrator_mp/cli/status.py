@@ -24,8 +24,9 @@ from rich.table import Table
 from rich.text import Text
 
 from ..database import Attachment, open_state
-from ..events import recent_latency, throughput, views_of
+from ..events import views_of
 from ..exceptions import ConfigurationError
+from ..figures import recent_latency, throughput
 from ..log import configure as configure_logging
 from ..state import StateManager
 from .common import (
