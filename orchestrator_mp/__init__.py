@@ -3,6 +3,10 @@
 Worker processes share nothing but atomic Redis operations: each owns a
 partition of the keyspace, claims tasks into its own in-flight list, and settles
 them with one atomic step that counts each task exactly once.
+
+Importing the package changes nothing in the application: no loguru sink is added
+or removed (the package's records are disabled until ``logger.enable("orchestrator_mp")``,
+see :mod:`.log`) and no task is registered (the demo task is the CLI's).
 """
 from __future__ import annotations
 

@@ -13,6 +13,10 @@ no server (``state="file"``) starts none but still locks ``db``; when the embedd
 server cannot run at all, the orchestrator falls back to that kind with a warning.
 ``enable_parallel=False`` runs the same tasks in this process, one batch at a time,
 through the same state manager, so accounting is identical.
+
+The orchestrator leaves logging to the application: its lines (and its workers')
+are dropped until the application calls ``logger.enable("orchestrator_mp")``, and
+then go to the application's own sinks (see :mod:`.log`).
 """
 from __future__ import annotations
 
