@@ -34,7 +34,8 @@ import redis
 from redis.cluster import RedisCluster
 
 from orchestrator_mp import ContinuousOrchestrator, Settings, keys
-from orchestrator_mp.demo import DEMO_TASK
+from orchestrator_mp.demo import register_demo
+from orchestrator_mp.log import configure as configure_logging
 from tests.cluster import LocalCluster, local_cluster, local_server
 
 CLI = [sys.executable, "-m", "orchestrator_mp"]
@@ -87,6 +88,7 @@ def _one_run(server: LocalCluster, tasks: int, workers: int, shards: int | None,
 
 def _latency(server: LocalCluster, shards: int | None, directory: str, rate: int, seconds: float) -> dict[str, float]:
     """Queue wait of tasks submitted one at a time at ``rate``/s to 2 idle workers."""
+    demo = register_demo()
     _flush(server)
     settings = Settings(
         db_path=os.path.join(directory, "unused.db"), redis_url=server.url, workers=2, shards=shards, log_level="WARNING"
@@ -98,7 +100,7 @@ def _latency(server: LocalCluster, shards: int | None, directory: str, rate: int
             pause = started + i / rate - time.perf_counter()
             if pause > 0:
                 time.sleep(pause)
-            orch.submit_many(DEMO_TASK, [(i,)], results=False)
+            orch.submit_many(demo, [(i,)], results=False)
         assert orch.wait(60)
         waits = sorted(float(f["wait_ms"]) for _, f in orch.state.read_stream(keys.WORK_COMPLETIONS, count=total))
     return {
@@ -142,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args(argv)
+    configure_logging("WARNING")  # a program of ours: our log lines, warnings and up
     began = time.monotonic()
     rows = measure(args.tasks, args.workers, args.repeat)
     print(f"{args.tasks} demo tasks, {args.workers} workers, median of {args.repeat}, {os.cpu_count()} CPUs")

@@ -29,7 +29,8 @@ import time
 from typing import Any
 
 from orchestrator_mp import ContinuousOrchestrator, Settings, keys
-from orchestrator_mp.demo import DEMO_TASK
+from orchestrator_mp.demo import register_demo
+from orchestrator_mp.log import configure as configure_logging
 from orchestrator_mp.recovery import sweep_dead_partitions
 
 CHUNK = 10_000
@@ -66,6 +67,7 @@ def soak(
     tasks: int, workers: int, kills: int, sample_s: float, stream_cap: int, events_cap: int, retire_after_s: float
 ) -> dict[str, Any]:
     """Run the soak; returns its samples and verdict."""
+    demo = register_demo()
     with tempfile.TemporaryDirectory(prefix="soak-") as directory:
         settings = Settings(
             db_path=os.path.join(directory, "soak.db"), workers=workers, log_level="WARNING",
@@ -85,7 +87,7 @@ def soak(
                 pending = orch.state.queue_depths([])["pending"]
                 while submitted < min(tasks, next_milestone) and pending < 2 * CHUNK:
                     count = min(CHUNK, tasks - submitted, next_milestone - submitted)
-                    orch.submit_many(DEMO_TASK, [(i,) for i in range(submitted, submitted + count)], results=False)
+                    orch.submit_many(demo, [(i,) for i in range(submitted, submitted + count)], results=False)
                     submitted += count
                     pending += count
                 if killed < kills and completed >= (killed + 1) * kill_every:
@@ -173,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default="benchmarks/results/soak.json")
     parser.add_argument("--plot", default="benchmarks/results/soak.png")
     args = parser.parse_args(argv)
+    configure_logging("WARNING")  # a program of ours: our log lines, warnings and up
     report = soak(
         args.tasks, args.workers, args.kills, args.sample_s, args.stream_cap, args.events_cap, args.retire_after
     )

@@ -3,6 +3,10 @@
 Worker processes share nothing but atomic Redis operations: each owns a
 partition of the keyspace, claims tasks into its own in-flight list, and settles
 them with one atomic step that counts each task exactly once.
+
+Importing the package changes nothing in the application: no loguru sink is added
+or removed (the package's records are disabled until ``logger.enable("orchestrator_mp")``,
+see :mod:`.log`) and no task is registered (the demo task is the CLI's).
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ __version__ = "0.1.0"
 
 from . import keys
 from .config import Settings
+from .database import open_state
 from .demo import DEMO_TASK, demo
 from .exceptions import (
     BackendFull,
@@ -34,7 +39,7 @@ from .exceptions import (
 from .executor import OrchestratorExecutor
 from .handles import TaskHandle
 from .models import Outcome, Task
-from .orchestrator import ContinuousOrchestrator, open_state
+from .orchestrator import ContinuousOrchestrator
 from .registry import get_task, register_task, registered_names, task
 from .server import EmbeddedServer
 from .state import (

@@ -32,10 +32,11 @@ import multiprocess
 from . import __version__
 from .config import Settings
 from .connection import create_client
-from .demo import DEMO_TASK
+from .demo import register_demo
 from .exceptions import ConfigurationError
 from .orchestrator import ContinuousOrchestrator
-from .server import EmbeddedServer, die_with_parent
+from .proc import die_with_parent
+from .server import EmbeddedServer
 from .state import StateManager, create_state_manager, state_kind
 
 BENCH_COUNTER = "bench_updates"
@@ -128,6 +129,11 @@ def command_calls(url: str | None) -> int:
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
+    """The sample at index ``int(q * n)`` of the sorted samples, ``q`` in 0-1 (lock waits).
+
+    Not ``figures.percentile`` (nearest rank, ``q`` in 0-100), which ``status`` uses:
+    the two differ by one rank on some sizes; merging them changes reported figures.
+    """
     if not samples:
         return 0.0
     ordered = sorted(samples)
@@ -236,12 +242,13 @@ def contention(name: str, processes: int, window_s: float, workdir: str) -> dict
 # -- end to end ------------------------------------------------------------------------------
 def end_to_end(kind: str, workers: int, tasks: int, workdir: str) -> dict[str, Any]:
     """A no-op demo run: ``tasks`` tasks on ``workers`` workers, from first submit to drained."""
+    demo = register_demo()
     settings = bench_settings(workdir, kind, workers=workers, shutdown_timeout_s=30.0)
     with ContinuousOrchestrator(settings=settings) as orch:
         before = command_calls(orch.url)
         started = time.perf_counter()
         for start in range(0, tasks, 10_000):
-            orch.submit_many(DEMO_TASK, [((i, 0.0, 0.0), {}) for i in range(start, min(tasks, start + 10_000))])
+            orch.submit_many(demo, [((i, 0.0, 0.0), {}) for i in range(start, min(tasks, start + 10_000))])
         drained = orch.wait(timeout=600)
         elapsed = time.perf_counter() - started
         calls = command_calls(orch.url) - before

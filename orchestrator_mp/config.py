@@ -116,8 +116,9 @@ class Settings:
         max_payload_bytes: largest encoded task accepted at submission.
         shutdown_timeout_s: how long a warm stop waits for workers before killing them.
         durability: ``fast`` (appendfsync everysec) or ``strict`` (appendfsync always).
-        log_level: loguru level for stderr.
-        log_json: optional path of a JSON-lines log file.
+        log_level: loguru level of the command line's stderr sink (``log.configure``;
+            the library itself never configures logging).
+        log_json: optional path of the command line's JSON-lines log file.
         shards: how many hash-tagged shards a new lock-free layout is split into
             (None: one per master on a Redis Cluster, the plain layout on one server).
             Fixed when the data is first written; every later client follows it.

@@ -1,11 +1,16 @@
-"""The built-in demo task used by ``run --demo``: sleep, and sometimes fail on purpose."""
+"""The demo task of ``run --demo`` and ``bench``: sleep, and sometimes fail on purpose.
+
+Defined here, registered by whoever runs it (:func:`register_demo`: the command line
+for every command, ``bench`` before its runs), never at import: importing the
+package leaves the application's registry empty.
+"""
 from __future__ import annotations
 
 import math
 import time
 
 from .limits import limiter
-from .registry import register_task, task
+from .registry import register_task
 
 DEMO_TASK = "demo"
 LIMITED_DEMO_TASK = "demo.limited"
@@ -20,7 +25,6 @@ def should_fail(index: int, fail_rate: float) -> bool:
     return math.floor((index + 1) * fail_rate) > math.floor(index * fail_rate)
 
 
-@task(name=DEMO_TASK)
 def demo(index: int, ms: float = 0.0, fail_rate: float = 0.0) -> int:
     """Sleep ``ms`` milliseconds; fail when ``index`` falls in the failing share."""
     if ms > 0:
@@ -28,6 +32,12 @@ def demo(index: int, ms: float = 0.0, fail_rate: float = 0.0) -> int:
     if should_fail(index, fail_rate):
         raise DemoFailure(f"demo task {index} failed on purpose (fail rate {fail_rate})")
     return index
+
+
+def register_demo() -> str:
+    """Register :func:`demo` as ``demo`` (again is fine); returns the name. Call before forking."""
+    register_task(DEMO_TASK, demo)
+    return DEMO_TASK
 
 
 def register_limited_demo(rate: str) -> str:

@@ -28,18 +28,10 @@ from .exceptions import UnknownTaskError
 from .handles import failure_from
 from .log import logger
 from .orchestrator import ContinuousOrchestrator
-from .registry import get_task, name_of, task
+from .registry import MAP_CHUNK_TASK, map_chunk, name_of
 from .state import StateManager, create_state_manager
 
-MAP_CHUNK_TASK = "orchestrator_mp.map_chunk"
 SAFETY_SWEEP_S = 2.0  # also poll stored results, in case a stream entry was trimmed unseen
-
-
-@task(name=MAP_CHUNK_TASK)
-def map_chunk(name: str, calls: list[list[Any]]) -> list[Any]:
-    """Run a registered task over several argument lists in one queue entry (``chunksize``)."""
-    func = get_task(name)
-    return [func(*args) for args in calls]
 
 
 class RemoteFuture(Future):

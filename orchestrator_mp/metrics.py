@@ -38,15 +38,8 @@ from prometheus_client.registry import CollectorRegistry
 
 from . import keys
 from .connection import GONE
-from .events import (
-    LATENCY_METRICS,
-    ShardView,
-    Source,
-    as_views,
-    latency_samples,
-    view_range,
-    views_of,
-)
+from .events import ShardView, Source, as_views, view_range, views_of
+from .figures import LATENCY_METRICS, latency_samples
 from .models import StreamEntry
 
 if TYPE_CHECKING:

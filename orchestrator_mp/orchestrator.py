@@ -13,43 +13,32 @@ no server (``state="file"``) starts none but still locks ``db``; when the embedd
 server cannot run at all, the orchestrator falls back to that kind with a warning.
 ``enable_parallel=False`` runs the same tasks in this process, one batch at a time,
 through the same state manager, so accounting is identical.
+
+The orchestrator leaves logging to the application: its lines (and its workers')
+are dropped until the application calls ``logger.enable("orchestrator_mp")``, and
+then go to the application's own sinks (see :mod:`.log`).
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
-import re
 import socket
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
-import redis
-
-from . import keys
 from .config import Settings
-from .connection import (
-    check_eviction_policy,
-    check_reachable,
-    create_client,
-    is_out_of_memory,
-    out_of_memory,
-    redact,
-)
+from .connection import check_reachable
+from .database import check_memory_policy, record_kind
+from .dblock import DatabaseLock
 from .exceptions import (
     ConfigurationError,
-    PayloadError,
-    ServerError,
     ServerNotRunnable,
     SupervisorClosed,
-    UnknownTaskError,
 )
 from .handles import TaskHandle
-from .log import configure_if_untouched, logger
-from .models import Task
+from .log import logger
 from .recovery import recover_stale_partitions
-from .registry import is_registered, name_of, shard_key_for
-from .server import DatabaseLock, EmbeddedServer, monitor_command, read_owner
+from .server import EmbeddedServer, monitor_command
 from .state import (
     FALLBACK_KIND,
     StateManager,
@@ -57,21 +46,11 @@ from .state import (
     state_dir_for,
     state_kind,
 )
+from .submission import Call, encode_calls, task_name
 from .supervisor import Supervisor
 from .worker import Worker
 
 POLL_INTERVAL_S = 0.02
-PARTITION_KEY = re.compile(r"[A-Za-z0-9_.:/@+-]{1,200}")
-
-
-def _task_name(task: str | Callable[..., Any]) -> str:
-    if isinstance(task, str):
-        return task
-    name = name_of(task)
-    if name is None:
-        shown = getattr(task, "__qualname__", repr(task))
-        raise UnknownTaskError(shown)
-    return name
 
 
 class ContinuousOrchestrator:
@@ -131,7 +110,6 @@ class ContinuousOrchestrator:
         """Start the server (unless external), recover leftovers, fork the workers."""
         if self._started:
             return self
-        configure_if_untouched(self.settings.log_level, self.settings.log_json)
         try:
             self._start_backend()
             self.state = create_state_manager(self.settings, self.url)
@@ -172,8 +150,8 @@ class ContinuousOrchestrator:
                 else:
                     self.url = self.server.url
         if state_kind(self.settings.state).needs_server:
-            _check_memory_policy(self.url, self.settings.allow_eviction)
-            _record_kind(self.url, self.settings.state)
+            check_memory_policy(self.url, self.settings.allow_eviction)
+            record_kind(self.url, self.settings.state)
         else:
             self.db_lock = DatabaseLock(self.settings.db_path).acquire()
             self.db_lock.write_record(state=self.settings.state, files=state_dir_for(self.settings.db_path))
@@ -238,7 +216,7 @@ class ContinuousOrchestrator:
     def submit_many(
         self,
         task: str | Callable[..., Any],
-        calls: Iterable[tuple[Iterable[Any], dict[str, Any]] | Iterable[Any]],
+        calls: Iterable[Call],
         *,
         results: bool = True,
     ) -> list[TaskHandle]:
@@ -294,7 +272,7 @@ class ContinuousOrchestrator:
     def submit_raw(
         self,
         task: str | Callable[..., Any],
-        calls: Iterable[tuple[Iterable[Any], dict[str, Any]] | Iterable[Any]],
+        calls: Iterable[Call],
         *,
         results: bool = True,
         due_at: float | None = None,
@@ -308,27 +286,10 @@ class ContinuousOrchestrator:
         With ``partition_key`` the calls run one at a time, in this order (see submit_with).
         """
         state = self._require_running()
-        name = self._checked_name(task)
-        if partition_key is not None and not PARTITION_KEY.fullmatch(partition_key):
-            raise ConfigurationError(
-                f"partition_key must be 1-200 characters of A-Z a-z 0-9 _ . : / @ + -, got {partition_key!r}"
-            )
-        raws, ids = [], []
-        shard = shard_key_for(name)
-        for call in calls:
-            args, kwargs = _split_call(call)
-            entry = Task(
-                name=name,
-                args=tuple(args),
-                kwargs=kwargs,
-                want_result=results,
-                max_retries=max_retries,
-                time_limit_s=time_limit_s,
-                partition_key=partition_key,
-                shard_key=shard,
-            )
-            raws.append(self._encode(entry))
-            ids.append(entry.id)
+        ids, raws = encode_calls(
+            task_name(task, strict=self.strict_names), calls, max_payload_bytes=self.settings.max_payload_bytes,
+            results=results, max_retries=max_retries, time_limit_s=time_limit_s, partition_key=partition_key,
+        )
         state.submit(raws, due_at=due_at, delay_s=delay_s)
         return ids, raws
 
@@ -339,21 +300,6 @@ class ContinuousOrchestrator:
     def cancel_queued(self, raw: str) -> bool:
         """Remove one task from the queue if no worker has claimed it yet."""
         return self._require_running().cancel_queued(raw)
-
-    def _checked_name(self, task: str | Callable[..., Any]) -> str:
-        name = _task_name(task)
-        if self.strict_names and not is_registered(name):
-            raise UnknownTaskError(name)
-        return name
-
-    def _encode(self, entry: Task) -> str:
-        raw = entry.to_json()
-        if len(raw) > self.settings.max_payload_bytes:
-            raise PayloadError(
-                {"name": entry.name},
-                f"encoded task is {len(raw)} bytes, over the limit of {self.settings.max_payload_bytes}",
-            )
-        return raw
 
     # -- waiting and reading --------------------------------------------------------------
     def pending(self) -> int:
@@ -415,183 +361,4 @@ class ContinuousOrchestrator:
         return self._require_running().audit()
 
 
-def _split_call(call: Any) -> tuple[Iterable[Any], dict[str, Any]]:
-    if (
-        isinstance(call, tuple)
-        and len(call) == 2
-        and isinstance(call[1], dict)
-        and isinstance(call[0], (list, tuple))
-    ):
-        return call[0], call[1]
-    if isinstance(call, (list, tuple)):
-        return call, {}
-    raise ConfigurationError(f"each call must be (args, kwargs) or a sequence of arguments, got {call!r}")
-
-
-__all__ = ["ContinuousOrchestrator", "open_state", "live_url", "Attachment"]
-
-
-def live_url(settings: Settings) -> str | None:
-    """The Redis URL serving ``settings``' data right now, without starting anything.
-
-    ``redis_url`` when set; else the socket of the live owner of the database (read
-    from its lock file); None when nothing serves it.
-    """
-    if settings.redis_url:
-        return settings.redis_url
-    owner = read_owner(settings.db_path)
-    if owner and owner.get("socket"):
-        return f"unix://{owner['socket']}"
-    return None
-
-
-# Roles that only read: they refuse a database that does not exist instead of creating it.
-READ_ONLY_ROLES = ("status", "monitor", "redis-cli")
-
-
-def _check_memory_policy(url: str, allow: bool, *, reader: bool = False) -> None:
-    """Refuse a server that may evict keys (ConfigurationError); with ``allow``, or for
-    a ``reader`` (which loses nothing), say loudly what can be lost instead."""
-    client = create_client(url)
-    try:
-        problem = check_eviction_policy(client, redact(url), allow=allow or reader)
-    finally:
-        client.close()
-    if problem and reader:
-        logger.warning("{}; what is shown may already be incomplete", problem)
-    elif problem:
-        logger.warning(
-            "UNSAFE, allowed by allow_eviction: {}. Redis may delete queued or in-flight tasks, leases "
-            "(live workers are then taken over and their tasks run twice), worker state (fencing "
-            "reopened) and stored results (their handles wait forever)",
-            problem,
-        )
-
-
-def _record_kind(url: str, kind: str) -> None:
-    """Note in the database which state kind writes it, for ``status`` and ``enqueue``.
-
-    A full server (maxmemory) refuses the write: a restart on it still works when the
-    note is already there, else BackendFull says how full it is."""
-    client = create_client(url)
-    try:
-        if client.get(keys.STATE_KIND) != kind:
-            client.set(keys.STATE_KIND, kind)
-    except redis.ResponseError as exc:
-        if not is_out_of_memory(exc):
-            raise
-        raise out_of_memory(client) from None
-    finally:
-        client.close()
-
-
-def _recorded_kind(url: str, default: str) -> str:
-    client = create_client(url)
-    try:
-        return client.get(keys.STATE_KIND) or default
-    finally:
-        client.close()
-
-
-@contextlib.contextmanager
-def _managed(settings: Settings, url: str | None) -> Iterator[StateManager]:
-    state = create_state_manager(settings, url)
-    try:
-        yield state
-    finally:
-        state.close()
-
-
-def _is_file_database(settings: Settings) -> bool:
-    """No live owner: is ``db_path`` file-based state (and no Redis data)?"""
-    db = os.path.abspath(settings.db_path)
-    redis_data = os.path.exists(db) or os.path.exists(db + ".aof")
-    return not redis_data and (os.path.isdir(state_dir_for(db)) or not state_kind(settings.state).needs_server)
-
-
-@contextlib.contextmanager
-def open_state(settings: Settings, role: str = "command") -> Iterator[StateManager]:
-    """A state manager on ``settings``' database, whether or not an orchestrator runs.
-
-    With ``redis_url``: that server. Otherwise, when a live orchestrator owns the
-    database, its socket (read from the lock file), or its state directory when it
-    runs without a server. When none does: the file-based state if that is what the
-    database holds, else a temporary embedded server on the database, saved and
-    stopped on exit. Redis databases name the kind that wrote them; it is used.
-
-    Raises:
-        ServerError: a read-only ``role`` (:data:`READ_ONLY_ROLES`) on a database
-            that does not exist, or the temporary server cannot start.
-        ConfigurationError: ``redis_url`` names a server that may evict keys (unless
-            ``allow_eviction``; read-only roles only warn).
-    """
-    if settings.redis_url:
-        url = settings.redis_url
-        check_reachable(url)
-        _check_memory_policy(url, settings.allow_eviction, reader=role in READ_ONLY_ROLES)
-        with _managed(settings.evolve(state=_recorded_kind(url, settings.state)), url) as state:
-            yield state
-        return
-    file_settings = settings.evolve(state=FALLBACK_KIND)
-    owner = read_owner(settings.db_path)
-    if owner and owner.get("socket"):
-        url = f"unix://{owner['socket']}"
-        with _managed(settings.evolve(state=_recorded_kind(url, settings.state)), url) as state:
-            yield state
-        return
-    if owner or _is_file_database(settings):
-        if not os.path.isdir(state_dir_for(settings.db_path)) and role in READ_ONLY_ROLES:
-            raise ServerError(f"no database at {os.path.abspath(settings.db_path)} (nothing has run there yet)")
-        with _managed(file_settings, None) as state:
-            yield state
-        return
-    if not os.path.exists(settings.db_path) and role in READ_ONLY_ROLES:
-        raise ServerError(f"no database at {os.path.abspath(settings.db_path)} (nothing has run there yet)")
-    with EmbeddedServer(settings.db_path, durability=settings.durability, role=role) as server:
-        url = server.url
-        with _managed(settings.evolve(state=_recorded_kind(url, settings.state)), url) as state:
-            yield state
-
-
-class Attachment:
-    """A state manager on whatever serves a database right now, for long-running
-    readers (``monitor``, ``metrics``, ``status --watch``).
-
-    Unlike :func:`open_state` it never starts a server: a reader holding the
-    database would make the next ``run`` on it refuse to start. Call :meth:`get`
-    before each round of reads; it follows the owner across restarts (each start
-    has a new socket) and returns None while nothing serves the database. After a
-    ``redis.ConnectionError``, call :meth:`reset`.
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.url: str | None = None
-        self.state: StateManager | None = None
-
-    def get(self) -> StateManager | None:
-        """The state manager on the current owner, or None when there is none."""
-        url = live_url(self.settings)
-        if url != self.url:
-            self.reset()
-        if url is None:
-            return None
-        if self.state is None:
-            self.state = create_state_manager(self.settings, url, fail_fast=True)
-            self.url = url
-        return self.state
-
-    def reset(self) -> None:
-        """Drop the connection; the next :meth:`get` looks for the owner again."""
-        if self.state is not None:
-            self.state.close()
-        self.state = None
-        self.url = None
-
-    close = reset
-
-    def __enter__(self) -> "Attachment":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.reset()
+__all__ = ["ContinuousOrchestrator"]

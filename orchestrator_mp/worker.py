@@ -60,9 +60,9 @@ from .models import (
     Task,
     dumps,
 )
+from .proc import die_with_parent
 from .registry import TaskSpec, get_spec, get_task
 from .retry import failure, time_limit_for
-from .server import die_with_parent
 from .state import StateManager, TaskLimits, create_state_manager
 
 EXIT_OK = 0

@@ -16,8 +16,10 @@ import time
 from typing import Any, Callable, Iterator
 
 import psutil
+from loguru import logger
 
 from orchestrator_mp.config import Settings
+from orchestrator_mp.log import PACKAGE
 
 CLI = [sys.executable, "-m", "orchestrator_mp"]
 
@@ -27,6 +29,20 @@ def settings_for(db_path: str, **fields: Any) -> Settings:
     values = {"db_path": str(db_path), "workers": 2, "shutdown_timeout_s": 10.0, "log_level": "WARNING"}
     values.update(fields)
     return Settings(**values)
+
+
+@contextlib.contextmanager
+def library_logs(level: str = "WARNING") -> Iterator[list[str]]:
+    """The package's log lines at ``level`` and above, collected while inside: enabled for
+    the block as an application would (``logger.enable``), then disabled again."""
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level=level)
+    logger.enable(PACKAGE)
+    try:
+        yield lines
+    finally:
+        logger.disable(PACKAGE)
+        logger.remove(sink)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01, what: str = "condition") -> Any:

@@ -30,7 +30,8 @@ from typing import Callable, Iterator
 import attrs
 import redis
 
-from orchestrator_mp.server import EmbeddedServer, die_with_parent
+from orchestrator_mp.proc import die_with_parent
+from orchestrator_mp.server import EmbeddedServer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

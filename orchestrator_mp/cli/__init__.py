@@ -13,6 +13,10 @@
 
 One module per command, each with ``add_parser(commands)``. Human-readable lines go
 to stderr; stdout carries only the requested output (the final JSON with ``--json``).
+
+The command line is an application of the library: :func:`main` registers the demo
+task (``run --demo``, ``enqueue demo``, workers serving such tasks) and each command
+configures logging for itself (``log.configure``), neither of which the library does.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import sys
 from typing import Sequence
 
 from .. import __version__
+from ..demo import register_demo
 from ..exceptions import (
     ConfigurationError,
     OrchestratorError,
@@ -76,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return EXIT_CONFIG
+    register_demo()
     try:
         return args.handler(args)
     except OrchestratorError as exc:

@@ -7,9 +7,9 @@ import sys
 import time
 from typing import Any
 
+from ..database import open_state
 from ..exceptions import ConfigurationError
 from ..log import configure as configure_logging
-from ..orchestrator import open_state
 from .common import EXIT_OK, add_common_options, positive_int, settings_from
 
 

@@ -5,10 +5,10 @@ import argparse
 import json
 from typing import Any
 
+from ..database import open_state
 from ..exceptions import PayloadError
 from ..log import configure as configure_logging
 from ..models import Task
-from ..orchestrator import open_state
 from ..registry import shard_key_for
 from .common import (
     EXIT_OK,

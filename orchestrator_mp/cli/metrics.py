@@ -11,10 +11,10 @@ import argparse
 import time
 from typing import Any
 
+from ..database import Attachment
 from ..exceptions import ConfigurationError
 from ..log import configure as configure_logging
 from ..metrics import OrchestratorCollector, serve
-from ..orchestrator import Attachment
 from .common import (
     EXIT_OK,
     Signals,

@@ -18,6 +18,7 @@ from typing import Any, Iterable, TextIO
 
 from .. import keys
 from ..connection import GONE
+from ..database import Attachment, open_state
 from ..events import (
     MONITOR_STREAMS,
     StreamFollower,
@@ -28,7 +29,6 @@ from ..events import (
 )
 from ..log import configure as configure_logging
 from ..models import StreamEntry
-from ..orchestrator import Attachment, open_state
 from .common import (
     EXIT_OK,
     Signals,

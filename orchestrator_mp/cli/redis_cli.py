@@ -19,9 +19,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ..connection import PASSWORD_ENV, create_client, is_cluster
+from ..database import live_url, open_state
 from ..exceptions import ConfigurationError, ServerError
 from ..log import configure as configure_logging
-from ..orchestrator import live_url, open_state
 from ..server import redis_cli_path
 from .common import add_common_options, settings_from
 

@@ -5,10 +5,10 @@ import argparse
 import json
 from typing import Any
 
+from ..database import open_state
 from ..exceptions import ConfigurationError
 from ..handles import FINAL
 from ..log import configure as configure_logging
-from ..orchestrator import open_state
 from .common import (
     EXIT_FAILURE,
     EXIT_OK,

@@ -23,10 +23,11 @@ from rich.table import Table
 from rich.text import Text
 
 from ..connection import GONE
-from ..events import recent_latency, throughput, views_of
+from ..database import Attachment, open_state
+from ..events import views_of
 from ..exceptions import ConfigurationError
+from ..figures import recent_latency, throughput
 from ..log import configure as configure_logging
-from ..orchestrator import Attachment, open_state
 from ..state import StateManager
 from .common import (
     EXIT_OK,

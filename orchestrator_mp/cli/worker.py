@@ -14,9 +14,10 @@ from typing import Any
 
 from ..config import default_workers
 from ..connection import redact
+from ..database import live_url
 from ..exceptions import ConfigurationError
 from ..log import configure as configure_logging
-from ..orchestrator import ContinuousOrchestrator, live_url
+from ..orchestrator import ContinuousOrchestrator
 from .common import (
     EXIT_OK,
     Signals,

@@ -15,7 +15,6 @@ import time
 
 import pytest
 import redis
-from loguru import logger
 
 from orchestrator_mp import (
     BackendFull,
@@ -29,7 +28,7 @@ from orchestrator_mp.state import create_state_manager
 from tests import tasks_for_tests  # noqa: F401  (registers the test tasks before workers fork)
 from tests.cluster import local_cluster, local_server
 from tests.contract import ok
-from tests.helpers import run_cli, settings_for, wait_for
+from tests.helpers import library_logs, run_cli, settings_for, wait_for
 
 
 def _admin(url: str) -> redis.Redis:
@@ -82,14 +81,10 @@ def test_an_evicting_server_is_refused_in_one_line_unless_allowed(external, db_p
     assert f"maxmemory-policy {policy}" in message
     assert "CONFIG SET maxmemory-policy noeviction" in message and "--allow-eviction" in message
     assert admin.dbsize() == 0, "a refused start wrote to the server"
-    warnings: list[str] = []
-    sink = logger.add(lambda line: warnings.append(str(line)), level="WARNING")
-    try:
+    with library_logs("WARNING") as warnings:
         with ContinuousOrchestrator(settings=settings.evolve(allow_eviction=True)) as orch:
             orch.submit("tests.add", 1, 2)
             assert orch.wait(timeout=30)
-    finally:
-        logger.remove(sink)
     assert any("UNSAFE" in line and policy in line for line in warnings), warnings
     admin.close()
 

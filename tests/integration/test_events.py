@@ -10,10 +10,9 @@ from orchestrator_mp import keys
 from orchestrator_mp.events import (
     StreamFollower,
     client_of,
-    recent_latency,
     server_time,
-    throughput,
 )
+from orchestrator_mp.figures import recent_latency, throughput
 from orchestrator_mp.models import Outcome, Task
 
 

@@ -17,12 +17,11 @@ from orchestrator_mp.events import (
     StreamFollower,
     client_of,
     id_order,
-    recent_latency,
     server_time,
-    throughput,
     views_of,
 )
 from orchestrator_mp.exceptions import ConfigurationError
+from orchestrator_mp.figures import recent_latency, throughput
 from orchestrator_mp.metrics import LatencyHistograms
 from orchestrator_mp.models import Outcome, Task
 from orchestrator_mp.state import create_state_manager

@@ -41,6 +41,24 @@ def test_log_level_comes_from_the_environment_unless_the_flag_says_otherwise(tmp
     assert not any(STDERR_LINE.match(line) for line in quiet.stderr.splitlines())
 
 
+def test_task_code_logging_through_loguru_is_stamped_with_its_worker_on_the_command_line(tmp_path):
+    """The CLI owns loguru: a task's own logger.info line carries the worker id and pid, as ours do."""
+    (tmp_path / "chatty_tasks.py").write_text(
+        "from loguru import logger\n"
+        "from orchestrator_mp import task\n\n\n"
+        "@task(name='chatty')\n"
+        "def chatty(x):\n"
+        "    logger.info('chatty says {}', x)\n"
+        "    return x\n"
+    )
+    run_cli("enqueue", "chatty", "--args", "[5]", "--count", "2", "--import", "chatty_tasks", cwd=tmp_path, check=True)
+    done = run_cli("run", "--workers", "1", "--import", "chatty_tasks", "--demo", "0", "--log-level", "INFO",
+                   cwd=tmp_path, check=True)
+    lines = [m for m in map(STDERR_LINE.match, done.stderr.splitlines()) if m and "chatty says 5" in m.string]
+    assert len(lines) == 2, done.stderr
+    assert all(m.group(1) == "INFO" and m.group(2) != "main" for m in lines)
+
+
 def test_library_code_never_prints():
     """print() appears only in the command line package (its output), never in library modules."""
     package = pathlib.Path(orchestrator_mp.__file__).parent

@@ -11,10 +11,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator_mp import keys
+from orchestrator_mp.dblock import read_owner
 from orchestrator_mp.events import client_of
 from orchestrator_mp.metrics import LatencyHistograms
 from orchestrator_mp.models import Outcome, Task
-from orchestrator_mp.server import read_owner
 from tests.helpers import run_cli, run_cli_json, serving, started, wait_for
 
 

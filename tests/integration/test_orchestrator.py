@@ -11,6 +11,7 @@ import redis
 from orchestrator_mp import ContinuousOrchestrator, keys
 from orchestrator_mp import server as server_module
 from orchestrator_mp.config import STATE_KINDS
+from orchestrator_mp.database import open_state
 from orchestrator_mp.exceptions import (
     DatabaseInUse,
     PayloadError,
@@ -19,11 +20,9 @@ from orchestrator_mp.exceptions import (
     SupervisorClosed,
     UnknownTaskError,
 )
-from orchestrator_mp.log import logger
-from orchestrator_mp.orchestrator import open_state
 from orchestrator_mp.state import RedisLockFreeStateManager, state_dir_for
 from tests import tasks_for_tests  # noqa: F401  (registers the test tasks before workers fork)
-from tests.helpers import settings_for, sigkill_worker, wait_for
+from tests.helpers import library_logs, settings_for, sigkill_worker, wait_for
 
 
 @pytest.mark.parametrize("state", STATE_KINDS)
@@ -212,16 +211,12 @@ def _unrunnable_binaries(tmp_path):
 def test_falls_back_to_file_state_when_redis_server_cannot_run(db_path, tmp_path, monkeypatch, case):
     """A redis-server that cannot run: one clear warning, then the same run on the file state."""
     monkeypatch.setattr(server_module, "redis_server_path", lambda: _unrunnable_binaries(tmp_path)[case])
-    warnings = []
-    sink = logger.add(lambda message: warnings.append(str(message)), level="WARNING")
-    try:
+    with library_logs("WARNING") as warnings:
         with ContinuousOrchestrator(settings=settings_for(db_path, workers=2)) as orch:
             assert orch.settings.state == "file" and orch.server is None and orch.url is None
             orch.submit_many("tests.add", [(i, 1) for i in range(300)])
             assert orch.wait(timeout=60)
             audit = orch.audit()
-    finally:
-        logger.remove(sink)
     assert audit["ok"] and audit["counters"]["total_work_completed"] == 300
     assert any("cannot run" in w and "falling back to the file state" in w for w in warnings), warnings
     assert os.path.isdir(state_dir_for(db_path))

@@ -4,14 +4,9 @@ from __future__ import annotations
 import pytest
 
 from orchestrator_mp import keys
-from orchestrator_mp.events import (
-    id_order,
-    parse_since,
-    percentile,
-    resolve_stream,
-    summarize,
-)
+from orchestrator_mp.events import id_order, parse_since, resolve_stream
 from orchestrator_mp.exceptions import ConfigurationError
+from orchestrator_mp.figures import percentile, summarize
 from orchestrator_mp.models import StreamEntry
 
 NOW = 1_700_000_000.0
