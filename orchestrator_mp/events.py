@@ -36,6 +36,7 @@ import redis.cluster
 from . import keys
 from .exceptions import ConfigurationError
 from .models import StreamEntry
+from .state.merge import id_order
 
 # The streams `monitor` follows unless told otherwise (work_completions has one
 # entry per task: ask for it by name).
@@ -157,12 +158,6 @@ def resolve_stream(name: str) -> str:
     except KeyError:
         choices = ", ".join([*STREAM_ALIASES, *keys.STREAMS])
         raise ConfigurationError(f"stream must be one of {choices}; got {name!r}") from None
-
-
-def id_order(entry_id: str) -> tuple[int, int]:
-    """A stream id as a sortable pair (milliseconds, sequence)."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def server_time(client: Client) -> float:
