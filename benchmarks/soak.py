@@ -165,7 +165,7 @@ def plot(report: dict[str, Any], path: str) -> None:
     memory_axis.set_title(
         f"soak: {report['tasks']:,} tasks, {report['kills']} worker kills, growth {report['memory_growth']:+.1%}"
     )
-    figure.legend(loc="lower right")
+    figure.legend(loc="upper left", bbox_to_anchor=(0.08, 0.9))
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
