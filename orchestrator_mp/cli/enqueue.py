@@ -6,16 +6,17 @@ import json
 from typing import Any
 
 from ..database import open_state
-from ..exceptions import PayloadError
+from ..exceptions import PayloadError, UnknownTaskError
 from ..log import configure as configure_logging
 from ..models import Task
-from ..registry import shard_key_for
+from ..registry import is_registered, shard_key_for
 from .common import (
     EXIT_OK,
     add_common_options,
     import_task_modules,
     json_value,
     positive_int,
+    say,
     settings_from,
 )
 
@@ -43,6 +44,14 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     configure_logging(settings.log_level if not args.json else "WARNING", settings.log_json)
     import_task_modules(args.imports)
+    if not is_registered(args.task):
+        if args.imports:
+            # The modules that define the tasks were imported: the name is surely wrong.
+            raise UnknownTaskError(args.task)
+        say(
+            f"warning: task {args.task!r} is not registered here, so its name is not checked "
+            "(--import MODULE checks it); a worker that does not know it dead-letters it as unknown_task"
+        )
     tasks = [
         Task(
             name=args.task,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import time
 from typing import Any
@@ -87,6 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         shards=args.shards,
     )
     configure_logging(settings.log_level if not args.json else "WARNING", settings.log_json)
+    warn_about_many_workers(settings.workers)
     import_task_modules(args.imports)
     demo_task = register_limited_demo(args.demo_rate) if args.demo_rate else DEMO_TASK
     signals = Signals()
@@ -110,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             where = state_dir_for(orch.settings.db_path)
             say(f"orchestrator_mp {__version__}: {orch.settings.state} state in {where} (no Redis server)")
         if not args.json:
-            say(f"{settings.workers} worker(s) started: {', '.join(orch.worker_ids())}")
+            say(f"{settings.workers} worker(s) started: {summarize_ids(orch.worker_ids())}")
         before = orch.counters()
         backlog = orch.pending()  # tasks left queued by earlier runs are waited for too
         total = backlog + args.demo if args.demo is not None else None
@@ -121,6 +123,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 started = time.monotonic()
                 sampler = Sampler(orch, before, total)
                 for start in range(0, args.demo, SUBMIT_CHUNK):
+                    if signals.count:
+                        break  # Ctrl-C while submitting: stop submitting at once
                     calls = [((i, args.demo_ms, args.demo_fail_rate), {}) for i in range(start, min(args.demo, start + SUBMIT_CHUNK))]
                     orch.submit_many(demo_task, calls, results=False)
                     submitted += len(calls)
@@ -206,3 +210,25 @@ def _print_run_summary(report: dict[str, Any]) -> None:
         say(f"  {worker_id}: {counts['completed']} completed, {counts['errors']} errors")
 
 
+# Worker processes per CPU above which a start is slow and the machine oversubscribed:
+# each worker is a forked process with its own connection (I/O-bound tasks may still
+# want many; coroutine tasks overlap inside one worker instead).
+WORKERS_PER_CPU_WARNING = 8
+WORKERS_WARNING_FLOOR = 64
+
+
+def warn_about_many_workers(workers: int) -> None:
+    """Say so before starting far more worker processes than there are CPUs."""
+    cpus = os.cpu_count() or 1
+    if workers > max(WORKERS_WARNING_FLOOR, WORKERS_PER_CPU_WARNING * cpus):
+        say(
+            f"warning: {workers} worker processes on {cpus} CPU(s) will take a while to start and compete for "
+            "the CPUs; for I/O-bound work, coroutine tasks (async def) overlap inside fewer workers"
+        )
+
+
+def summarize_ids(ids: list[str], shown: int = 4) -> str:
+    """Worker ids for a log line: all of a few, the first and last of many."""
+    if len(ids) <= 2 * shown:
+        return ", ".join(ids)
+    return f"{', '.join(ids[:shown])}, ... ({len(ids) - 2 * shown} more), {', '.join(ids[-shown:])}"
