@@ -11,7 +11,8 @@ Files beside the database ``PATH``::
     PATH.lock     flock'd by the live owner; JSON with its pid, role and socket (dblock.py)
 
 The socket lives in a fresh ``mkdtemp`` directory (mode 0700, so only the owner
-can connect) and the server listens on no TCP port. A second orchestrator on the
+can connect) and the server listens on no TCP port. A parent killed outright cannot
+remove that directory; the next start removes those whose server is gone. A second orchestrator on the
 same database is refused with :class:`DatabaseInUse` (the lock is :mod:`.dblock`'s);
 commands such as ``status`` and ``enqueue`` read the lock file to reach the live
 owner's socket instead.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -64,6 +66,55 @@ def monitor_command(socket_path: str) -> str:
 def _quote(value: str) -> str:
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
+
+
+RUNTIME_PREFIX = "orchestrator_mp-"
+# A runtime directory this old whose socket answers nobody belonged to a server that is
+# gone (a parent killed outright leaves it behind); younger ones may be starting up.
+STALE_RUNTIME_S = 60.0
+
+
+def remove_stale_runtime_dirs() -> int:
+    """Remove this user's ``orchestrator_mp-*`` runtime directories (socket, config,
+    log) left by servers that are gone; a directory whose socket still answers is kept.
+    Returns how many went."""
+    removed = 0
+    base = tempfile.gettempdir()
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            if not entry.name.startswith(RUNTIME_PREFIX) or not entry.is_dir(follow_symlinks=False):
+                continue
+            info = entry.stat(follow_symlinks=False)
+            if info.st_uid != os.getuid() or time.time() - info.st_mtime < STALE_RUNTIME_S:
+                continue
+            if _socket_answers(os.path.join(entry.path, "redis.sock")):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed += 1
+    if removed:
+        logger.debug("removed {} runtime folder(s) left by servers that are gone", removed)
+    return removed
+
+
+def _socket_answers(path: str) -> bool:
+    """Whether anything accepts connections on the unix socket ``path``."""
+    if not os.path.exists(path):
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
 
 
 class EmbeddedServer:
@@ -115,6 +166,7 @@ class EmbeddedServer:
         """Lock the database, start redis-server and wait until it answers PING."""
         self._check_db_location()
         self._take_lock()
+        remove_stale_runtime_dirs()
         try:
             self._spawner = SpawnThread("redis-server-spawner")
             self._spawner.run(self._spawn)
@@ -199,7 +251,7 @@ class EmbeddedServer:
         if not os.path.exists(executable) or not os.access(executable, os.X_OK):
             raise ServerNotRunnable(f"redis-server binary not found or not executable: {executable}")
         if self.runtime_dir is None:
-            self.runtime_dir = tempfile.mkdtemp(prefix="orchestrator_mp-")
+            self.runtime_dir = tempfile.mkdtemp(prefix=RUNTIME_PREFIX)
             os.chmod(self.runtime_dir, 0o700)
             self.socket_path = os.path.join(self.runtime_dir, "redis.sock")
         elif os.path.exists(self.socket_path):

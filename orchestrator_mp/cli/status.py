@@ -155,9 +155,16 @@ def render_status(report: dict[str, Any], show_all: bool = False) -> RenderableT
     per_shard = ""
     if len(queues.get("by_shard", ())) > 1:
         per_shard = " (pending per shard: " + " / ".join(str(shard["pending"]) for shard in queues["by_shard"]) + ")"
+    # Every place a task can wait is shown, so the line adds up to what was created
+    # (delayed: retries and scheduled tasks; behind a key; waiting for a cap's slot).
+    waiting = "".join(
+        f", {queues[name]} {label}"
+        for name, label in (("delayed", "delayed"), ("laned", "behind their key"), ("limited", "waiting for a slot"))
+        if queues.get(name)
+    )
     parts.append(
         Text(
-            f"queue: {queues['pending']} pending, {queues['inflight']} in flight, "
+            f"queue: {queues['pending']} pending, {queues['inflight']} in flight{waiting}, "
             f"{queues['dead_letter']} dead-lettered{per_shard}"
         )
     )

@@ -3,17 +3,23 @@ watchers outlive the runs they watch."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
+import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from orchestrator_mp import ContinuousOrchestrator
+from orchestrator_mp import ContinuousOrchestrator, Settings, open_state
 from orchestrator_mp.cli.run import summarize_ids, warn_about_many_workers
 from orchestrator_mp.exceptions import ConfigurationError
+from orchestrator_mp.models import Task
+from orchestrator_mp.server import RUNTIME_PREFIX, remove_stale_runtime_dirs
 from tests.helpers import CLI, LineReader, run_cli, run_cli_json, wait_for
 from tests.integration.test_readme import free_port
 
@@ -130,3 +136,36 @@ def test_watchers_outlive_many_short_runs(tmp_path):
                 proc.send_signal(signal.SIGINT)
             proc.wait(timeout=30)
     assert set(scrapes) == {200}, sorted(set(scrapes))
+
+
+def test_status_counts_every_waiting_task_in_its_table(tmp_path):
+    """Plain status shows delayed tasks beside pending ones, so the line adds up to what
+    was created (before: only in --json)."""
+    run_cli("enqueue", "demo", "--args", "[1]", cwd=tmp_path, check=True)
+    with open_state(Settings(db_path=str(tmp_path / "orchestrator_mp.db"))) as state:
+        state.submit([Task(name="demo", args=(2,)).to_json()], delay_s=3600)
+    shown = run_cli("status", cwd=tmp_path, check=True).stdout
+    assert "queue: 1 pending, 0 in flight, 1 delayed, 0 dead-lettered" in shown
+
+
+def test_runtime_folders_of_servers_that_are_gone_are_removed(server):
+    """A parent killed outright leaves its orchestrator_mp-* folder (socket, config, log)
+    in the temp directory; a start removes those whose socket answers nobody, and keeps
+    the live ones (before: they piled up)."""
+    base = tempfile.gettempdir()
+    old = time.time() - 3600
+    empty = tempfile.mkdtemp(prefix=RUNTIME_PREFIX)
+    dead = tempfile.mkdtemp(prefix=RUNTIME_PREFIX)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(os.path.join(dead, "redis.sock"))  # a socket file nobody listens on
+    listener.close()
+    young = tempfile.mkdtemp(prefix=RUNTIME_PREFIX)  # may be a server starting up
+    for path in (empty, dead, server.runtime_dir):
+        os.utime(path, (old, old))
+    try:
+        remove_stale_runtime_dirs()
+        assert not os.path.exists(empty) and not os.path.exists(dead)
+        assert os.path.isdir(young) and os.path.isdir(server.runtime_dir)  # the live one answers
+        assert os.path.dirname(server.runtime_dir) == base
+    finally:
+        shutil.rmtree(young, ignore_errors=True)
