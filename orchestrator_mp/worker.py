@@ -58,12 +58,12 @@ from .models import (
     UNKNOWN_TASK,
     Outcome,
     Task,
-    dumps,
 )
 from .proc import die_with_parent
 from .registry import TaskSpec, get_spec, get_task
 from .retry import failure, time_limit_for
 from .state import StateManager, TaskLimits, create_state_manager
+from .wire import dumps
 
 EXIT_OK = 0
 EXIT_FENCED = 3

@@ -29,7 +29,8 @@ import attrs
 from .. import keys
 from ..exceptions import ConfigurationError, PayloadError
 from ..limits import ConcurrencyCap, Limiter
-from ..models import BAD_PAYLOAD, Outcome, Task, dumps
+from ..models import BAD_PAYLOAD, Outcome, Task
+from ..wire import dumps
 
 
 @attrs.frozen
