@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections import Counter
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .. import keys
 from .filestore import Transaction
@@ -114,7 +114,7 @@ class FileApplier:
         if any(op[0] == ops.RESULT for op in step.ops):
             self._prune_results(txn)
 
-    def xadd(self, txn: Transaction, stream: str, fields: dict[str, object]) -> None:
+    def xadd(self, txn: Transaction, stream: str, fields: Mapping[str, object]) -> None:
         entry = {name: ops.encode_value(value) for name, value in fields.items()}
         txn.trim(stream, self.maxlen(stream))
         txn.append(stream, [[txn.next_id(stream), entry]])

@@ -162,7 +162,8 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
             result_ttl_s=result_ttl_s,
         )
         self.url = url
-        self.redis = client if client is not None else create_client(url, retries=client_retries)
+        # cast: url is not None when client is (checked above)
+        self.redis = client if client is not None else create_client(cast(str, url), retries=client_retries)
         if is_cluster(self.redis):
             raise ConfigurationError(
                 "the lock-based baseline (--state locked) runs on one Redis server; a cluster needs the lock-free state"
@@ -268,7 +269,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
         return [("SADD", keys.ACTIVE_WORKERS, worker_id), ("SADD", keys.KNOWN_WORKERS, worker_id)]
 
     def _read_state(self, worker_id: str) -> dict[str, str]:
-        return _decode_state(self.redis.hget(keys.WORKER_STATES, worker_id))
+        return _decode_state(cast("str | None", self.redis.hget(keys.WORKER_STATES, worker_id)))
 
     def _read_state_and_clock(self, worker_id: str) -> tuple[dict[str, str], float]:
         """The worker's state and the server's clock, in one round trip."""
@@ -331,7 +332,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
         ids = list(worker_ids)
         if not ids:
             return {}
-        values = self.redis.hmget(keys.WORKER_STATES, ids)
+        values = cast("list[str | None]", self.redis.hmget(keys.WORKER_STATES, ids))
         return {worker_id: _decode_state(raw) for worker_id, raw in zip(ids, values, strict=True)}
 
     def _do_update_state(
@@ -417,7 +418,9 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
             return 0
         return self._transact(
             [keys.QUEUE_LOCK],
-            lambda: submit.plan_promote(self.redis.zrangebyscore(keys.DELAYED, "-inf", self.clock(), 0, limit)),
+            lambda: submit.plan_promote(
+                cast("list[str]", self.redis.zrangebyscore(keys.DELAYED, "-inf", self.clock(), 0, limit))
+            ),
         )
 
     def _due_now(self) -> bool:
