@@ -75,7 +75,7 @@ def throughput(
     return result
 
 
-def _rate(newest: Sequence[list], firsts: Sequence[list], window: float, now: float) -> float:
+def _rate(newest: Sequence[list[Any]], firsts: Sequence[list[Any]], window: float, now: float) -> float:
     """Tasks per second from each shard's newest entry and first entry in the window."""
     settled, start = 0, None
     for last, first in zip(newest, firsts, strict=True):

@@ -68,8 +68,8 @@ class Sampler:
     def sample(self) -> Sample:
         state = self.orch.state
         counters = self.orch.counters()
-        depths = state.queue_depths()
-        active = len(state.active_workers())
+        depths = state.queue_depths()  # type: ignore[union-attr]  # running: sampled inside `with orch`
+        active = len(state.active_workers())  # type: ignore[union-attr]  # as above
         completed = counters[keys.TOTAL_WORK_COMPLETED] - self.before.get(keys.TOTAL_WORK_COMPLETED, 0)
         dead = counters[keys.TOTAL_DEAD_LETTERED] - self.before.get(keys.TOTAL_DEAD_LETTERED, 0)
         errors = counters[keys.TOTAL_ERRORS] - self.before.get(keys.TOTAL_ERRORS, 0)

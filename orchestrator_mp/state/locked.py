@@ -163,11 +163,12 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
         )
         self.url = url
         # cast: url is not None when client is (checked above)
-        self.redis = client if client is not None else create_client(cast(str, url), retries=client_retries)
-        if is_cluster(self.redis):
+        connected = client if client is not None else create_client(cast(str, url), retries=client_retries)
+        if is_cluster(connected):
             raise ConfigurationError(
                 "the lock-based baseline (--state locked) runs on one Redis server; a cluster needs the lock-free state"
             )
+        self.redis = connected
         self.lock_scope = lock_scope
         self.policy = WAIT_POLICIES[wait_policy]
         self.lease_s = lease_s

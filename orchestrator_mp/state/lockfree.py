@@ -127,11 +127,11 @@ class RedisLockFreeStateManager(FanOutReads, StateManager):
         self._turn = itertools.count()
 
     @property
-    def shard_count(self) -> int:  # type: ignore[override]
+    def shard_count(self) -> int:  # type: ignore[override]  # a property for the contract's class attribute
         return len(self.shards)
 
     @property
-    def on_cluster(self) -> bool:  # type: ignore[override]
+    def on_cluster(self) -> bool:  # type: ignore[override]  # as shard_count
         return is_cluster(self.redis)
 
     def stream_views(self) -> list[tuple[Any, keys.KeySpace]]:
