@@ -84,8 +84,9 @@ def decode_dead_letter(raw: str) -> dict[str, Any]:
         entry = None
     if not isinstance(entry, dict):
         entry = {"task": raw, "category": BAD_PAYLOAD, "message": "unreadable dead-letter entry"}
-    entry["raw"] = raw
-    return entry
+    record: dict[str, Any] = entry
+    record["raw"] = raw
+    return record
 
 
 def metric_fields(name: str, value: float, tags: dict[str, object] | None) -> dict[str, str | float]:

@@ -83,7 +83,8 @@ _POLL_CAP_S = 0.02
 
 
 def _decode_state(raw: str | None) -> dict[str, str]:
-    return json.loads(raw) if raw else {}
+    state: dict[str, str] = json.loads(raw) if raw else {}
+    return state
 
 
 def _xadd(stream: str, maxlen: int, fields: dict[str, object]) -> Write:

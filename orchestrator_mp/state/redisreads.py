@@ -14,7 +14,7 @@ redis-py's: see :func:`translate_connection_errors`.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Sequence, cast
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, cast
 
 import redis
 
@@ -30,6 +30,9 @@ from .base import (
 )
 from .redislimits import RedisLimits
 from .steps import reads as read_steps
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
 
 # How often a result is polled for while a full server refuses blocking waits.
 RESULT_POLL_S = 0.05
@@ -168,9 +171,9 @@ class RedisReadsMixin:
     ) -> None:
         """An append needs no lock: XADD (queued in ``pipeline`` if given)."""
         target = pipeline if pipeline is not None else self.redis
-        fields = metric_fields(name, value, tags)
         # redis-py types ``fields`` as an invariant Dict[FieldT, EncodableT]; str keys and str | float values are that.
-        target.xadd(self.space.METRICS, fields, maxlen=self.events_maxlen, approximate=True)  # type: ignore[arg-type]
+        fields = cast("dict[FieldT, EncodableT]", metric_fields(name, value, tags))
+        target.xadd(self.space.METRICS, fields, maxlen=self.events_maxlen, approximate=True)
 
     def stream_tail(self, stream: str) -> StreamTail:
         pipe = self.redis.pipeline(transaction=False)
