@@ -28,12 +28,10 @@ from .exceptions import (
     ServerError,
     ServerNotRunnable,
     StateError,
-    StopWorker,
     SupervisorClosed,
     TaskError,
     TaskFailed,
     UnknownTaskError,
-    VersionConflict,
     WorkerDied,
 )
 from .executor import OrchestratorExecutor
@@ -79,7 +77,6 @@ __all__ = [
     "PayloadError",
     "TaskFailed",
     "StateError",
-    "VersionConflict",
     "Fenced",
     "BackendFull",
     "BackendUnavailable",
@@ -89,5 +86,4 @@ __all__ = [
     "DatabaseInUse",
     "WorkerDied",
     "SupervisorClosed",
-    "StopWorker",
 ]

@@ -34,6 +34,7 @@ from .config import Settings
 from .connection import create_client
 from .demo import register_demo
 from .exceptions import ConfigurationError
+from .figures import percentile
 from .orchestrator import ContinuousOrchestrator
 from .proc import die_with_parent
 from .server import EmbeddedServer
@@ -128,18 +129,6 @@ def command_calls(url: str | None) -> int:
     return sum(int(v["calls"]) for name, v in stats.items() if name != "cmdstat_info")
 
 
-def percentile(samples: Sequence[float], q: float) -> float:
-    """The sample at index ``int(q * n)`` of the sorted samples, ``q`` in 0-1 (lock waits).
-
-    Not ``figures.percentile`` (nearest rank, ``q`` in 0-100), which ``status`` uses:
-    the two differ by one rank on some sizes; merging them changes reported figures.
-    """
-    if not samples:
-        return 0.0
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 # -- contention ----------------------------------------------------------------------------
 def update_cycle(state: StateManager, worker_id: str, epoch: int, n: int) -> None:
     """One update: the worker's own state (versioned) plus one shared counter.
@@ -231,8 +220,8 @@ def contention(name: str, processes: int, window_s: float, workdir: str) -> dict
         attempts = sum(lock["attempts"] for lock in locks)
         row.update(
             lock_acquires=acquires,
-            lock_wait_p50_ms=percentile(waits, 0.50) * 1000,
-            lock_wait_p99_ms=percentile(waits, 0.99) * 1000,
+            lock_wait_p50_ms=percentile(sorted(waits), 50) * 1000,
+            lock_wait_p99_ms=percentile(sorted(waits), 99) * 1000,
             retries_per_acquire=(attempts - acquires) / acquires if acquires else 0.0,
             lost_leases=sum(lock["lost_leases"] for lock in locks),
         )

@@ -45,6 +45,7 @@ import redis.cluster
 from . import keys
 from .exceptions import ConfigurationError
 from .models import StreamEntry
+from .state.merge import id_order
 
 if TYPE_CHECKING:
     from typing_extensions import TypeIs
@@ -173,12 +174,6 @@ def resolve_stream(name: str) -> str:
     except KeyError:
         choices = ", ".join([*STREAM_ALIASES, *keys.STREAMS])
         raise ConfigurationError(f"stream must be one of {choices}; got {name!r}") from None
-
-
-def id_order(entry_id: str) -> tuple[int, int]:
-    """A stream id as a sortable pair (milliseconds, sequence)."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def server_time(client: Client) -> float:

@@ -66,16 +66,6 @@ class StateError(OrchestratorError):
     """The shared state could not be read or written as asked."""
 
 
-class VersionConflict(StateError):
-    """An optimistic update found another version than expected (retryable)."""
-
-    def __init__(self, key: str, expected: int, actual: int) -> None:
-        self.key = key
-        self.expected = expected
-        self.actual = actual
-        super().__init__(f"{key}: expected version {expected}, found {actual}")
-
-
 class Fenced(StateError):
     """A worker wrote with an epoch older than its partition's: it was declared dead."""
 
@@ -156,7 +146,3 @@ class WorkerDied(OrchestratorError):
 
 class SupervisorClosed(OrchestratorError, RuntimeError):
     """The orchestrator was used after it was closed (or before it started)."""
-
-
-class StopWorker(BaseException):
-    """Control flow for a cold stop; task code's ``except Exception`` must not catch it."""

@@ -131,7 +131,8 @@ def _number(text: str | None) -> float | None:
 
 
 def percentile(ordered: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending sequence (0 for an empty one)."""
+    """Nearest-rank percentile (``q`` in 0-100) of an ascending sequence, 0 for an empty
+    one: the one definition every figure of the project uses (status, metrics, bench)."""
     if not ordered:
         return 0.0
     rank = max(1, math.ceil(q / 100.0 * len(ordered)))

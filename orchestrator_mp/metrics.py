@@ -41,6 +41,7 @@ from .connection import GONE
 from .events import ShardView, Source, as_views, view_range, views_of
 from .figures import LATENCY_METRICS, latency_samples
 from .models import StreamEntry
+from .reading import read_snapshot
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -210,11 +211,11 @@ class OrchestratorCollector:
         # Histograms first: completions appended while this scrape reads are then
         # counted by the counters (read after) but not yet observed, never the reverse.
         self.histograms.update(views_of(state))
-        counters = state.get_counters()
-        active = sorted(state.active_workers())
-        depths = state.queue_depths()  # in-flight of every known partition, not only the live ones
-        states = state.batch_get_worker_states(active)
-        per_worker = state.worker_counters(active)
+        # The library's snapshot reader, its plain reads (a scrape needs no audit): the
+        # depths count the in-flight of every known partition, not only the live ones.
+        snapshot = read_snapshot(state, workers="active", audit=False, figures=False)
+        counters, depths, active = snapshot.counters, snapshot.queues, snapshot.active_workers
+        states = per_worker = snapshot.workers
 
         families: list[Metric] = []
         for counter, value in counters.items():

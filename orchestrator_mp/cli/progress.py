@@ -1,7 +1,7 @@
 """What ``run`` shows while it works: a live display on a terminal, plain lines otherwise.
 
-All three displays take the same :class:`Sample` (read from the orchestrator in
-three round trips: counters, active workers, queue depths) and go to stderr:
+All three displays take the same :class:`Sample` (the library's snapshot reader, its
+three cheap reads: counters, active workers, queue depths) and go to stderr:
 
 * :class:`LiveDisplay` (stderr is a terminal): a rich progress bar with
   settled / total, rate, errors, active workers, queue and ETA, redrawn in place.
@@ -21,6 +21,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
 from .. import keys
 from ..orchestrator import ContinuousOrchestrator
+from ..reading import read_snapshot
 from .common import say
 
 RATE_WINDOW_S = 5.0  # the rate shown is the average over this many recent seconds
@@ -66,10 +67,9 @@ class Sampler:
         self._history: collections.deque[tuple[float, int]] = collections.deque()
 
     def sample(self) -> Sample:
-        state = self.orch.state
-        counters = self.orch.counters()
-        depths = state.queue_depths()  # type: ignore[union-attr]  # running: sampled inside `with orch`
-        active = len(state.active_workers())  # type: ignore[union-attr]  # as above
+        # running: sampled inside `with orch`, so the state is there
+        snapshot = read_snapshot(self.orch.state, workers="none", audit=False, figures=False)  # type: ignore[arg-type]
+        counters, depths, active = snapshot.counters, snapshot.queues, len(snapshot.active_workers)
         completed = counters[keys.TOTAL_WORK_COMPLETED] - self.before.get(keys.TOTAL_WORK_COMPLETED, 0)
         dead = counters[keys.TOTAL_DEAD_LETTERED] - self.before.get(keys.TOTAL_DEAD_LETTERED, 0)
         errors = counters[keys.TOTAL_ERRORS] - self.before.get(keys.TOTAL_ERRORS, 0)

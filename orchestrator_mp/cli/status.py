@@ -24,10 +24,8 @@ from rich.text import Text
 
 from ..connection import GONE
 from ..database import Attachment, open_state
-from ..events import views_of
-from ..exceptions import ConfigurationError
-from ..figures import recent_latency, throughput
 from ..log import configure as configure_logging
+from ..reading import read_snapshot
 from ..state import StateManager
 from .common import (
     EXIT_OK,
@@ -69,39 +67,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def status_report(state: StateManager) -> dict[str, Any]:
-    """Everything ``status`` shows, as plain data (the ``--json`` object).
-
-    Keys: ``active_workers``, ``counters``, ``workers`` (every known partition: its
-    state hash plus ``completed`` / ``errors``), ``queues``, ``consistent`` and
-    ``checks`` (the audit, one atomic snapshot, exact even mid-run), ``moving`` (tasks
-    queued, in flight or running), ``throughput`` (per window), ``latency``
-    (percentiles in ms and the stream each metric came from), ``time``.
-    """
-    active = sorted(state.active_workers())
-    known = sorted(state.known_workers())
-    states = state.batch_get_worker_states(known)
-    counts = state.worker_counters(known)
-    audit = state.audit()
-    workers = {w: {**states.get(w, {}), **counts.get(w, {})} for w in known}
-    report: dict[str, Any] = {
-        "active_workers": active,
-        "counters": audit["counters"],
-        "workers": workers,
-        "queues": audit["queues"],
-        "consistent": audit["ok"],
-        "checks": audit["checks"],
-        "shards": audit.get("shards", 1),
-        "moving": audit["queues"]["pending"] + audit["queues"]["inflight"] > 0
-        or any(workers.get(w, {}).get("status") == "busy" for w in active),
-        "time": time.time(),
-    }
-    try:
-        views = views_of(state)
-    except ConfigurationError:
-        return report
-    report["throughput"] = throughput(views)
-    report["latency"] = recent_latency(views)
-    return report
+    """Everything ``status`` shows, as plain data (the ``--json`` object): the library's
+    snapshot (:func:`orchestrator_mp.reading.read_snapshot`) with every partition, the
+    exact audit and the figures of the streams."""
+    return read_snapshot(state).as_dict()
 
 
 # -- watching --------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import time
 
@@ -152,6 +153,17 @@ def test_embedded_server_is_private(db_path):
     assert not os.path.exists(directory)
 
 
+def paused_holding(state, pids):
+    """SIGSTOP each worker in turn; return the first that holds tasks while paused (the
+    others are resumed), or None."""
+    for worker_id, pid in sorted(pids.items()):
+        os.kill(pid, signal.SIGSTOP)
+        if state.queue_depths([worker_id])["by_worker"].get(worker_id, 0) > 0:
+            return worker_id
+        os.kill(pid, signal.SIGCONT)
+    return None
+
+
 @pytest.mark.parametrize("state", STATE_KINDS)
 def test_killed_worker_loses_no_task(db_path, state):
     """SIGKILL a worker mid-run: its in-flight tasks come back and every task completes once."""
@@ -159,12 +171,16 @@ def test_killed_worker_loses_no_task(db_path, state):
         orch.submit_many("tests.sleep", [(10,) for _ in range(400)])
         wait_for(lambda: orch.counters()["total_work_completed"] > 50, what="some progress")
         pids = orch.supervisor.pids()
-        # Kill a worker while it holds claimed tasks, so the requeue is certain.
-        holding = wait_for(
-            lambda: [w for w, n in orch.state.queue_depths(pids)["by_worker"].items() if n >= 2],
-            what="a worker holding tasks",
-        )
-        sigkill_worker(pids[holding[0]])
+        # Kill a worker while it holds claimed tasks, so the requeue is certain: paused,
+        # it cannot settle between the look and the kill. (A paused worker of the file
+        # state may hold the file lock every read needs: there, look without pausing.)
+        if state == "file":
+            holding = wait_for(lambda: [w for w, n in orch.state.queue_depths(pids)["by_worker"].items() if n >= 2],
+                               what="a worker holding tasks")
+            worker_id = holding[0]
+        else:
+            worker_id = wait_for(lambda: paused_holding(orch.state, pids), what="a paused worker holding tasks")
+        sigkill_worker(pids[worker_id])
         wait_for(lambda: orch.supervisor.deaths, what="the death to be noticed")
         assert orch.wait(timeout=60)
         audit = orch.audit()
