@@ -15,7 +15,7 @@ try:  # optional extra
     matplotlib.use("Agg")  # files only: no display, no GUI toolkit
     from matplotlib import pyplot
 except ImportError:  # pragma: no cover - exercised only without the extra
-    pyplot = None
+    pyplot = None  # type: ignore[assignment]  # the module's name stands for "not installed"
 
 STYLE = {
     "lockfree": {"color": "#1b7837", "marker": "o", "label": "lock-free"},
@@ -26,8 +26,10 @@ STYLE = {
 }
 
 
-def _series(rows: list[dict[str, Any]], name_key: str, count_key: str, value_key: str) -> dict[str, list[tuple]]:
-    series: dict[str, list[tuple]] = {}
+def _series(
+    rows: list[dict[str, Any]], name_key: str, count_key: str, value_key: str
+) -> dict[str, list[tuple[Any, Any]]]:
+    series: dict[str, list[tuple[Any, Any]]] = {}
     for row in rows:
         series.setdefault(row[name_key], []).append((row[count_key], row[value_key]))
     return {name: sorted(points) for name, points in series.items()}

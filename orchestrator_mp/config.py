@@ -26,8 +26,8 @@ MAX_STATE_FIELDS = 64
 LOG_LEVEL_ENV = "ORCHESTRATOR_MP_LOG_LEVEL"
 
 
-def _int_at_least(minimum: int) -> Callable[[Any, attrs.Attribute, Any], None]:
-    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _int_at_least(minimum: int) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             message = f"{attribute.name} must be an integer >= {minimum}, got {value!r}"
             raise ConfigurationError(message)
@@ -35,8 +35,8 @@ def _int_at_least(minimum: int) -> Callable[[Any, attrs.Attribute, Any], None]:
     return check
 
 
-def _int_between(minimum: int, maximum: int) -> Callable[[Any, attrs.Attribute, Any], None]:
-    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _int_between(minimum: int, maximum: int) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
             message = f"{attribute.name} must be an integer from {minimum} to {maximum:,}, got {value!r}"
             raise ConfigurationError(message)
@@ -44,14 +44,14 @@ def _int_between(minimum: int, maximum: int) -> Callable[[Any, attrs.Attribute, 
     return check
 
 
-def _positive_number(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _positive_number(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         message = f"{attribute.name} must be a number > 0, got {value!r}"
         raise ConfigurationError(message)
 
 
-def _one_of(choices: tuple[str, ...]) -> Callable[[Any, attrs.Attribute, Any], None]:
-    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value not in choices:
             message = f"{attribute.name} must be one of {', '.join(choices)}, got {value!r}"
             raise ConfigurationError(message)
@@ -59,15 +59,20 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[Any, attrs.Attribute, Any], N
     return check
 
 
-def _boolean(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _boolean(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, bool):
         message = f"{attribute.name} must be True or False, got {value!r}"
         raise ConfigurationError(message)
 
 
-def _optional_positive_number(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _optional_positive_number(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None:
         _positive_number(instance, attribute, value)
+
+
+def _upper(value: str) -> str:
+    """``str.upper`` as a named function (mypy's attrs plugin takes no method as a converter)."""
+    return str.upper(value)
 
 
 def _default_log_level() -> str:
@@ -149,7 +154,7 @@ class Settings:
     durability: str = attrs.field(default="fast", validator=_one_of(DURABILITY_MODES))
     shards: int | None = attrs.field(default=None, validator=attrs.validators.optional(_int_at_least(1)))
     log_level: str = attrs.field(
-        factory=_default_log_level, converter=str.upper, validator=_one_of(LOG_LEVELS)
+        factory=_default_log_level, converter=_upper, validator=_one_of(LOG_LEVELS)
     )
     log_json: str | None = None
 

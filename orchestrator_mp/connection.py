@@ -10,7 +10,7 @@ import functools
 import inspect
 import os
 import re
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
 
 import redis
 import redis.cluster
@@ -19,6 +19,9 @@ from redis.exceptions import ClusterDownError, OutOfMemoryError, TryAgainError
 from redis.retry import Retry
 
 from .exceptions import BackendFull, BackendUnavailable, ConfigurationError
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
 
 # Patient clients ride over a server restart (the supervisor restarts a dead
 # embedded server within ~0.1 s, loading its AOF may take longer): about 15 s.
@@ -100,7 +103,7 @@ def _translating(method: _F) -> _F:
                 raise
             raise out_of_memory(getattr(args[0], "redis", None) if args else None) from exc
 
-    return call  # type: ignore[return-value]
+    return cast(_F, call)  # functools.wraps keeps the signature
 
 
 def translate_connection_errors(cls: _C) -> _C:
@@ -116,7 +119,7 @@ def translate_connection_errors(cls: _C) -> _C:
     return cls
 
 
-def create_client(url: str, *, retries: bool = True, **options: Any) -> redis.Redis:
+def create_client(url: str, *, retries: bool = True, **options: Any) -> redis.Redis | redis.cluster.RedisCluster:
     """A client for ``url`` (``unix://PATH``, ``redis://``, ``rediss://``), strings decoded.
 
     A server in cluster mode is detected (``INFO cluster``) and answered with
@@ -155,7 +158,7 @@ def _cluster_enabled(client: redis.Redis) -> bool:
         return False  # unreachable: the caller's first command reports it
 
 
-def is_cluster(client: Any) -> bool:
+def is_cluster(client: object) -> TypeIs[redis.cluster.RedisCluster]:
     """Whether ``client`` talks to a Redis Cluster (keys must then share slots per call)."""
     return isinstance(client, redis.cluster.RedisCluster)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from typing import Iterator, cast
 
 import redis
 
@@ -101,7 +101,7 @@ def record_kind(url: str, kind: str) -> None:
 def recorded_kind(url: str, default: str) -> str:
     client = create_client(url)
     try:
-        return client.get(keys.STATE_KIND) or default
+        return cast("str | None", client.get(keys.STATE_KIND)) or default
     finally:
         client.close()
 

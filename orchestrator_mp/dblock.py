@@ -12,7 +12,7 @@ import fcntl
 import json
 import os
 import time
-from typing import Any
+from typing import Any, cast
 
 from .exceptions import ConfigurationError, DatabaseInUse
 
@@ -93,8 +93,9 @@ class DatabaseLock:
 
     def previous_record(self) -> dict[str, Any]:
         """The record a previous owner left (it may have been killed); {} if none."""
-        os.lseek(self.fd, 0, os.SEEK_SET)
-        text = os.read(self.fd, 65536).decode("utf-8", "replace")
+        fd = cast(int, self.fd)  # held: called after acquire()
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 65536).decode("utf-8", "replace")
         try:
             record = json.loads(text) if text.strip() else {}
         except ValueError:
@@ -104,9 +105,10 @@ class DatabaseLock:
     def write_record(self, **fields: Any) -> None:
         """Publish who owns the database (pid, role, and what the caller adds)."""
         record = {"pid": os.getpid(), "role": self.role, "db": self.db_path, "started_at": time.time(), **fields}
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, json.dumps(record).encode(), 0)
-        os.fsync(self.fd)
+        fd = cast(int, self.fd)  # held: called after acquire()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        os.fsync(fd)
 
     def release(self) -> None:
         if self.fd is None:

@@ -27,7 +27,16 @@ import heapq
 import itertools
 import re
 import time
-from typing import Any, Callable, Iterator, Sequence, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+    Union,
+    cast,
+)
 
 import attrs
 import redis
@@ -37,6 +46,9 @@ from . import keys
 from .exceptions import ConfigurationError
 from .models import StreamEntry
 from .state.merge import id_order
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
 
 # The streams `monitor` follows unless told otherwise (work_completions has one
 # entry per task: ask for it by name).
@@ -61,6 +73,9 @@ SHARD_BLOCK_MS = 50  # the longest one blocking read waits on one shard while ot
 
 # -- sources: which clients and key spaces hold the streams ---------------------------------
 Client = Union[redis.Redis, redis.cluster.RedisCluster]
+# A stream's entries as a decoded client (decode_responses=True) returns them; redis-py
+# types them bytes | str, so reads cast to this.
+Entries = list[tuple[str, dict[str, str]]]
 
 
 @attrs.frozen
@@ -82,7 +97,7 @@ class ShardView:
 Source = Union[Client, Sequence[ShardView]]
 
 
-def _is_client(value: Any) -> bool:
+def _is_client(value: object) -> TypeIs[Client]:
     return isinstance(value, (redis.Redis, redis.cluster.RedisCluster))
 
 
@@ -95,7 +110,8 @@ def client_of(state: Any) -> Client:
     Raises:
         ConfigurationError: the state manager keeps no Redis streams.
     """
-    return state.stream_views()[0][0]
+    client: Client = state.stream_views()[0][0]
+    return client
 
 
 def views_of(state: Any) -> list[ShardView]:
@@ -200,7 +216,7 @@ def parse_since(text: str, now: float) -> str | None:
 
 def last_id(client: Client, stream: str) -> str:
     """The id of the newest entry, ``"0-0"`` for an empty or missing stream."""
-    newest = client.xrevrange(stream, count=1)
+    newest = cast(Entries, client.xrevrange(stream, count=1))
     return newest[0][0] if newest else _EMPTY
 
 
@@ -214,7 +230,7 @@ def read_range(
     """
     name = stream if name is None else name
     while True:
-        batch = client.xrange(stream, min=start, max=end, count=page)
+        batch = cast(Entries, client.xrange(stream, min=start, max=end, count=page))
         for entry_id, fields in batch:
             yield StreamEntry(name, entry_id, fields)
         if len(batch) < page:
@@ -319,9 +335,13 @@ class StreamFollower:
         """One XREAD of one view's streams (one slot), past their positions."""
         assert self.positions is not None
         view = self.views[index]
-        wanted = {view.key(stream): self.positions[(index, stream)] for stream in self.streams}
-        reply = view.client.xread(wanted, count=self.count, block=block_ms)
-        items = reply.items() if isinstance(reply, dict) else reply or []
+        reply = view.client.xread(
+            {view.key(stream): self.positions[(index, stream)] for stream in self.streams},
+            count=self.count,
+            block=block_ms,
+        )
+        # RESP3 answers a dict by stream, RESP2 a list of (stream, entries) pairs
+        items = cast("Iterable[tuple[str, Entries]]", reply.items() if isinstance(reply, dict) else reply or [])
         entries = []
         for key, stream_entries in items:
             stream = view.space.plain(key)

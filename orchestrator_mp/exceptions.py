@@ -119,7 +119,7 @@ class ServerNotRunnable(ServerError):
 class DatabaseInUse(ServerError):
     """Another live orchestrator owns this database file."""
 
-    def __init__(self, db_path: str, owner: dict) -> None:
+    def __init__(self, db_path: str, owner: dict[str, object]) -> None:
         self.db_path = db_path
         self.owner = owner
         pid = owner.get("pid", "?")

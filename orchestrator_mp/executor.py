@@ -34,7 +34,7 @@ from .state import StateManager, create_state_manager
 SAFETY_SWEEP_S = 2.0  # also poll stored results, in case a stream entry was trimmed unseen
 
 
-class RemoteFuture(Future):
+class RemoteFuture(Future[Any]):
     """A Future whose ``cancel()`` withdraws the task from the queue, and fails once a
     worker has claimed it (it is running: the standard semantics)."""
 
@@ -93,7 +93,7 @@ class OrchestratorExecutor(Executor):
         self._listener.start()
 
     # -- Executor interface --------------------------------------------------------------------
-    def submit(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Queue ``fn(*args, **kwargs)``; ``fn`` must be registered (or a registered name)."""
         return self._submit_calls(fn, [(args, kwargs)])[0]
 

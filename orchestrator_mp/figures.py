@@ -75,9 +75,10 @@ def throughput(
     return result
 
 
-def _rate(newest: Sequence[list], firsts: Sequence[list], window: float, now: float) -> float:
+def _rate(newest: Sequence[list[Any]], firsts: Sequence[list[Any]], window: float, now: float) -> float:
     """Tasks per second from each shard's newest entry and first entry in the window."""
-    settled, start = 0, None
+    settled = 0
+    start: float | None = None
     for last, first in zip(newest, firsts, strict=True):
         if last and first:
             settled += max(0, _running_total(last[0][1]) - _running_total(first[0][1]) + 1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 
@@ -103,7 +103,7 @@ class CodeLimits(Protocol):
     def free_slot(self, cap: ConcurrencyCap, holder: str) -> None: ...
 
 
-_current: dict[str, Any] = {}
+_current: dict[str, CodeLimits | None] = {}
 _current_lock = threading.Lock()
 
 

@@ -33,8 +33,10 @@ def new_task_id() -> str:
     return uuid.uuid4().hex
 
 
-_REQUIRED = {"id": str, "name": str, "args": list, "kwargs": dict, "ts": (int, float), "crashes": int}
-_OPTIONAL = {
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "id": str, "name": str, "args": list, "kwargs": dict, "ts": (int, float), "crashes": int,
+}
+_OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "retries": int,
     "max_retries": int,
     "time_limit": (int, float),
@@ -63,8 +65,8 @@ class Task:
     """One unit of work: a registered task name and JSON arguments."""
 
     name: str
-    args: tuple = ()
-    kwargs: dict = attrs.field(factory=dict)
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = attrs.field(factory=dict)
     id: str = attrs.field(factory=new_task_id)
     submitted_at: float = attrs.field(factory=time.time)
     crashes: int = 0
@@ -230,7 +232,8 @@ class StreamEntry:
             except ValueError:
                 return ""
             if isinstance(decoded, dict) and isinstance(decoded.get("worker"), str):
-                return decoded["worker"]
+                tagged: str = decoded["worker"]
+                return tagged
         return ""
 
     def to_dict(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import datetime
 import os
 import socket
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, cast
 
 from .config import Settings
 from .connection import check_reachable
@@ -150,8 +150,9 @@ class ContinuousOrchestrator:
                 else:
                     self.url = self.server.url
         if state_kind(self.settings.state).needs_server:
-            check_memory_policy(self.url, self.settings.allow_eviction)
-            record_kind(self.url, self.settings.state)
+            url = cast(str, self.url)  # set above whenever the (final) state kind needs a server
+            check_memory_policy(url, self.settings.allow_eviction)
+            record_kind(url, self.settings.state)
         else:
             self.db_lock = DatabaseLock(self.settings.db_path).acquire()
             self.db_lock.write_record(state=self.settings.state, files=state_dir_for(self.settings.db_path))
@@ -229,7 +230,8 @@ class ContinuousOrchestrator:
         (on a Redis Cluster: none of those whose shard's master is full).
         """
         ids, _raws = self.submit_raw(task, calls, results=results)
-        return [TaskHandle(self.state, task_id) for task_id in ids]
+        state = cast(StateManager, self.state)  # submit_raw checked the orchestrator runs
+        return [TaskHandle(state, task_id) for task_id in ids]
 
     def submit_with(
         self,
@@ -267,7 +269,7 @@ class ContinuousOrchestrator:
             task, [(tuple(args), dict(kwargs or {}))], results=result, due_at=due, delay_s=delay_s,
             max_retries=max_retries, time_limit_s=time_limit_s, partition_key=partition_key,
         )
-        return TaskHandle(self.state, ids[0])
+        return TaskHandle(cast(StateManager, self.state), ids[0])  # submit_raw checked the orchestrator runs
 
     def submit_raw(
         self,
@@ -354,7 +356,7 @@ class ContinuousOrchestrator:
 
     def monitor_command(self) -> str | None:
         """A redis-cli line that follows the event and metrics streams (embedded only)."""
-        return monitor_command(self.server.socket_path) if self.server else None
+        return monitor_command(cast(str, self.server.socket_path)) if self.server else None
 
     def audit(self) -> dict[str, Any]:
         """Counters checked against each other and the streams (see StateManager.audit)."""

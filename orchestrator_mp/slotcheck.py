@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import redis
 from redis.crc import key_slot
@@ -68,13 +68,13 @@ class SlotCheck:
     def attach(cls, client: redis.Redis) -> "SlotCheck":
         """Wrap ``client`` (and the pipelines it makes); returns the recorder."""
         check = cls()
-        original = client.execute_command
+        original: Callable[..., Any] = client.execute_command
 
         def execute_command(*args: Any, **options: Any) -> Any:
             check.record(*keys_of(args))
             return original(*args, **options)
 
-        client.execute_command = execute_command  # type: ignore[method-assign]
+        client.execute_command = execute_command  # type: ignore[method-assign]  # instrumentation, this instance only
         make_pipeline = client.pipeline
 
         def pipeline(transaction: bool = True, shard_hint: Any = None) -> Any:
@@ -97,11 +97,12 @@ class SlotCheck:
                 batch.clear()
                 return run(raise_on_error)
 
-            pipe.pipeline_execute_command = queue_command
-            pipe.execute = execute
+            # Instrumentation: the pipeline's own methods are replaced on this instance.
+            pipe.pipeline_execute_command = queue_command  # type: ignore[method-assign]
+            pipe.execute = execute  # type: ignore[method-assign]
             return pipe
 
-        client.pipeline = pipeline  # type: ignore[method-assign]
+        client.pipeline = pipeline  # type: ignore[method-assign]  # as execute_command
         return check
 
     def record(self, name: str, keys: list[Any]) -> None:

@@ -32,7 +32,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Callable
+from typing import Callable, cast
 
 import attrs
 import multiprocess
@@ -261,7 +261,7 @@ class Supervisor:
 
     def _tick(self) -> None:
         if self.server is not None and not self.server.is_alive():
-            self._restart_server()
+            self._restart_server(self.server)
         for worker_id, (reason, crashed) in sorted(self._unreclaimed.items()):
             reclaim_worker(self.state, worker_id, self.settings, reason=reason, crashed=crashed)
             del self._unreclaimed[worker_id]
@@ -271,14 +271,14 @@ class Supervisor:
         self._kill_lingering_zombies()
         self.state.promote_due()
 
-    def _restart_server(self) -> None:
-        code = self.server.process.returncode if self.server.process else None
+    def _restart_server(self, server: EmbeddedServer) -> None:
+        code = server.process.returncode if server.process else None
         logger.error("embedded redis-server died (exit code {}); restarting it on the same data", code)
-        self.server.restart()
+        server.restart()
         # Leases could not be renewed while the server was down: give every worker
         # a full lease to renew before judging them.
         self._lease_checks_from = time.monotonic() + self.settings.lease_s + 1.0
-        logger.warning("redis-server restarted (pid {}, restart #{})", self.server.pid, self.server.restarts)
+        logger.warning("redis-server restarted (pid {}, restart #{})", server.pid, server.restarts)
 
     def _check_leases(self) -> None:
         for worker_id in self.state.expired_workers():
@@ -344,7 +344,7 @@ class Supervisor:
         with self._lock:
             zombies = [w for w in self.workers.values() if w.retired_at is not None and w.process.is_alive()]
         for worker in zombies:
-            if now - worker.retired_at > self.settings.zombie_grace_s:
+            if now - cast(float, worker.retired_at) > self.settings.zombie_grace_s:  # not None: filtered above
                 logger.warning("retired worker {} (pid {}) still running; killing it", worker.worker_id, worker.process.pid)
                 worker.process.kill()
 

@@ -38,7 +38,7 @@ import socket
 import threading
 import time
 import traceback
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, cast
 
 from .config import Settings
 from .exceptions import (
@@ -58,12 +58,12 @@ from .models import (
     UNKNOWN_TASK,
     Outcome,
     Task,
-    dumps,
 )
 from .proc import die_with_parent
 from .registry import TaskSpec, get_spec, get_task
 from .retry import failure, time_limit_for
 from .state import StateManager, TaskLimits, create_state_manager
+from .wire import dumps
 
 EXIT_OK = 0
 EXIT_FENCED = 3
@@ -190,6 +190,11 @@ class Worker:
             self._heartbeat.start()
         return self.epoch
 
+    @property
+    def _owned_epoch(self) -> int:
+        """The epoch :meth:`register` took; every write after it runs with one."""
+        return cast(int, self.epoch)
+
     def deregister(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.stop()
@@ -207,7 +212,7 @@ class Worker:
             while not self.should_stop():
                 self.run_batch(block=True)
             if self._heartbeat is not None and self._heartbeat.fenced:
-                raise Fenced(self.worker_id, self.epoch)
+                raise Fenced(self.worker_id, self._owned_epoch)
             self.deregister()
         except Fenced:
             logger.error("fenced: this worker's partition was taken over; exiting without writing")
@@ -286,13 +291,13 @@ class Worker:
             # in-flight list now is unknown to us: hand it back to the queue.
             stranded = self.state.inflight(self.worker_id)
             if stranded:
-                released = self.state.release(self.worker_id, self.epoch, stranded)
+                released = self.state.release(self.worker_id, self._owned_epoch, stranded)
                 logger.warning("resync after reconnect: {} stranded task(s) handed back", released)
             self._needs_resync = False
-        divisor, size = self.settings.workers, self.claim_size()
+        divisor, size, epoch = self.settings.workers, self.claim_size(), self._owned_epoch
         if block:
-            return self.state.wait_claim(self.worker_id, self.epoch, size, divisor, self.settings.block_timeout_s)
-        return self.state.claim(self.worker_id, self.epoch, size, divisor)
+            return self.state.wait_claim(self.worker_id, epoch, size, divisor, self.settings.block_timeout_s)
+        return self.state.claim(self.worker_id, epoch, size, divisor)
 
     def claim_size(self) -> int:
         """How many tasks to claim next: about TARGET_BATCH_S of work, at most batch_size."""
@@ -494,7 +499,7 @@ class Worker:
                 # parent, or the next start, reclaims whatever is still in flight.
                 raise BackendUnavailable("the server is unreachable and this worker is stopping")
             try:
-                self.state.heartbeat(self.worker_id, self.epoch)
+                self.state.heartbeat(self.worker_id, self._owned_epoch)
                 break
             except BackendUnavailable:
                 if time.monotonic() > deadline:

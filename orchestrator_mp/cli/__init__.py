@@ -83,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     register_demo()
     try:
-        return args.handler(args)
+        code: int = args.handler(args)
+        return code
     except OrchestratorError as exc:
         say(f"{parser.prog} {args.command}: error: {exc}")
         return next(code for kind, code in EXIT_CODES if isinstance(exc, kind))

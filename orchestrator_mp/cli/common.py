@@ -6,7 +6,7 @@ import importlib
 import json
 import signal
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from ..config import Settings
 from ..exceptions import ConfigurationError
@@ -25,7 +25,7 @@ SUBMIT_CHUNK = 5_000  # tasks per submit transaction (and per progress update wh
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``orchestrator-mp run: error: ...``."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_CONFIG, f"{self.prog}: error: {message}\n")
 
 

@@ -67,7 +67,8 @@ class Sampler:
         self._history: collections.deque[tuple[float, int]] = collections.deque()
 
     def sample(self) -> Sample:
-        snapshot = read_snapshot(self.orch.state, workers="none", audit=False, figures=False)
+        # running: sampled inside `with orch`, so the state is there
+        snapshot = read_snapshot(self.orch.state, workers="none", audit=False, figures=False)  # type: ignore[arg-type]
         counters, depths, active = snapshot.counters, snapshot.queues, len(snapshot.active_workers)
         completed = counters[keys.TOTAL_WORK_COMPLETED] - self.before.get(keys.TOTAL_WORK_COMPLETED, 0)
         dead = counters[keys.TOTAL_DEAD_LETTERED] - self.before.get(keys.TOTAL_DEAD_LETTERED, 0)

@@ -11,7 +11,7 @@ import json
 import os
 import shlex
 import time
-from typing import Any
+from typing import Any, cast
 
 from .. import __version__, keys
 from ..config import STATE_KINDS, default_workers
@@ -19,7 +19,7 @@ from ..connection import redact
 from ..demo import DEMO_TASK, register_limited_demo
 from ..log import configure as configure_logging
 from ..orchestrator import ContinuousOrchestrator
-from ..state import state_dir_for
+from ..state import StateManager, state_dir_for
 from .common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -103,8 +103,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             db = shlex.quote(settings.db_path)
             say(f"from another terminal: python -m orchestrator_mp status --watch --db {db}  (or: monitor, metrics)")
         if orch.server is None and orch.url is not None and not args.json:
-            shards = orch.state.shard_count
-            kind = "a Redis Cluster" if orch.state.on_cluster else "one Redis server"
+            state = cast(StateManager, orch.state)  # running: inside `with orch`
+            shards = state.shard_count
+            kind = "a Redis Cluster" if state.on_cluster else "one Redis server"
             layout = f", data in {shards} shards" if shards > 1 else ""
             say(f"orchestrator_mp {__version__}: {kind} at {redact(orch.url)}{layout}")
             say("other hosts join with: python -m orchestrator_mp worker --redis-url URL  (and: status, monitor)")
@@ -125,7 +126,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 for start in range(0, args.demo, SUBMIT_CHUNK):
                     if signals.count:
                         break  # Ctrl-C while submitting: stop submitting at once
-                    calls = [((i, args.demo_ms, args.demo_fail_rate), {}) for i in range(start, min(args.demo, start + SUBMIT_CHUNK))]
+                    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+                        ((i, args.demo_ms, args.demo_fail_rate), {})
+                        for i in range(start, min(args.demo, start + SUBMIT_CHUNK))
+                    ]
                     orch.submit_many(demo_task, calls, results=False)
                     submitted += len(calls)
                     display.update(sampler.sample())
@@ -170,7 +174,7 @@ def serve(orch: ContinuousOrchestrator, signals: Signals, sampler: Sampler, disp
         display.update(sampler.sample())
 
 
-def _run_report(orch: ContinuousOrchestrator, before: dict, submitted: int, elapsed: float) -> dict[str, Any]:
+def _run_report(orch: ContinuousOrchestrator, before: dict[str, int], submitted: int, elapsed: float) -> dict[str, Any]:
     counters = orch.counters()
     delta = {name: counters[name] - before.get(name, 0) for name in counters}
     settled = delta[keys.TOTAL_WORK_COMPLETED] + delta[keys.TOTAL_DEAD_LETTERED]

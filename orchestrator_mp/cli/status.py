@@ -86,12 +86,12 @@ def _watch(args: argparse.Namespace, attachment: Attachment) -> int:
             if report is None:
                 message = f"no orchestrator serves {attachment.settings.db_path} right now; waiting (Ctrl-C to stop)"
                 if live:
-                    screen.update(Text(message), refresh=True)
+                    screen.update(Text(message), refresh=True)  # type: ignore[union-attr]  # live: a Live
                 elif not waiting_said:
                     say(message)
                 waiting_said = True
             elif live:
-                screen.update(render_status(report, show_all=args.all), refresh=True)
+                screen.update(render_status(report, show_all=args.all), refresh=True)  # type: ignore[union-attr]  # as above
             else:
                 waiting_said = False
                 if args.json:
@@ -195,7 +195,7 @@ def _worker_table(report: dict[str, Any], shown: list[str], active: set[str]) ->
         ("errors", "right"),
         ("ver/epoch", "right"),
     ):
-        table.add_column(name, justify=justify, no_wrap=True)
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]  # "left"/"right" literals
     now = report["time"]
     for worker_id in shown:
         info = report["workers"][worker_id]

@@ -22,14 +22,15 @@ import abc
 import enum
 import json
 import time
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Iterable, Protocol, Sequence, overload
 
 import attrs
 
 from .. import keys
 from ..exceptions import ConfigurationError, PayloadError
 from ..limits import ConcurrencyCap, Limiter
-from ..models import BAD_PAYLOAD, Outcome, Task, dumps
+from ..models import BAD_PAYLOAD, Outcome, Task
+from ..wire import dumps
 
 
 @attrs.frozen
@@ -83,18 +84,25 @@ def decode_dead_letter(raw: str) -> dict[str, Any]:
         entry = None
     if not isinstance(entry, dict):
         entry = {"task": raw, "category": BAD_PAYLOAD, "message": "unreadable dead-letter entry"}
-    entry["raw"] = raw
-    return entry
+    record: dict[str, Any] = entry
+    record["raw"] = raw
+    return record
 
 
-def metric_fields(name: str, value: float, tags: dict[str, object] | None) -> dict[str, object]:
+def metric_fields(name: str, value: float, tags: dict[str, object] | None) -> dict[str, str | float]:
     """The fields of one ``metrics:stream`` entry (same for every backend)."""
-    fields: dict[str, object] = {"name": name, "value": value, "ts": time.time()}
+    fields: dict[str, str | float] = {"name": name, "value": value, "ts": time.time()}
     if tags:
         fields["tags"] = dumps(tags)
     return fields
 
 
+@overload
+def decode_result(stored: str) -> dict[str, Any]: ...
+@overload
+def decode_result(stored: None) -> None: ...
+@overload
+def decode_result(stored: str | None) -> dict[str, Any] | None: ...
 def decode_result(stored: str | None) -> dict[str, Any] | None:
     """A stored task result as a dict (see :meth:`StateManager.get_result`); None if absent."""
     if stored is None:
@@ -336,11 +344,14 @@ class StateManager(abc.ABC):
         return None
 
     # -- compatibility with the lock-based design -------------------------------------------
-    def acquire_lock(self, *_args: object, **_kwargs: object) -> bool:
-        """No-op kept so callers of the lock-based design port unchanged; always True."""
+    def acquire_lock(
+        self, name: str = "external", timeout: float | None = None, blocking_timeout: float | None = None
+    ) -> bool:
+        """No-op kept so callers of the lock-based design port unchanged; always True.
+        The signature is the baseline's, where the lock is real (see ``state/locked.py``)."""
         return True
 
-    def release_lock(self, *_args: object, **_kwargs: object) -> None:
+    def release_lock(self, name: str = "external") -> None:
         """No-op counterpart of :meth:`acquire_lock`."""
         return None
 

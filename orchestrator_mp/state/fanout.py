@@ -11,7 +11,7 @@ import functools
 import inspect
 import threading
 import time
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar, cast
 
 from .. import keys
 from ..connection import translate_connection_errors
@@ -83,7 +83,7 @@ def direct(method: _M) -> _M:
             return getattr(one, name)(*args, **kwargs)
         return method(self, *args, **kwargs)
 
-    return call  # type: ignore[return-value]
+    return cast(_M, call)  # functools.wraps keeps the signature
 
 
 @riding_over_failovers

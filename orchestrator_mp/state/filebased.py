@@ -26,7 +26,7 @@ import bisect
 import os
 import threading
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar, cast
 
 from .. import keys
 from ..models import Outcome
@@ -43,11 +43,12 @@ from .fileops import DEAD_LETTER_LOG, INITIAL, QUEUE_LOG, RESULTS_LOG, FileAppli
 from .filestore import FileStore, Reader, Transaction
 from .mirrored import MirroredStateManager
 from .steps import claim, deadletters, ops, reclaim, release, settle, submit, workers
-from .steps.ops import Step, Tally
+from .steps.ops import R, Step, Tally
 
 _POLL_FIRST_S = 0.001
 _POLL_CAP_S = 0.02
 _PROMOTE_LIMIT = 1000
+T = TypeVar("T")  # what a polled read returns
 
 
 def state_dir_for(db_path: str) -> str:
@@ -55,7 +56,7 @@ def state_dir_for(db_path: str) -> str:
     return os.path.abspath(db_path) + ".files"
 
 
-def _poll(read: Callable[[], Any], timeout_s: float | None) -> Any:
+def _poll(read: Callable[[], T], timeout_s: float | None) -> T:
     """Call ``read`` until it returns something truthy or ``timeout_s`` passes (None:
     forever), sleeping 1 ms doubling to 20 ms between calls; returns the last value."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -137,14 +138,14 @@ class FileStateManager(MirroredStateManager):
         """Nothing stays open between calls."""
 
     # -- transactions -----------------------------------------------------------------------
-    def _transact(self, plan: Callable[[Transaction], Step]) -> Any:
+    def _transact(self, plan: Callable[[Transaction], Step[R]]) -> R:
         """One step: plan it from the document, apply it, commit; then return or raise."""
         with self.store.write() as txn:
             step = plan(txn)
             self._applier.apply(txn, step)
         if step.error is not None:
             raise step.error
-        return step.result
+        return cast(R, step.result)  # no error: the planner set the result (None only where R allows it)
 
     @staticmethod
     def _tally(txn: Transaction) -> Tally:
@@ -272,7 +273,7 @@ class FileStateManager(MirroredStateManager):
                         positions[stream] = snap.log(stream)["last_id"]
 
         def read() -> list[tuple[str, str, dict[str, str]]]:
-            entries = []
+            entries: list[tuple[str, str, dict[str, str]]] = []
             with self.store.read() as snap:
                 for stream, last_id in positions.items():
                     found = snap.after(stream, last_id, count)
@@ -299,7 +300,7 @@ class FileStateManager(MirroredStateManager):
             return 0
         self.refuse_partition_keys(raw_tasks)
 
-        def plan(txn: Transaction) -> Step:
+        def plan(txn: Transaction) -> Step[int]:
             batches, now = txn.doc["batches"], time.time()
             for stale in [b for b, expires in batches.items() if expires <= now]:
                 del batches[stale]
@@ -328,7 +329,7 @@ class FileStateManager(MirroredStateManager):
     def claim(self, worker_id: str, epoch: int, max_count: int, divisor: int = 1) -> list[str]:
         claim.checked_claim_count(max_count)
 
-        def plan(txn: Transaction) -> Step:
+        def plan(txn: Transaction) -> Step[list[str]]:
             now = time.time()
             oldest = txn.doc["front"][:max_count]
             oldest += txn.read_oldest(QUEUE_LOG, max_count - len(oldest))[0]
@@ -365,7 +366,7 @@ class FileStateManager(MirroredStateManager):
         )
 
     def cancel_queued(self, raw_task: str) -> bool:
-        def plan(txn: Transaction) -> Step:
+        def plan(txn: Transaction) -> Step[bool]:
             queued = raw_task in txn.doc["front"] or raw_task in txn.values(QUEUE_LOG)
             return submit.plan_cancel(raw_task, queued, self._tally(txn))
 
@@ -395,7 +396,7 @@ class FileStateManager(MirroredStateManager):
         cause: Outcome | None = None,
         deadline_of: str | None = None,
     ) -> ReclaimResult | None:
-        def plan(txn: Transaction) -> Step:
+        def plan(txn: Transaction) -> Step[ReclaimResult | None]:
             now = time.time()
             return reclaim.plan_reclaim(
                 worker_id, self._state(txn, worker_id), self._inflight(txn, worker_id), self._tally(txn),

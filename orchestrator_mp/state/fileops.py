@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections import Counter
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .. import keys
 from .filestore import Transaction
@@ -78,7 +78,7 @@ class FileApplier:
         self.worker_lease_s = worker_lease_s
         self.result_ttl_s = result_ttl_s
         self.submit_marker_ttl_s = submit_marker_ttl_s
-        self._appliers: dict[str, Callable[..., None]] = {
+        self._appliers: dict[str, Callable[..., object]] = {  # what an applier returns is dropped
             ops.STREAM: lambda txn, w, stream, fields: self.xadd(txn, stream, fields),
             ops.DEAD_LETTER: lambda txn, w, entry: txn.append(DEAD_LETTER_LOG, [entry]),
             ops.DELAY: lambda txn, w, due, raw: bisect.insort(txn.doc["delayed"], [float(due), raw]),
@@ -101,7 +101,7 @@ class FileApplier:
             ops.UNLETTER_ALL: lambda txn, w: txn.editable(DEAD_LETTER_LOG).clear(),
         }
 
-    def apply(self, txn: Transaction, step: Step) -> None:
+    def apply(self, txn: Transaction, step: Step[Any]) -> None:
         """Make ``step``'s changes to the transaction's document and logs, in order."""
         for kind, *args in step.ops:
             self._appliers[kind](txn, step.worker_id, *args)
@@ -114,7 +114,7 @@ class FileApplier:
         if any(op[0] == ops.RESULT for op in step.ops):
             self._prune_results(txn)
 
-    def xadd(self, txn: Transaction, stream: str, fields: dict[str, object]) -> None:
+    def xadd(self, txn: Transaction, stream: str, fields: Mapping[str, object]) -> None:
         entry = {name: ops.encode_value(value) for name, value in fields.items()}
         txn.trim(stream, self.maxlen(stream))
         txn.append(stream, [[txn.next_id(stream), entry]])

@@ -96,7 +96,8 @@ class Reader:
         return self.doc["logs"].get(name) or _new_log()
 
     def count(self, name: str) -> int:
-        return self.log(name)["count"]
+        count: int = self.log(name)["count"]
+        return count
 
     def tail(self, name: str, n: int) -> list[Any]:
         """The newest ``n`` committed values of a log, oldest first."""
@@ -185,7 +186,8 @@ class Transaction(Reader):
         self.edits: dict[str, list[Any]] = {}
 
     def _rec(self, name: str) -> dict[str, Any]:
-        return self.doc["logs"].setdefault(name, _new_log())
+        rec: dict[str, Any] = self.doc["logs"].setdefault(name, _new_log())
+        return rec
 
     def append(self, name: str, values: list[Any]) -> None:
         self.pending.setdefault(name, []).extend(_encode_line(value) for value in values)
@@ -262,7 +264,8 @@ class Transaction(Reader):
 
     def _needs_compaction(self, name: str) -> bool:
         rec = self.doc["logs"][name]
-        return rec["start"] > _COMPACT_BYTES and rec["start"] * 2 > rec["size"]
+        needed: bool = rec["start"] > _COMPACT_BYTES and rec["start"] * 2 > rec["size"]
+        return needed
 
     def _compact(self, name: str) -> str:
         """Copy the live part into the next generation; returns the old file to delete."""
@@ -324,11 +327,13 @@ class FileStore:
                 os.close(fd)  # closing the descriptor releases the flock
 
     def _load(self) -> dict[str, Any]:
+        doc: dict[str, Any]
         try:
             with open(os.path.join(self.directory, _DOCUMENT), "rb") as handle:
-                return json.loads(handle.read())
+                doc = json.loads(handle.read())
         except FileNotFoundError:
-            return json.loads(json.dumps(self.initial))
+            doc = json.loads(json.dumps(self.initial))
+        return doc
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Reader]:

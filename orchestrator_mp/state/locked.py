@@ -46,14 +46,15 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, cast
 
 import redis
 
 from .. import keys
 from ..connection import create_client, is_cluster, translate_connection_errors
 from ..exceptions import ConfigurationError, LockTimeout
-from ..models import Outcome, dumps, new_task_id
+from ..models import Outcome, new_task_id
+from ..wire import dumps
 from .base import Capability, ReclaimResult, SettleResult
 from .locks import (
     FENCED_APPLY,
@@ -70,7 +71,7 @@ from .mirrored import MirroredStateManager
 from .redisreads import RedisReadsMixin
 from .steps import claim, deadletters, ops, reclaim, settle, submit, workers
 from .steps import release as release_step
-from .steps.ops import Step, Tally
+from .steps.ops import R, Step, Tally
 
 LOCK_SCOPES = ("partition", "global")
 # A critical section whose lease ran out is retried (nothing was written) this often.
@@ -82,7 +83,8 @@ _POLL_CAP_S = 0.02
 
 
 def _decode_state(raw: str | None) -> dict[str, str]:
-    return json.loads(raw) if raw else {}
+    state: dict[str, str] = json.loads(raw) if raw else {}
+    return state
 
 
 def _xadd(stream: str, maxlen: int, fields: dict[str, object]) -> Write:
@@ -161,11 +163,13 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
             result_ttl_s=result_ttl_s,
         )
         self.url = url
-        self.redis = client if client is not None else create_client(url, retries=client_retries)
-        if is_cluster(self.redis):
+        # cast: url is not None when client is (checked above)
+        connected = client if client is not None else create_client(cast(str, url), retries=client_retries)
+        if is_cluster(connected):
             raise ConfigurationError(
                 "the lock-based baseline (--state locked) runs on one Redis server; a cluster needs the lock-free state"
             )
+        self.redis = connected
         self.lock_scope = lock_scope
         self.policy = WAIT_POLICIES[wait_policy]
         self.lease_s = lease_s
@@ -212,7 +216,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
     def _lock(self, name: str) -> FencedLock:
         return FencedLock(self.redis, name, lease_s=self.lease_s, blocking_timeout_s=self.blocking_timeout_s)
 
-    def _transact(self, lock_names: Sequence[str], plan: Callable[[], Step]) -> Any:
+    def _transact(self, lock_names: Sequence[str], plan: Callable[[], Step[R]]) -> R:
         """Hold the locks (in the given order), run ``plan`` (reads, decisions), apply its
         writes fenced, release; then count a refused write and return or raise. A lost
         lease means nothing was written: start over."""
@@ -239,13 +243,13 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
             self.increment_counter(keys.TOTAL_FENCED, step.fenced)
         if step.error is not None:
             raise step.error
-        return step.result
+        return cast(R, step.result)  # no error: the planner set the result (None only where R allows it)
 
     def _do_apply(self, held: Sequence[FencedLock], writes: Sequence[Write]) -> bool:
         key_list, args = fenced_args(held, writes)
         return bool(self._apply(keys=key_list, args=args))
 
-    def _writes(self, step: Step) -> list[Write]:
+    def _writes(self, step: Step[Any]) -> list[Write]:
         """The Redis writes of a planned step, in order."""
         writes = [write for kind, *args in step.ops for write in self._writers[kind](step.worker_id, *args)]
         if step.state is not None:
@@ -267,7 +271,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
         return [("SADD", keys.ACTIVE_WORKERS, worker_id), ("SADD", keys.KNOWN_WORKERS, worker_id)]
 
     def _read_state(self, worker_id: str) -> dict[str, str]:
-        return _decode_state(self.redis.hget(keys.WORKER_STATES, worker_id))
+        return _decode_state(cast("str | None", self.redis.hget(keys.WORKER_STATES, worker_id)))
 
     def _read_state_and_clock(self, worker_id: str) -> tuple[dict[str, str], float]:
         """The worker's state and the server's clock, in one round trip."""
@@ -293,21 +297,21 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
 
     # -- workers --------------------------------------------------------------------------
     def register_worker(self, worker_id: str, *, pid: int, host: str) -> int:
-        def plan() -> Step:
+        def plan() -> Step[int]:
             state, now = self._read_state_and_clock(worker_id)
             return workers.plan_register(worker_id, state, pid=pid, host=host, now=now)
 
         return self._transact([keys.worker_lock_key(worker_id)], plan)
 
     def heartbeat(self, worker_id: str, epoch: int) -> None:
-        def plan() -> Step:
+        def plan() -> Step[None]:
             state, now = self._read_state_and_clock(worker_id)
             return workers.plan_heartbeat(worker_id, state, epoch, now)
 
         self._transact([keys.worker_lock_key(worker_id)], plan)
 
     def deregister_worker(self, worker_id: str, epoch: int) -> None:
-        def plan() -> Step:
+        def plan() -> Step[None]:
             state, now = self._read_state_and_clock(worker_id)
             return workers.plan_deregister(worker_id, state, epoch, now)
 
@@ -317,7 +321,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
         return _seconds(self.redis.time())
 
     def start_task(self, worker_id: str, epoch: int, task_id: str, time_limit_s: float) -> float:
-        def plan() -> Step:
+        def plan() -> Step[float]:
             state, now = self._read_state_and_clock(worker_id)
             return workers.plan_start_task(worker_id, state, epoch, task_id, now + float(time_limit_s))
 
@@ -330,7 +334,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
         ids = list(worker_ids)
         if not ids:
             return {}
-        values = self.redis.hmget(keys.WORKER_STATES, ids)
+        values = cast("list[str | None]", self.redis.hmget(keys.WORKER_STATES, ids))
         return {worker_id: _decode_state(raw) for worker_id, raw in zip(ids, values, strict=True)}
 
     def _do_update_state(
@@ -397,7 +401,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
         batch_id = batch_id or new_task_id()
         marker = keys.submit_marker_key(batch_id)
 
-        def plan() -> Step:
+        def plan() -> Step[int]:
             pipe = self.redis.pipeline(transaction=False)
             pipe.exists(marker)
             pipe.get(keys.TOTAL_WORK_CREATED)
@@ -416,7 +420,9 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
             return 0
         return self._transact(
             [keys.QUEUE_LOCK],
-            lambda: submit.plan_promote(self.redis.zrangebyscore(keys.DELAYED, "-inf", self.clock(), 0, limit)),
+            lambda: submit.plan_promote(
+                cast("list[str]", self.redis.zrangebyscore(keys.DELAYED, "-inf", self.clock(), 0, limit))
+            ),
         )
 
     def _due_now(self) -> bool:
@@ -430,7 +436,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
     def claim(self, worker_id: str, epoch: int, max_count: int, divisor: int = 1) -> list[str]:
         claim.checked_claim_count(max_count)
 
-        def plan() -> Step:
+        def plan() -> Step[list[str]]:
             pipe = self.redis.pipeline(transaction=False)
             pipe.hget(keys.WORKER_STATES, worker_id)
             pipe.zrange(keys.DELAYED, 0, _PROMOTE_LIMIT - 1, withscores=True)
@@ -469,14 +475,14 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
         if not outcomes:
             return SettleResult(0, 0, 0)
 
-        def plan() -> Step:
+        def plan() -> Step[SettleResult]:
             state, inflight, tally, _, now = self._read_partition(worker_id, settle.settle_counters(worker_id))
             return settle.plan_settle(worker_id, epoch, state, inflight, outcomes, tally, now)
 
         return self._transact([keys.worker_lock_key(worker_id), keys.COUNTERS_LOCK], plan)
 
     def cancel_queued(self, raw_task: str) -> bool:
-        def plan() -> Step:
+        def plan() -> Step[bool]:
             pipe = self.redis.pipeline(transaction=False)
             pipe.lpos(keys.QUEUE, raw_task)
             pipe.get(keys.TOTAL_CANCELLED)
@@ -489,7 +495,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
         if not raw_tasks:
             return 0
 
-        def plan() -> Step:
+        def plan() -> Step[int]:
             state, inflight, _, _, _ = self._read_partition(worker_id)
             return release_step.plan_release(worker_id, epoch, state, inflight, raw_tasks)
 
@@ -506,7 +512,7 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
         cause: Outcome | None = None,
         deadline_of: str | None = None,
     ) -> ReclaimResult | None:
-        def plan() -> Step:
+        def plan() -> Step[ReclaimResult | None]:
             state, inflight, tally, lease, now = self._read_partition(worker_id, reclaim.reclaim_counters(worker_id))
             return reclaim.plan_reclaim(
                 worker_id, state, inflight, tally, lease_alive=lease, max_crashes=max_crashes, reason=reason,
@@ -516,8 +522,8 @@ class RedisEnabledStateManager(RedisReadsMixin, MirroredStateManager):
         return self._transact([keys.worker_lock_key(worker_id), keys.QUEUE_LOCK, keys.COUNTERS_LOCK], plan)
 
     # -- dead letters ---------------------------------------------------------------------------
-    def _dead_letter_step(self, counter_keys: list[str], make: Callable[[list[str], Tally], Step]) -> Any:
-        def plan() -> Step:
+    def _dead_letter_step(self, counter_keys: list[str], make: Callable[[list[str], Tally], Step[int]]) -> int:
+        def plan() -> Step[int]:
             pipe = self.redis.pipeline(transaction=False)
             pipe.lrange(keys.DEAD_LETTER, 0, -1)
             pipe.mget(counter_keys)

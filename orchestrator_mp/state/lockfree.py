@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar, cast
 
 import redis
 
@@ -111,7 +111,8 @@ class RedisLockFreeStateManager(FanOutReads, StateManager):
             raise ConfigurationError("RedisLockFreeStateManager needs a url or a client")
         self.url = url
         self.patience_s = patience_s
-        self.redis = client if client is not None else create_client(url, retries=client_retries)
+        # cast: url is not None when client is (checked above)
+        self.redis = client if client is not None else create_client(cast(str, url), retries=client_retries)
         self.spaces = list(spaces)
         self.shards = [
             Shard(self.redis, space, completions_maxlen=completions_maxlen, events_maxlen=events_maxlen,
@@ -126,11 +127,11 @@ class RedisLockFreeStateManager(FanOutReads, StateManager):
         self._turn = itertools.count()
 
     @property
-    def shard_count(self) -> int:  # type: ignore[override]
+    def shard_count(self) -> int:  # type: ignore[override]  # a property for the contract's class attribute
         return len(self.shards)
 
     @property
-    def on_cluster(self) -> bool:  # type: ignore[override]
+    def on_cluster(self) -> bool:  # type: ignore[override]  # as shard_count
         return is_cluster(self.redis)
 
     def stream_views(self) -> list[tuple[Any, keys.KeySpace]]:

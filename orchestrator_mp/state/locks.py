@@ -29,7 +29,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence, cast
 
 import attrs
 import redis
@@ -37,6 +37,10 @@ from redis.exceptions import LockError
 
 from .. import keys
 from ..exceptions import LockTimeout
+
+if TYPE_CHECKING:
+    from redis.commands.core import Script
+    from redis.typing import EncodableT
 
 # The most arguments one write of a critical section may carry (larger ones are split).
 WRITE_ARGS_MAX = 1000
@@ -168,7 +172,10 @@ class FencedLock(redis.lock.Lock):
     loop used by the default policy) is the library's.
     """
 
-    lua_fenced_acquire = None
+    lua_fenced_acquire: ClassVar[Script | None] = None
+    # redis-py's Optional[Number]s, always given here (lease_s, blocking_timeout_s):
+    timeout: float
+    blocking_timeout: float
 
     def __init__(self, client: redis.Redis, name: str, *, lease_s: float, blocking_timeout_s: float) -> None:
         self.fence_name = keys.fence_key(name)
@@ -187,7 +194,9 @@ class FencedLock(redis.lock.Lock):
         from ``uuid1``, which repeats across forked processes wherever libuuid is not
         multiprocess-safe (measured: ~1% duplicates among 4 forked workers), and two
         holders sharing a token would each take the other's lock for its own."""
-        return super().acquire(sleep, blocking, blocking_timeout, uuid.uuid4().hex if token is None else token)
+        token = uuid.uuid4().hex if token is None else token
+        acquired: bool = super().acquire(sleep, blocking, blocking_timeout, token)
+        return acquired
 
     def register_scripts(self) -> None:
         super().register_scripts()
@@ -197,7 +206,8 @@ class FencedLock(redis.lock.Lock):
 
     def do_acquire(self, token: str) -> bool:
         self.attempts += 1
-        fence = self.lua_fenced_acquire(
+        script = cast("Script", self.lua_fenced_acquire)  # set by register_scripts, which Lock.__init__ calls
+        fence = script(
             keys=[self.name, self.fence_name], args=[token, int(self.timeout * 1000)], client=self.redis
         )
         if fence:
@@ -240,11 +250,11 @@ def release(lock: FencedLock) -> None:
         pass
 
 
-def fenced_args(held: Sequence[FencedLock], writes: Sequence[Write]) -> tuple[list[str], list[object]]:
+def fenced_args(held: Sequence[FencedLock], writes: Sequence[Write]) -> tuple[list[str], list[EncodableT]]:
     """KEYS and ARGV of one FENCED_APPLY call (``held`` is not empty)."""
     key_list = [*(lock.fence_name for lock in held), keys.applied_key(held[0].name)]
     index: dict[str, int] = {}
-    args: list[object] = [len(held), *(lock.fence for lock in held), APPLIED_MARKER_MS]
+    args: list[EncodableT] = [len(held), *(lock.fence for lock in held), APPLIED_MARKER_MS]
     for command, key, *rest in writes:
         if key not in index:
             key_list.append(key)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import attrs
 import redis
@@ -136,7 +136,7 @@ class RedisLimits:
     def release_worker_slots(self, worker_id: str) -> int:
         """Free every slot a dead worker held (part of its takeover). Returns how many."""
         freed = 0
-        for record in self.redis.smembers(self.space.worker_slots_key(worker_id)):
+        for record in cast("set[str]", self.redis.smembers(self.space.worker_slots_key(worker_id))):
             name, _, holder = record.partition("|")
             freed += self._free(name, holder, worker_id)
         return freed

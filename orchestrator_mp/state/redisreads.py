@@ -14,7 +14,7 @@ redis-py's: see :func:`translate_connection_errors`.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, cast
 
 import redis
 
@@ -30,6 +30,9 @@ from .base import (
 )
 from .redislimits import RedisLimits
 from .steps import reads as read_steps
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
 
 # How often a result is polled for while a full server refuses blocking waits.
 RESULT_POLL_S = 0.05
@@ -70,12 +73,14 @@ class _Snapshot:
             else:
                 getattr(pipe, read.lower())(key)
         try:
-            return pipe.execute()
+            replies: list[Any] = pipe.execute()
+            return replies
         except redis.ResponseError as exc:
             if not is_out_of_memory(exc):
                 raise
         snapshot = client.register_script(read_steps.SNAPSHOT)
-        return snapshot(keys=[key for _, key in self.reads], args=[read for read, _ in self.reads])
+        replies = snapshot(keys=[key for _, key in self.reads], args=[read for read, _ in self.reads])
+        return replies
 
 
 def _tail(length: int, last: list[Any]) -> StreamTail:
@@ -122,10 +127,10 @@ class RedisReadsMixin:
 
     # -- workers ------------------------------------------------------------------------------
     def active_workers(self) -> set[str]:
-        return set(self.redis.smembers(self.space.ACTIVE_WORKERS))
+        return set(cast("set[str]", self.redis.smembers(self.space.ACTIVE_WORKERS)))
 
     def known_workers(self) -> set[str]:
-        return set(self.redis.smembers(self.space.KNOWN_WORKERS))
+        return set(cast("set[str]", self.redis.smembers(self.space.KNOWN_WORKERS)))
 
     def expired_workers(self) -> list[str]:
         active = sorted(self.active_workers())
@@ -137,7 +142,7 @@ class RedisReadsMixin:
         return [w for w, alive in zip(active, pipe.execute(), strict=True) if not alive]
 
     def inflight(self, worker_id: str) -> list[str]:
-        return list(reversed(self.redis.lrange(self.space.worker_inflight_key(worker_id), 0, -1)))
+        return list(reversed(cast("list[str]", self.redis.lrange(self.space.worker_inflight_key(worker_id), 0, -1))))
 
     # -- counters, streams ----------------------------------------------------------------------
     def get_counter(self, name: str) -> int:
@@ -166,7 +171,9 @@ class RedisReadsMixin:
     ) -> None:
         """An append needs no lock: XADD (queued in ``pipeline`` if given)."""
         target = pipeline if pipeline is not None else self.redis
-        target.xadd(self.space.METRICS, metric_fields(name, value, tags), maxlen=self.events_maxlen, approximate=True)
+        # redis-py types ``fields`` as an invariant Dict[FieldT, EncodableT]; str keys and str | float values are that.
+        fields = cast("dict[FieldT, EncodableT]", metric_fields(name, value, tags))
+        target.xadd(self.space.METRICS, fields, maxlen=self.events_maxlen, approximate=True)
 
     def stream_tail(self, stream: str) -> StreamTail:
         pipe = self.redis.pipeline(transaction=False)
@@ -175,16 +182,20 @@ class RedisReadsMixin:
         return _tail(*pipe.execute())
 
     def read_stream(self, stream: str, count: int = 100) -> list[tuple[str, dict[str, str]]]:
-        return list(reversed(self.redis.xrevrange(self.space.key(stream), count=count)))
+        entries = cast("list[tuple[str, dict[str, str]]]", self.redis.xrevrange(self.space.key(stream), count=count))
+        return list(reversed(entries))
 
     def follow(
         self, positions: dict[str, str], block_s: float, count: int = 1000
     ) -> list[tuple[str, str, dict[str, str]]]:
         space = self.space
-        reply = self.redis.xread(
-            {space.key(stream): position for stream, position in positions.items()},
-            count=count,
-            block=None if block_s <= 0 else max(1, int(block_s * 1000)),
+        reply = cast(
+            "list[tuple[str, list[tuple[str, dict[str, str]]]]] | None",
+            self.redis.xread(
+                {space.key(stream): position for stream, position in positions.items()},
+                count=count,
+                block=None if block_s <= 0 else max(1, int(block_s * 1000)),
+            ),
         )
         entries = []
         for key, items in reply or []:
@@ -216,14 +227,15 @@ class RedisReadsMixin:
 
     def dead_letters(self, limit: int | None = 100) -> list[dict[str, Any]]:
         stop = -1 if limit is None else max(0, limit - 1)
-        return [decode_dead_letter(raw) for raw in self.redis.lrange(self.space.DEAD_LETTER, 0, stop)]
+        raws = cast("list[str]", self.redis.lrange(self.space.DEAD_LETTER, 0, stop))
+        return [decode_dead_letter(raw) for raw in raws]
 
     def audit_snapshot(self) -> AuditSnapshot:
         """One MULTI/EXEC (one read-only script on a full server): a consistent snapshot
         even while workers settle batches."""
         while True:
             known = sorted(self.known_workers())
-            limiters = sorted(self.redis.smembers(self.space.LIMITERS))
+            limiters = sorted(cast("set[str]", self.redis.smembers(self.space.LIMITERS)))
             snapshot = _Snapshot()
             snapshot.smembers(self.space.KNOWN_WORKERS)
             for name in keys.COUNTERS:  # GETs, not MGET: cluster pipelines refuse MGET
@@ -265,12 +277,15 @@ class RedisReadsMixin:
 
     def wait_result(self, task_id: str, timeout_s: float | None) -> dict[str, Any] | None:
         key = self.space.result_key(task_id)
-        stored = self.redis.lindex(key, 0)
+        stored = cast("str | None", self.redis.lindex(key, 0))
         if stored is None:
             # BLMOVE of a list onto itself: a blocking read that leaves the result
             # for every other waiter. 0 means wait forever.
             try:
-                stored = self.redis.blmove(key, key, 0 if timeout_s is None else max(timeout_s, 0.001), "LEFT", "LEFT")
+                timeout = 0 if timeout_s is None else max(timeout_s, 0.001)
+                # redis-py types the timeout as int; BLMOVE takes seconds as a double (1 ms here).
+                reply = self.redis.blmove(key, key, timeout, "LEFT", "LEFT")  # type: ignore[arg-type]
+                stored = cast("str | None", reply)
             except redis.ResponseError as exc:
                 if not is_out_of_memory(exc):
                     raise
@@ -282,7 +297,7 @@ class RedisReadsMixin:
         RESULT_POLL_S, until the result is there or ``timeout_s`` (None: forever) ends."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            stored = self.redis.lindex(key, 0)
+            stored = cast("str | None", self.redis.lindex(key, 0))
             if stored is not None or (deadline is not None and time.monotonic() >= deadline):
                 return stored
             pause = RESULT_POLL_S if deadline is None else min(RESULT_POLL_S, max(0.0, deadline - time.monotonic()))

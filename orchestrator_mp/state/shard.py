@@ -20,7 +20,7 @@ arrives at an idle worker (BLMOVE, CLAIM, SETTLE).
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, cast
 
 from .. import keys
 from ..exceptions import Fenced
@@ -91,7 +91,7 @@ class Shard(RedisReadsMixin):
             raise Fenced(worker_id, epoch)
 
     def get_worker_state(self, worker_id: str) -> dict[str, str]:
-        return self.redis.hgetall(self.space.worker_state_key(worker_id))
+        return cast("dict[str, str]", self.redis.hgetall(self.space.worker_state_key(worker_id)))
 
     def batch_get_worker_states(self, worker_ids: Iterable[str]) -> dict[str, dict[str, str]]:
         ids = list(worker_ids)
@@ -149,7 +149,7 @@ class Shard(RedisReadsMixin):
         result = self._claim(keys=keys_, args=args)
         if result == -1:
             raise Fenced(worker_id, epoch)
-        return result
+        return cast("list[str]", result)
 
     def wait_claim(self, worker_id: str, epoch: int, max_count: int, divisor: int, timeout_s: float) -> list[str]:
         """Claim, else block on this shard's queue (BLMOVE) and complete the claim."""
@@ -169,7 +169,10 @@ class Shard(RedisReadsMixin):
         # Block on the queue itself; BLMOVE lands the task straight in our in-flight
         # list, so it is never anywhere else. A worker fenced while blocked hands it
         # back with its next (refused) claim.
-        first = self.redis.blmove(self.space.QUEUE, self.space.worker_inflight_key(worker_id), timeout_s, "RIGHT", "LEFT")
+        # redis-py types the timeout as int; BLMOVE takes seconds as a double (to the millisecond here).
+        inflight_key = self.space.worker_inflight_key(worker_id)
+        reply = self.redis.blmove(self.space.QUEUE, inflight_key, timeout_s, "RIGHT", "LEFT")  # type: ignore[arg-type]
+        first = cast("str | None", reply)
         if first is None:
             return []
         more = self.claim(worker_id, epoch, max_count - 1, divisor, moved=1)
@@ -189,7 +192,8 @@ class Shard(RedisReadsMixin):
 
     def cancel_queued(self, raw_task: str) -> bool:
         keys_, args = submit.cancel_call(self.space, raw_task)
-        return self._cancel(keys=keys_, args=args) == 1
+        cancelled: bool = self._cancel(keys=keys_, args=args) == 1
+        return cancelled
 
     def release(self, worker_id: str, epoch: int, raw_tasks: Sequence[str]) -> int:
         if not raw_tasks:

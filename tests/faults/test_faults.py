@@ -115,7 +115,9 @@ def test_paused_worker_past_its_lease_is_fenced_when_it_resumes(db_path):
         try:
             wait_for(lambda: worker_id in _reclaim_times(orch), timeout=10, what="the lease to lapse")
             declared_dead_after = _reclaim_times(orch)[worker_id] - stopped_at
-            assert worker_id not in orch.supervisor.live_ids()
+            # The reclaim event lands before the supervisor marks the worker retired (the
+            # step returns, then it takes its lock): wait for that, do not race it.
+            wait_for(lambda: worker_id not in orch.supervisor.live_ids(), timeout=5, what="the worker to be retired")
         finally:
             os.kill(pid, signal.SIGCONT)
         wait_for(lambda: worker_id in orch.supervisor.exit_codes, timeout=10, what="the zombie to exit")

@@ -147,7 +147,7 @@ def plan_claim(
     max_count: int,
     divisor: int,
     now: float,
-) -> Step:
+) -> Step[list[str]]:
     """CLAIM: first the ``due`` delayed tasks (in due order) join the back of the queue
     of ``depth`` tasks; then a fair share of it is taken from its oldest end, suspects
     alone. ``oldest`` is the queue's oldest tasks, oldest first: at least ``max_count``

@@ -83,7 +83,7 @@ def purge_call(space: keys.KeySpace, raws: Sequence[str]) -> tuple[list[str], li
 
 
 # -- the Python twins -----------------------------------------------------------------------------
-def plan_dlq_retry(stored: Sequence[str], pairs: Sequence[tuple[str, str]], tally: Tally) -> Step:
+def plan_dlq_retry(stored: Sequence[str], pairs: Sequence[tuple[str, str]], tally: Tally) -> Step[int]:
     """DLQ_RETRY: each named entry still in the dead-letter list goes back to the queue
     as its fresh task, counted in total_work_created and total_dlq_retried."""
     remaining = Counter(stored)
@@ -99,8 +99,9 @@ def plan_dlq_retry(stored: Sequence[str], pairs: Sequence[tuple[str, str]], tall
     return Step(ops=ops, result=moved, counters=tally)
 
 
-def plan_dlq_purge(stored: Sequence[str], entries: Sequence[str] | None, tally: Tally) -> Step:
+def plan_dlq_purge(stored: Sequence[str], entries: Sequence[str] | None, tally: Tally) -> Step[int]:
     """DLQ_PURGE: the named entries (None: all of them) removed, counted in total_dlq_purged."""
+    ops: list[Op]
     if entries is None:
         removed, ops = len(stored), [(UNLETTER_ALL,)]
     else:

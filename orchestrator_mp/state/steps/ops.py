@@ -14,7 +14,7 @@ A write of either Python state has three parts::
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Generic, TypeVar
 
 import attrs
 
@@ -42,6 +42,8 @@ UNLETTER_ALL = "unletter_all"  # (UNLETTER_ALL,): DEL queue:dead_letter
 
 Op = tuple[Any, ...]
 
+R = TypeVar("R")
+
 
 class Tally:
     """Counters as one step changes them: each read once (``read(key)``), then added to;
@@ -58,15 +60,17 @@ class Tally:
 
 
 @attrs.define
-class Step:
+class Step(Generic[R]):
     """What one planned step does: ``ops`` in order, the worker's new ``state`` (None:
     unchanged), the counters' new values, then ``result`` or ``error`` for the caller.
-    ``fenced`` > 0: the write was refused and counts that many times in total_fenced."""
+    ``fenced`` > 0: the write was refused and counts that many times in total_fenced.
+    ``R`` is the result's type (the backend method's return type); ``result`` is None
+    only where R allows it or ``error`` is set."""
 
     worker_id: str = ""
     ops: list[Op] = attrs.Factory(list)
     state: dict[str, str] | None = None
-    result: Any = None
+    result: R | None = None
     error: Exception | None = None
     fenced: int = 0
     counters: Tally | None = None
@@ -81,7 +85,7 @@ def owns(state: dict[str, str], epoch: int) -> bool:
     return state.get("epoch") == str(epoch)
 
 
-def refused(worker_id: str, epoch: int, writes: int) -> Step:
+def refused(worker_id: str, epoch: int, writes: int) -> Step[Any]:
     """A write from a fenced owner: nothing changes but total_fenced (by ``writes``)."""
     return Step(worker_id, error=Fenced(worker_id, epoch), fenced=writes)
 
@@ -130,6 +134,6 @@ def ms(value: float) -> str:
     return f"{value:.3f}"
 
 
-def plan_increment(key: str, amount: int, tally: Tally) -> Step:
+def plan_increment(key: str, amount: int, tally: Tally) -> Step[int]:
     """INCRBY: the counter's new value."""
     return Step(result=tally.add(key, amount), counters=tally)

@@ -13,7 +13,8 @@ import time
 from typing import Sequence
 
 from ... import keys, wire
-from ...models import BAD_PAYLOAD, POISON, Outcome, dumps
+from ...models import BAD_PAYLOAD, POISON, Outcome
+from ...wire import dumps
 from ..base import ReclaimResult, dead_letter_entry
 from .lua import RELEASE_LANE_FUNCTION, SERVER_NOW, WIRE
 from .ops import (
@@ -248,7 +249,7 @@ def plan_reclaim(
     cause: Outcome | None,
     now: float,
     deadline_of: str | None = None,
-) -> Step:
+) -> Step[ReclaimResult | None]:
     """RECLAIM: epoch + 1, lease dropped, every in-flight task requeued (crash count + 1
     when ``crashed``) or dead-lettered (poison, not a task), ``cause`` settled as its
     failure; results stored for dead-lettered tasks that want them. ``inflight`` is

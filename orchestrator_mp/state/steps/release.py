@@ -48,7 +48,7 @@ def present(stored: Iterable[str], wanted: Sequence[str]) -> list[str]:
 
 
 def plan_release(worker_id: str, epoch: int, state: dict[str, str], inflight: Sequence[str],
-                 raws: Sequence[str]) -> Step:
+                 raws: Sequence[str]) -> Step[int]:
     """RELEASE: the named tasks still in flight go back to the front of the queue."""
     if not owns(state, epoch):
         return refused(worker_id, epoch, max(1, len(raws)))

@@ -229,7 +229,7 @@ def plan_settle(
     outcomes: Sequence[Outcome],
     tally: Tally,
     now: float,
-) -> Step:
+) -> Step[SettleResult]:
     """SETTLE: each outcome still in flight counted once; failures retried later (delayed
     set) or dead-lettered; final outcomes stored for submitters that want them; idle."""
     if not owns(state, epoch):

@@ -117,7 +117,9 @@ def due_time(due_at: float | None, delay_s: float | None, now: float) -> float |
 def submit_call(space: keys.KeySpace, raw_tasks: Sequence[str], batch_id: str, when: str,
                 marker_ttl_s: int) -> tuple[list[str], list[object]]:
     """SUBMIT's KEYS and ARGV: keyed tasks first (with their lane numbers), then the rest."""
-    lanes, keyed, plain = Lanes(space), [], []
+    lanes = Lanes(space)
+    keyed: list[object] = []  # raw task, lane number, raw task, ...
+    plain: list[str] = []
     for raw in raw_tasks:
         partition_key = wire.partition_key_of(raw)
         if partition_key is None:
@@ -143,7 +145,7 @@ def cancel_call(space: keys.KeySpace, raw_task: str) -> tuple[list[str], list[ob
 # -- the Python twins -----------------------------------------------------------------------------
 def plan_submit(
     raws: Sequence[str], *, seen: bool, batch_id: str | None, due_at: float | None, tally: Tally
-) -> Step:
+) -> Step[int]:
     """SUBMIT: the batch (unless ``seen``: its marker exists) into the queue, or into the
     delayed set when ``due_at`` is given, counted in total_work_created. ``batch_id``
     None: no marker (the backend has no lost replies to guard against)."""
@@ -158,12 +160,12 @@ def plan_submit(
     return Step(ops=ops, result=len(raws), counters=tally)
 
 
-def plan_promote(due: Sequence[str]) -> Step:
+def plan_promote(due: Sequence[str]) -> Step[int]:
     """PROMOTE: the due tasks (in due order) from the delayed set to the back of the queue."""
     return Step(ops=[(PROMOTE_DUE, list(due))] if due else [], result=len(due))
 
 
-def plan_cancel(raw: str, queued: bool, tally: Tally) -> Step:
+def plan_cancel(raw: str, queued: bool, tally: Tally) -> Step[bool]:
     """CANCEL: a task still queued is withdrawn and counted in total_cancelled."""
     if not queued:
         return Step(result=False)

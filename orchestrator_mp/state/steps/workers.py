@@ -181,7 +181,7 @@ def checked_fields(mapping: dict[str, object]) -> dict[str, str]:
 
 # -- the Python twins -----------------------------------------------------------------------------
 # -- planners, one per script --------------------------------------------------------------------
-def plan_register(worker_id: str, state: dict[str, str], *, pid: int, host: str, now: float) -> Step:
+def plan_register(worker_id: str, state: dict[str, str], *, pid: int, host: str, now: float) -> Step[int]:
     """REGISTER: a new epoch and its first lease; idle; into active and known workers."""
     epoch = int(state.get("epoch", 0)) + 1
     at = encode_value(now)
@@ -199,7 +199,7 @@ def plan_register(worker_id: str, state: dict[str, str], *, pid: int, host: str,
     return Step(worker_id, ops, new, result=epoch)
 
 
-def plan_deregister(worker_id: str, state: dict[str, str], epoch: int, now: float) -> Step:
+def plan_deregister(worker_id: str, state: dict[str, str], epoch: int, now: float) -> Step[None]:
     """DEREGISTER: stopped, lease dropped, out of active_workers (a fenced call counts nothing)."""
     if not owns(state, epoch):
         return Step(worker_id, error=Fenced(worker_id, epoch))
@@ -213,7 +213,7 @@ def plan_deregister(worker_id: str, state: dict[str, str], epoch: int, now: floa
     return Step(worker_id, ops, new)
 
 
-def plan_start_task(worker_id: str, state: dict[str, str], epoch: int, task_id: str, deadline: float) -> Step:
+def plan_start_task(worker_id: str, state: dict[str, str], epoch: int, task_id: str, deadline: float) -> Step[float]:
     """START_TASK: current_task and its deadline published, version bumped, one event."""
     if not owns(state, epoch):
         return refused(worker_id, epoch, 1)
@@ -223,7 +223,7 @@ def plan_start_task(worker_id: str, state: dict[str, str], epoch: int, task_id: 
     return Step(worker_id, [(STREAM, keys.EVENTS, event)], new, result=float(at))
 
 
-def plan_heartbeat(worker_id: str, state: dict[str, str], epoch: int, now: float) -> Step:
+def plan_heartbeat(worker_id: str, state: dict[str, str], epoch: int, now: float) -> Step[None]:
     """HEARTBEAT: renew the lease and last_activity; no version, no event."""
     if not owns(state, epoch):
         return refused(worker_id, epoch, 1)
@@ -232,7 +232,7 @@ def plan_heartbeat(worker_id: str, state: dict[str, str], epoch: int, now: float
 
 def plan_update(
     worker_id: str, state: dict[str, str], fields: dict[str, str], expected_version: int | None, epoch: int | None
-) -> Step:
+) -> Step[int]:
     """UPDATE_STATE: fields set, version bumped, one event; result 0 for a stale version."""
     if epoch is not None and not owns(state, epoch):
         return refused(worker_id, epoch, 1)
