@@ -145,17 +145,19 @@ def register_task(
         raise ConfigurationError(f"task name {name!r} is already registered to {existing.func!r}")
     if isinstance(rate_limit, str):
         rate_limit = limiter(f"task:{name}", rate_limit)
-    if isinstance(concurrency, int) and not isinstance(concurrency, bool):
-        concurrency = concurrency_limit(f"task:{name}", concurrency)
+    if isinstance(concurrency, int) or isinstance(concurrency, bool):
+        concurrency = concurrency_limit(f"task:{name}", concurrency)  # refuses a bool or a count < 1
+    if concurrency is not None and not isinstance(concurrency, ConcurrencyCap):
+        raise ConfigurationError(f"concurrency must be an int >= 1 or a concurrency_limit(...), got {concurrency!r}")
+    if rate_limit is not None and not isinstance(rate_limit, Limiter):
+        raise ConfigurationError(f"rate_limit must be a rate like '30/m' or a limiter(...), got {rate_limit!r}")
     spec = TaskSpec(
         name=name,
         func=func,
         max_retries=max_retries,
         time_limit_s=time_limit_s,
         rate_limit=rate_limit,
-        # A bool passes the int test above unconverted and is stored as is: a known gap
-        # (refusing it would change behaviour), so this one stays flagged.
-        concurrency=concurrency,  # type: ignore[arg-type]
+        concurrency=concurrency,
     )
     _TASKS[name] = spec
     return spec

@@ -23,6 +23,7 @@ from ..database import live_url, open_state
 from ..exceptions import ConfigurationError, ServerError
 from ..log import configure as configure_logging
 from ..server import redis_cli_path
+from ..state import Capability
 from .common import add_common_options, settings_from
 
 
@@ -49,9 +50,11 @@ def cmd_redis_cli(args: argparse.Namespace) -> int:
         target, env = _target(url)
         os.execve(executable, [executable, *target, *cli_args], env)
     with open_state(settings, role="redis-cli") as state:
-        # Only the Redis managers have a url: a file-state database fails here with an
-        # AttributeError (a known gap, kept: refusing it clearly changes behaviour).
-        target, env = _target(state.url)  # type: ignore[attr-defined]
+        url = getattr(state, "url", None)
+        if not state.supports(Capability.REDIS_STREAMS) or url is None:
+            message = f"{settings.db_path} holds the {state.kind} state (files, no Redis server): there is nothing for redis-cli"
+            raise ConfigurationError(message)
+        target, env = _target(url)
         child = subprocess.Popen([executable, *target, *cli_args], env=env)
         # Ctrl-C belongs to redis-cli (it ends a repeat loop or clears its prompt
         # line); a SIGTERM for us is passed on, and we stop the server when it exits.

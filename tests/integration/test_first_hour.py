@@ -169,3 +169,11 @@ def test_runtime_folders_of_servers_that_are_gone_are_removed(server):
         assert os.path.dirname(server.runtime_dir) == base
     finally:
         shutil.rmtree(young, ignore_errors=True)
+
+
+def test_redis_cli_on_a_file_database_says_there_is_no_server(tmp_path):
+    """redis-cli on a database of the file state is one clear line, not an AttributeError."""
+    run_cli("run", "--state", "file", "--workers", "1", "--demo", "2", cwd=tmp_path, check=True)
+    result = run_cli("redis-cli", "PING", cwd=tmp_path)
+    assert result.returncode == 2 and "nothing for redis-cli" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -130,3 +130,11 @@ def test_limited_tasks_get_their_limits_shard_key():
     finally:
         for name in ("tests.unit.capped", "tests.unit.rated", "tests.unit.free"):
             unregister_task(name)
+
+
+@pytest.mark.parametrize("concurrency", [True, 0, "3", 2.5])
+def test_a_task_with_a_bad_concurrency_is_refused_when_registered(concurrency):
+    """A cap must be an int >= 1 or a concurrency_limit(...): anything else is refused at
+    registration (before: True was stored and failed later, inside a worker)."""
+    with pytest.raises(ConfigurationError, match="concurrency"):
+        register_task(f"tests.bad_cap_{concurrency!r}", lambda: None, concurrency=concurrency)
