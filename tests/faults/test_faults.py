@@ -17,6 +17,7 @@ from orchestrator_mp import ContinuousOrchestrator, keys
 from tests import tasks_for_tests  # noqa: F401  (registers the test tasks before workers fork)
 from tests.helpers import (
     CLI,
+    LineReader,
     run_cli_json,
     settings_for,
     sigkill_worker,
@@ -169,9 +170,9 @@ def test_parent_sigkill_leaves_no_orphans_and_a_restart_finishes(tmp_path):
     env = {**os.environ, "ORCHESTRATOR_MP_LOG_LEVEL": "WARNING"}
     proc = subprocess.Popen([*CLI, "run", "--workers", "2", "--demo", "3000", "--demo-ms", "2"],
                             cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=env)
+    err = LineReader(proc.stderr)
     try:
-        while not proc.stderr.readline().startswith("progress:"):
-            pass
+        err.wait_for(lambda line: line.startswith("progress:"), what="progress")
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 3  # two workers and redis-server
         proc.send_signal(signal.SIGKILL)

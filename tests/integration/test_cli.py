@@ -6,9 +6,9 @@ import os
 import re
 import signal
 import subprocess
-import time
 
 import pytest
+import redis
 
 from tests.helpers import CLI, run_cli, run_cli_json, serving, wait_for
 
@@ -97,7 +97,12 @@ def test_serve_mode_takes_enqueued_work_and_stops_on_sigterm(tmp_path):
         # The printed redis-cli line shows events live (one XREAD, run without -r to end it).
         once = monitor.replace(" -r -1", "").replace("'$'", "$").split()
         watcher = subprocess.Popen(once, stdout=subprocess.PIPE, text=True)
-        time.sleep(0.3)
+        socket_path = once[once.index("-s") + 1]
+        client = redis.Redis(unix_socket_path=socket_path, decode_responses=True)
+        try:  # enqueue only once the watcher's XREAD waits for it
+            wait_for(lambda: any(c.get("cmd") == "xread" for c in client.client_list()), what="the XREAD to block")
+        finally:
+            client.close()
         run_cli("enqueue", "demo", "--args", "[2]", cwd=tmp_path, check=True)
         out, _ = watcher.communicate(timeout=20)
         assert "events:stream" in out and "worker" in out

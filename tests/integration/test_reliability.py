@@ -15,7 +15,7 @@ from orchestrator_mp import ContinuousOrchestrator, EmbeddedServer, keys
 from orchestrator_mp.exceptions import PayloadError, ServerError
 from orchestrator_mp.retry import backoff_delay
 from tests import tasks_for_tests  # noqa: F401  (registers the test tasks before workers fork)
-from tests.helpers import CLI, run_cli, run_cli_json, settings_for, wait_for
+from tests.helpers import CLI, LineReader, run_cli, run_cli_json, settings_for, wait_for
 
 
 def _errors(orch):
@@ -232,11 +232,11 @@ def test_second_signal_kills_workers_at_once_and_loses_nothing(tmp_path):
     env = {**os.environ, "ORCHESTRATOR_MP_LOG_LEVEL": "WARNING"}
     proc = subprocess.Popen([*CLI, "run", "--workers", "2", "--demo", "40", "--demo-ms", "3000"],
                             cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=env)
+    err = LineReader(proc.stderr)
     try:
-        while not proc.stderr.readline().startswith("progress:"):
-            pass
+        err.wait_for(lambda line: line.startswith("progress:"), what="progress")
         proc.send_signal(signal.SIGINT)
-        time.sleep(0.2)
+        err.wait_for(lambda line: line.startswith("stopping:"), what="the warm stop to begin")
         proc.send_signal(signal.SIGINT)
         started = time.monotonic()
         assert proc.wait(timeout=30) == 130

@@ -169,7 +169,7 @@ def test_killed_worker_breaks_nothing_where_process_pool_breaks(db_path):
 
     with ProcessPoolExecutor(max_workers=2) as pool:
         pool_results = pool.map(tasks_for_tests.echo_after, range(150), [10] * 150)
-        time.sleep(0.3)
+        wait_for(lambda: pool._processes, what="the pool's processes")  # the map takes > 0.75 s
         os.kill(next(iter(pool._processes)), signal.SIGKILL)
         with pytest.raises(BrokenProcessPool):
             list(pool_results)
