@@ -153,12 +153,13 @@ def test_unwritable_db_directory_is_a_clear_error(tmp_path):
 
 
 def test_unwritable_db_file_is_a_clear_error(tmp_path):
-    """A database file that cannot be written is refused with its path (as any user)."""
+    """A database file that cannot be written is refused with its path (as any user): a
+    directory where the file should be is a configuration error, said in one line."""
     db = tmp_path / "x.db"
     db.mkdir()  # a directory where the file should be: no user can write it as a file
     result = run_cli("run", "--workers", "1", "--demo", "1", "--db", str(db), cwd=tmp_path)
-    assert result.returncode == 3
-    assert "x.db" in result.stderr and "error" in result.stderr
+    assert result.returncode == 2
+    assert "x.db is a directory" in result.stderr and "error" in result.stderr
 
 
 def test_corrupted_db_is_a_clear_error_and_nothing_is_overwritten(tmp_path):
